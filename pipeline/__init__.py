@@ -1,0 +1,1 @@
+"""Models, distillation, embedding and robustness metrics (issues 4-6; not built yet)."""

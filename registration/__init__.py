@@ -1,0 +1,1 @@
+"""Slide-to-slide registration with Elastix (issue 3; not built yet)."""

@@ -1,0 +1,39 @@
+"""Small files that appear whole or not at all.
+
+Readers (a rerun, an analyst, a concurrent worker) must never see half a
+JSON record or half a PNG: each is written to a hidden temporary file in the
+same folder and renamed over its final name, which POSIX makes atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o644)  # mkstemp makes 0600; stores are shared with analysts
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, document: object) -> None:
+    """Write ``document`` as indented JSON, atomically."""
+    write_bytes_atomic(path, json.dumps(document, indent=2, sort_keys=True, default=str).encode())
+
+
+def write_zarr_group_atomic(path: Path, attributes: dict[str, object]) -> None:
+    """Create a zarr v3 group whose metadata (with ``attributes``) is written atomically."""
+    write_json_atomic(path / "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})

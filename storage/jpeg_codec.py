@@ -1,0 +1,86 @@
+"""JPEG as a zarr v3 array→bytes codec, one RGB image per chunk.
+
+zarr resolves codecs by the ``name`` written in ``zarr.json``. This codec is
+registered under :data:`CODEC_NAME` through the ``zarr.codecs`` entry point in
+``pyproject.toml``, so any process that has distillpath installed (a Dask
+worker, an analyst's notebook) decodes tile stores without importing anything
+first. Without that, a worker that unpickles a zarr array cannot resolve the
+codec and, in Dask, hangs instead of failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import imagecodecs
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import JSON, parse_named_configuration
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+CODEC_NAME = "distillpath.jpeg"
+DEFAULT_JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class JpegCodec(ArrayBytesCodec):
+    """Encode each chunk, shaped ``[1, H, W, 3]`` or ``[H, W, 3]`` uint8, as one JPEG.
+
+    Parameters
+    ----------
+    quality
+        libjpeg quality, 1–100. 90 keeps tiles within ~40 dB PSNR of the source.
+    """
+
+    is_fixed_size = False
+    quality: int = DEFAULT_JPEG_QUALITY
+
+    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY) -> None:
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        object.__setattr__(self, "quality", int(quality))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> Self:
+        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
+        return cls(**(configuration or {}))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        return {"name": CODEC_NAME, "configuration": {"quality": self.quality}}
+
+    def validate(self, *, shape: tuple[int, ...], dtype: object, chunk_grid: object) -> None:
+        """Reject layouts JPEG cannot hold, when the array is created rather than at first write."""
+        chunk_shape = getattr(chunk_grid, "chunk_shape", None)
+        if chunk_shape is not None:
+            image_shape = tuple(chunk_shape)[-3:]
+            leading = tuple(chunk_shape)[:-3]
+            if len(chunk_shape) < 3 or image_shape[-1] != 3 or any(n != 1 for n in leading):
+                raise ValueError(
+                    f"{CODEC_NAME} needs chunks of one RGB image ([1, ..., H, W, 3]), got {chunk_shape}"
+                )
+        if np.dtype(getattr(dtype, "to_native_dtype", lambda: dtype)()) != np.uint8:
+            raise ValueError(f"{CODEC_NAME} stores uint8 images, got dtype {dtype}")
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        image = imagecodecs.jpeg8_decode(chunk_bytes.as_numpy_array())
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(chunk_spec.shape))
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        image = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:]))
+        encoded = imagecodecs.jpeg8_encode(image, level=self.quality)
+        return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError("JPEG output size depends on the image content")

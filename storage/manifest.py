@@ -1,0 +1,69 @@
+"""The run manifest: one record per slide with its latest status.
+
+Each worker writes its slide's record on its own, atomically, as the
+attributes of ``status/<slide_id>/zarr.json``; no process ever rewrites a
+shared file, so parallel workers cannot race and a killed run loses no record.
+:func:`read_manifest` gathers them into one table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from storage.atomic import write_zarr_group_atomic
+from storage.tile_store import TileStore
+
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+@dataclass
+class SlideRecord:
+    """What happened to one slide in a run.
+
+    ``status`` is ``done`` (tiled now, possibly with 0 tiles), ``failed`` (see
+    ``error``), or ``skipped`` (already complete in the store; never persisted,
+    the stored record of the run that made it stays).
+    """
+
+    slide_id: str
+    source_path: str
+    status: str
+    n_tiles: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    error_type: str = ""
+    message: str = ""
+    finished_at: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_record(store: TileStore, record: SlideRecord) -> None:
+    """Persist ``record`` as the slide's latest status."""
+    write_zarr_group_atomic(store.status_dir / record.slide_id, record.to_dict())
+
+
+def read_record(store: TileStore, slide_id: str) -> SlideRecord | None:
+    path = store.status_dir / slide_id / "zarr.json"
+    if not path.is_file():
+        return None
+    return SlideRecord(**json.loads(path.read_text())["attributes"])
+
+
+def read_manifest(store: TileStore | Path | str) -> pd.DataFrame:
+    """All slide records of the store, one row per slide, sorted by slide id."""
+    store = store if isinstance(store, TileStore) else TileStore(store)
+    columns = list(SlideRecord.__dataclass_fields__)
+    rows = []
+    if store.status_dir.is_dir():
+        for folder in sorted(store.status_dir.iterdir()):
+            record = read_record(store, folder.name)
+            if record is not None:
+                rows.append(record.to_dict())
+    return pd.DataFrame(rows, columns=columns)

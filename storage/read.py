@@ -1,0 +1,123 @@
+"""Read a tile store: lazy xarray/dask views for analysts, random access for training.
+
+Both see only complete slides (those published into ``slides/``), so a store
+that is still being written can be read safely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from storage.tile_store import StoreError, TileStore
+
+
+def _open_store(store: TileStore | Path | str) -> TileStore:
+    store = store if isinstance(store, TileStore) else TileStore(store)
+    if store.read_attributes() is None:
+        raise StoreError(f"{store.root} is not a distillpath tile store")
+    return store
+
+
+def _selected_ids(store: TileStore, slide_ids: list[str] | None) -> list[str]:
+    available = store.complete_slide_ids()
+    if slide_ids is None:
+        return available
+    missing = sorted(set(slide_ids) - set(available))
+    if missing:
+        raise KeyError(f"{store.root} has no complete slide {', '.join(missing)}")
+    return list(slide_ids)
+
+
+def open_slide_group(store: TileStore | Path | str, slide_id: str) -> zarr.Group:
+    """The zarr group of one complete slide (arrays ``tiles``, ``coords``, ``tissue_fraction``, ``tissue_mask``)."""
+    store = _open_store(store)
+    return zarr.open_group(store.slide_path(_selected_ids(store, [slide_id])[0]), mode="r")
+
+
+def open_tiles(store: TileStore | Path | str, slide_ids: list[str] | None = None) -> xr.Dataset:
+    """All tiles of the chosen slides as one lazy dataset along a ``tile`` dimension.
+
+    Variables: ``tiles`` ``[tile, y, x, channel]`` uint8, ``coords``
+    ``[tile, xy]`` level-0 pixels, ``tissue_fraction`` ``[tile]``, and
+    ``slide_index`` ``[tile]`` into the ``slide_id`` coordinate. Dask chunks
+    follow the zarr shards, so a computation reads each shard file once.
+    """
+    store = _open_store(store)
+    ids = _selected_ids(store, slide_ids)
+    tiles, coords, fractions, slide_index = [], [], [], []
+    for index, slide_id in enumerate(ids):
+        group = zarr.open_group(store.slide_path(slide_id), mode="r")
+        array = group["tiles"]
+        if array.shape[0] == 0:
+            continue
+        shard = array.shards[0] if array.shards else array.chunks[0]
+        tiles.append(da.from_zarr(array, chunks=(shard, *array.shape[1:])))
+        coords.append(da.from_zarr(group["coords"]))
+        fractions.append(da.from_zarr(group["tissue_fraction"]))
+        slide_index.append(da.full(array.shape[0], index, dtype=np.int32, chunks=shard))
+    attributes = store.read_attributes()
+    if not tiles:
+        size = attributes["tiling"]["tile_size_px"]
+        tiles = [da.zeros((0, size, size, 3), dtype=np.uint8)]
+        coords, fractions = [da.zeros((0, 2), dtype=np.int64)], [da.zeros(0, dtype=np.float32)]
+        slide_index = [da.zeros(0, dtype=np.int32)]
+    return xr.Dataset(
+        {
+            "tiles": (("tile", "y", "x", "channel"), da.concatenate(tiles)),
+            "coords": (("tile", "xy"), da.concatenate(coords)),
+            "tissue_fraction": (("tile",), da.concatenate(fractions)),
+            "slide_index": (("tile",), da.concatenate(slide_index)),
+        },
+        coords={"slide_id": ("slide", ids), "xy": ["x", "y"]},
+        attrs={"store": str(store.root), "tiling": attributes["tiling"]},
+    )
+
+
+class TileReader:
+    """Random access to tiles by a global index, without torch or dask.
+
+    ``reader[i]`` returns tile ``i`` ``[H, W, 3]`` uint8; tiles are numbered
+    slide after slide in the order of ``slide_ids``. The reader pickles as
+    paths only, so each data-loader worker opens its own file handles.
+    """
+
+    def __init__(self, store: TileStore | Path | str, slide_ids: list[str] | None = None) -> None:
+        self.store = _open_store(store)
+        self.slide_ids = _selected_ids(self.store, slide_ids)
+        counts = [zarr.open_array(self.store.slide_path(s) / "tiles", mode="r").shape[0] for s in self.slide_ids]
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """Slide id and index within that slide of global tile ``index``."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"tile {index} out of range for {len(self)} tiles")
+        index %= len(self)
+        slide = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.slide_ids[slide], int(index - self.offsets[slide])
+
+    def _array(self, slide_id: str, name: str) -> zarr.Array:
+        key = f"{slide_id}/{name}"
+        if key not in self._arrays:
+            self._arrays[key] = zarr.open_array(self.store.slide_path(slide_id) / name, mode="r")
+        return self._arrays[key]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        slide_id, local = self.locate(index)
+        return self._array(slide_id, "tiles")[local]
+
+    def coords(self, index: int) -> np.ndarray:
+        """Level-0 (x, y) of the top-left corner of tile ``index``."""
+        slide_id, local = self.locate(index)
+        return self._array(slide_id, "coords")[local]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": {}}

@@ -1,0 +1,176 @@
+"""The tile store on disk: one zarr v3 hierarchy, one group per complete slide.
+
+Layout (see ``docs/storage.md``)::
+
+    STORE/zarr.json                root group: layout version, tiling parameters, software
+    STORE/slides/<slide_id>/       a complete slide: tiles, coords, tissue_fraction, tissue_mask
+    STORE/status/<slide_id>/       the slide's latest run record (done / failed), as group attributes
+    STORE/qc/<slide_id>.png        thumbnail with tissue mask and tile grid
+    STORE/staging/<slide_id>.<id>/ a slide being written; renamed into slides/ when complete
+
+A slide is written in ``staging/`` and renamed into ``slides/`` in one
+``rename``: readers and reruns see either the whole slide or none of it, and a
+killed run leaves only staging debris, removed by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import zarr
+
+from storage.atomic import write_zarr_group_atomic
+
+LAYOUT_NAME = "distillpath.tile-store"
+LAYOUT_VERSION = 1
+# Parameters that change how a run works but not what it writes.
+_PARAMETERS_WITHOUT_EFFECT = ("threads", "checksum")
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked; the message names the store."""
+
+
+def software_version() -> str:
+    return version("distillpath")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _effective_parameters(parameters: dict) -> dict:
+    return {key: value for key, value in parameters.items() if key not in _PARAMETERS_WITHOUT_EFFECT}
+
+
+class TileStore:
+    """A tile store on a local or shared POSIX file system.
+
+    Use :meth:`create_or_open` in the process that drives a run, and the
+    constructor in worker processes, which only need the paths.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.slides_dir = self.root / "slides"
+        self.status_dir = self.root / "status"
+        self.qc_dir = self.root / "qc"
+        self.staging_dir = self.root / "staging"
+        self._lock_path = self.staging_dir / "run.lock"
+
+    @classmethod
+    def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> TileStore:
+        """Open the store for a run with ``parameters``, creating it if needed.
+
+        Raises
+        ------
+        StoreError
+            If ``root`` holds something that is not a tile store, or a store
+            made with other parameters (unless ``overwrite``).
+        """
+        store = cls(root)
+        existing = store.read_attributes()
+        if existing is None and store.root.exists() and any(store.root.iterdir()):
+            raise StoreError(f"{store.root} exists and is not a distillpath tile store; choose another --out")
+        if existing is not None and overwrite:
+            shutil.rmtree(store.root)
+            existing = None
+        if existing is not None:
+            recorded = _effective_parameters(existing.get("tiling", {}))
+            if recorded != _effective_parameters(parameters):
+                changed = sorted(k for k in set(recorded) | set(parameters) if recorded.get(k) != parameters.get(k))
+                raise StoreError(
+                    f"{store.root} was made with other tiling parameters ({', '.join(changed)}); "
+                    "use --overwrite to redo it, or another --out"
+                )
+        else:
+            attributes = {
+                "layout": LAYOUT_NAME,
+                "layout_version": LAYOUT_VERSION,
+                "tiling": parameters,
+                "software_version": software_version(),
+                "created_at": utc_now(),
+            }
+            write_zarr_group_atomic(store.root, attributes)
+        for folder, purpose in (
+            (store.slides_dir, "complete slides"),
+            (store.status_dir, "latest run record of each slide"),
+            (store.qc_dir, "QC pictures (PNG files)"),
+            (store.staging_dir, "slides being written"),
+        ):
+            if not (folder / "zarr.json").exists():
+                write_zarr_group_atomic(folder, {"description": purpose})
+        return store
+
+    def read_attributes(self) -> dict | None:
+        """Root attributes, or ``None`` if ``root`` is not a tile store."""
+        try:
+            attributes = dict(zarr.open_group(self.root, mode="r").attrs)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            return None
+        return attributes if attributes.get("layout") == LAYOUT_NAME else None
+
+    def slide_path(self, slide_id: str) -> Path:
+        return self.slides_dir / slide_id
+
+    def qc_path(self, slide_id: str) -> Path:
+        return self.qc_dir / f"{slide_id}.png"
+
+    def is_complete(self, slide_id: str) -> bool:
+        """A slide is complete once its group has been renamed into ``slides/``."""
+        return (self.slide_path(slide_id) / "zarr.json").is_file()
+
+    def complete_slide_ids(self) -> list[str]:
+        """Ids of complete slides, sorted."""
+        if not self.slides_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.slides_dir.iterdir() if (p / "zarr.json").is_file())
+
+    def new_staging_path(self, slide_id: str) -> Path:
+        """A fresh folder name for writing ``slide_id``; retries never collide."""
+        return self.staging_dir / f"{slide_id}.{uuid.uuid4().hex[:12]}"
+
+    def publish(self, staging_path: Path, slide_id: str) -> None:
+        """Move a finished slide from staging into ``slides/`` atomically, replacing an older copy."""
+        target = self.slide_path(slide_id)
+        if target.exists():
+            retired = self.staging_dir / f"{slide_id}.retired.{uuid.uuid4().hex[:12]}"
+            os.rename(target, retired)
+            os.rename(staging_path, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging_path, target)
+
+    def acquire_run_lock(self) -> None:
+        """Refuse a second concurrent run on the same store; take over a dead run's lock."""
+        host, pid = socket.gethostname(), os.getpid()
+        if self._lock_path.exists():
+            owner = self._lock_path.read_text().split()
+            if len(owner) == 2 and owner[0] == host and owner[1].isdigit() and _process_alive(int(owner[1])):
+                raise StoreError(f"{self.root} is being written by process {owner[1]} on {host}")
+        self._lock_path.write_text(f"{host} {pid}")
+
+    def release_run_lock(self) -> None:
+        self._lock_path.unlink(missing_ok=True)
+
+    def remove_staging_debris(self) -> None:
+        """Delete half-written slides left by a killed run (call with the run lock held)."""
+        for entry in self.staging_dir.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()

@@ -1,0 +1,138 @@
+"""Tile one slide into the store, from file to published group and status record.
+
+This is the unit of work a run distributes. It never raises for a bad slide:
+it returns a ``failed`` record with the reason. Only transient I/O errors
+(an ``OSError`` that is not about the slide's content) propagate, so the
+caller can retry them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from storage.atomic import write_bytes_atomic
+from storage.manifest import DONE, FAILED, SlideRecord, write_record
+from storage.slide_writer import SlideWriter
+from storage.tile_store import TileStore, software_version, utc_now
+from tiling.config import TilingConfig
+from tiling.errors import MissingMppError, SlideError
+from tiling.grid import level0_coordinates, plan_grid
+from tiling.preview import render_qc_picture
+from tiling.resolution import plan_resolution
+from tiling.slide import SlideBackend, describe_slide, opened_slide
+from tiling.slide_list import SlideSpec
+from tiling.tile_reader import iter_tile_batches
+from tiling.tissue import detect_tissue, read_thumbnail
+
+_HASH_BLOCK_BYTES = 8 << 20
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(_HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str]:
+    if spec.mpp_override_um is not None:
+        return spec.mpp_override_um, "override"
+    if backend.mpp_um is None:
+        raise MissingMppError(
+            spec.path, "no pixel size (mpp) in the slide's metadata; give one with --mpp-override "
+            "or an 'mpp' column in the slide CSV"
+        )
+    return backend.mpp_um, "file"
+
+
+def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, config: TilingConfig) -> SlideRecord:
+    started = time.perf_counter()
+    mpp_um, mpp_source = _resolve_mpp(spec, backend)
+    plan = plan_resolution(
+        spec.path, mpp_um, backend.level_downsamples, target_mpp_um=config.target_mpp_um,
+        tile_size_px=config.tile_size_px, mpp_tolerance=config.mpp_tolerance,
+        allow_upsampling=config.allow_upsampling,
+    )
+    thumbnail = read_thumbnail(backend, mpp_um, config.tissue.mask_mpp_um)
+    mask = detect_tissue(thumbnail, config.tissue)
+    grid = plan_grid(
+        backend.level_dimensions[plan.level], plan, mask, thumbnail.mpp_um,
+        config.qc.min_tissue_fraction, config.read_block_tiles,
+    )
+    writer = SlideWriter(
+        store, spec.slide_id, capacity=len(grid), tile_size_px=config.tile_size_px,
+        tiles_per_shard=config.tiles_per_shard, jpeg_quality=config.jpeg_quality,
+    )
+    try:
+        kept: list[np.ndarray] = []
+        rejected: dict[str, int] = {}
+        for batch in iter_tile_batches(
+            backend, plan, grid, config.qc, block_tiles=config.read_block_tiles, threads=config.threads
+        ):
+            writer.append(batch.tiles)
+            kept.append(batch.grid_index)
+            for reason, count in batch.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        index = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        coords = level0_coordinates(grid, plan)
+        source_stat = spec.path.stat()
+        attributes = {
+            "slide_id": spec.slide_id,
+            "source_path": str(spec.path.resolve()),
+            "source_size_bytes": source_stat.st_size,
+            "source_sha256": sha256_of_file(spec.path) if config.checksum else None,
+            "backend": backend.name,
+            **{k: v for k, v in describe_slide(backend).__dict__.items() if k != "backend"},
+            "mpp_source": mpp_source,
+            "mpp_level0_um": mpp_um,
+            "resolution": plan.as_dict(),
+            "grid_shape": list(grid.shape),
+            "n_candidates": len(grid),
+            "n_rejected": rejected,
+            "tiling": config.model_dump(),
+            "software_version": software_version(),
+            "created_at": utc_now(),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        writer.finish(coords[index], grid.tissue_fraction[index], mask, thumbnail.mpp_um, attributes)
+    except BaseException:
+        writer.abort()
+        raise
+    picture = render_qc_picture(thumbnail, mask, coords[index], plan.tile_size_level0, mpp_um)
+    write_bytes_atomic(store.qc_path(spec.slide_id), picture)
+    message = "no tissue found" if len(grid) == 0 else ""
+    if plan.upsampled:
+        message = f"upsampled from {plan.level_mpp_um:.3f} µm/px"
+    return SlideRecord(
+        slide_id=spec.slide_id, source_path=str(spec.path), status=DONE, n_tiles=writer.written,
+        message=message, extra={"effective_mpp_um": plan.effective_mpp_um, "level": plan.level},
+    )
+
+
+def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> SlideRecord:
+    """Tile ``spec`` into ``store`` and record the outcome; bad slides give a ``failed`` record.
+
+    Raises
+    ------
+    OSError
+        For I/O errors not attributable to the slide (disk full, network
+        file system hiccups): the caller may retry the slide.
+    """
+    started = time.perf_counter()
+    try:
+        with opened_slide(spec.path) as backend:
+            record = _tile_open_slide(spec, backend, store, config)
+    except SlideError as error:
+        record = SlideRecord(
+            slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
+            error=str(error), error_type=type(error).__name__,
+        )
+    record.seconds = round(time.perf_counter() - started, 3)
+    record.finished_at = utc_now()
+    write_record(store, record)
+    return record

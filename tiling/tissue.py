@@ -1,0 +1,111 @@
+"""Find tissue on a low-resolution view of a slide, classically.
+
+Tissue is saturated (stained) and not black; glass is grey-white. The
+saturation threshold is Otsu's, but never below a floor, so a blank slide
+(pure noise) yields an empty mask instead of a random one. Marker ink is
+removed by hue: green and strongly saturated blue are never H&E stains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tiling.config import TissueConfig
+from tiling.slide import SlideBackend
+
+_OUTPUT_BLOCK_PX = 1024  # thumbnail pixels produced per region read
+# OpenCV hue is 0–179. H&E stains lie in magenta/purple/pink (~120–179 and 0–15).
+_GREEN_INK_HUE = (35, 90)
+_BLUE_INK_HUE = (95, 125)
+_BLUE_INK_MIN_SATURATION = 100
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A downsampled RGB view ``[H, W, 3]`` of a whole slide at ``mpp_um`` per pixel."""
+
+    rgb: np.ndarray
+    mpp_um: float
+
+
+def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um: float) -> Thumbnail:
+    """Render the slide at ``thumbnail_mpp_um`` from the best level, block by block.
+
+    Reading the chosen level in blocks keeps memory bounded even for a
+    single-level 100k-pixel TIFF; each block is area-resampled to its exact
+    thumbnail footprint, so there are no seams.
+    """
+    level_mpps = [mpp_level0_um * d for d in backend.level_downsamples]
+    usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= thumbnail_mpp_um]
+    level = max(usable, key=level_mpps.__getitem__) if usable else min(range(len(level_mpps)), key=level_mpps.__getitem__)
+    level_width, level_height = backend.level_dimensions[level]
+    downsample = backend.level_downsamples[level]
+    scale = level_mpps[level] / thumbnail_mpp_um  # thumbnail px per level px
+    out_width, out_height = max(1, round(level_width * scale)), max(1, round(level_height * scale))
+    thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
+    for out_y in range(0, out_height, _OUTPUT_BLOCK_PX):
+        for out_x in range(0, out_width, _OUTPUT_BLOCK_PX):
+            block_w = min(_OUTPUT_BLOCK_PX, out_width - out_x)
+            block_h = min(_OUTPUT_BLOCK_PX, out_height - out_y)
+            x0, y0 = round(out_x / scale), round(out_y / scale)
+            x1 = min(level_width, round((out_x + block_w) / scale))
+            y1 = min(level_height, round((out_y + block_h) / scale))
+            region = backend.read_region(round(x0 * downsample), round(y0 * downsample), level, max(1, x1 - x0), max(1, y1 - y0))
+            thumbnail[out_y : out_y + block_h, out_x : out_x + block_w] = cv2.resize(
+                region, (block_w, block_h), interpolation=cv2.INTER_AREA
+            )
+    return Thumbnail(rgb=thumbnail, mpp_um=thumbnail_mpp_um)
+
+
+def _pixels(area_um2: float, mpp_um: float) -> float:
+    return area_um2 / (mpp_um * mpp_um)
+
+
+def _ink_mask(hsv: np.ndarray) -> np.ndarray:
+    hue, saturation = hsv[..., 0], hsv[..., 1]
+    green = (hue >= _GREEN_INK_HUE[0]) & (hue <= _GREEN_INK_HUE[1]) & (saturation > 40)
+    blue = (hue >= _BLUE_INK_HUE[0]) & (hue <= _BLUE_INK_HUE[1]) & (saturation > _BLUE_INK_MIN_SATURATION)
+    return green | blue
+
+
+def _remove_small_components(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area_px
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_hole_area_px: float) -> np.ndarray:
+    holes = ~mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
+    height, width = mask.shape
+    touches_border = (
+        (stats[:, cv2.CC_STAT_LEFT] == 0)
+        | (stats[:, cv2.CC_STAT_TOP] == 0)
+        | (stats[:, cv2.CC_STAT_LEFT] + stats[:, cv2.CC_STAT_WIDTH] == width)
+        | (stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT] == height)
+    )
+    fill = (stats[:, cv2.CC_STAT_AREA] <= max_hole_area_px) & ~touches_border
+    fill[0] = False
+    return mask | (fill[labels] & holes)
+
+
+def detect_tissue(thumbnail: Thumbnail, config: TissueConfig) -> np.ndarray:
+    """Return a boolean tissue mask with the thumbnail's shape ``[H, W]``."""
+    hsv = cv2.cvtColor(thumbnail.rgb, cv2.COLOR_RGB2HSV)
+    saturation = cv2.medianBlur(np.ascontiguousarray(hsv[..., 1]), 5)
+    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(float(otsu), float(config.min_saturation))
+    mask = (saturation > threshold) & (hsv[..., 2] > config.max_value_black)
+    if config.suppress_pen:
+        ink = cv2.dilate(_ink_mask(hsv).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        mask &= ~ink
+    radius = round(config.closing_um / thumbnail.mpp_um)
+    if radius > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+    mask = _fill_small_holes(mask, _pixels(config.max_hole_area_um2, thumbnail.mpp_um))
+    return _remove_small_components(mask, _pixels(config.min_component_area_um2, thumbnail.mpp_um))
