@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -44,6 +45,9 @@ def share_ephemeral_api() -> Iterator[str | None]:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        # Send the run's last log lines before the server they go to stops.
+        APILogWorker.drain_all(timeout=5)
+        server.stop()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:

@@ -51,12 +51,12 @@ def tile_slide_task(spec: SlideSpec, store_root: str, config: TilingConfig) -> S
 
 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
-    """Persist a refused slide-list row under a safe key derived from its path."""
-    key = "rejected-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
+    """Persist a refused slide-list row under a safe key derived from its row and path."""
+    key = f"rejected-{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
     record = SlideRecord(
         slide_id=key, source_path=str(rejected.path), status=FAILED, error=str(rejected.error),
         error_type=type(rejected.error).__name__, finished_at=utc_now(),
-        extra={"requested_slide_id": rejected.slide_id},
+        extra={"requested_slide_id": rejected.slide_id, "row": rejected.row},
     )
     write_record(store, record)
     return record

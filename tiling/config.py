@@ -8,6 +8,7 @@ with different parameters into the same store is refused rather than mixed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +53,7 @@ class TilingConfig(_Frozen):
     tissue: TissueConfig = TissueConfig()
     qc: TileQCConfig = TileQCConfig()
     jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_subsampling: Literal["444", "422", "420"] = Field("444", description="chroma subsampling of stored tiles")
     tiles_per_shard: int = Field(2048, gt=0, description="tiles per shard file in the store")
     read_block_tiles: int = Field(8, gt=0, description="tiles per side of one region read")
     threads: int = Field(2, gt=0, description="threads per slide for reading, resampling and encoding")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +35,9 @@ class SlideSpec:
 
 @dataclass(frozen=True)
 class RejectedSlide:
-    """A row of the slide list that cannot be tiled as given."""
+    """A row of the slide list that cannot be tiled as given (``row`` counts from 1)."""
 
+    row: int
     path: Path
     slide_id: str
     error: InvalidSlideIdError
@@ -93,7 +93,7 @@ def list_slides(source: Path | str, mpp_override_um: float | None = None) -> tup
         If the source itself cannot be read: the run cannot happen.
     """
     source = Path(source)
-    candidates: list[tuple[Path, str | None, str | None]] = []
+    candidates: list[tuple[Path, str | None, str | None]] = []  # row order = position + 1
     if source.is_dir():
         for path in sorted(source.rglob("*")):
             if path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES) and not path.name.startswith("."):
@@ -110,23 +110,26 @@ def list_slides(source: Path | str, mpp_override_um: float | None = None) -> tup
         raise FileNotFoundError(f"slide source {source} is neither a folder nor a CSV file")
 
     specs, rejected = [], []
-    resolved: list[tuple[Path, str, float | None]] = []
-    for path, given_id, mpp_text in candidates:
+    resolved: list[tuple[int, Path, str, float | None]] = []
+    for row, (path, given_id, mpp_text) in enumerate(candidates, start=1):
         slide_id = given_id.strip() if given_id and given_id.strip() else slide_id_from_path(path)
         try:
             validate_slide_id(slide_id, path)
             mpp = _parse_mpp(mpp_text, path)
         except InvalidSlideIdError as error:
-            rejected.append(RejectedSlide(path, slide_id, error))
+            rejected.append(RejectedSlide(row, path, slide_id, error))
             continue
-        resolved.append((path, slide_id, mpp if mpp is not None else mpp_override_um))
+        resolved.append((row, path, slide_id, mpp if mpp is not None else mpp_override_um))
 
-    counts = Counter(slide_id for _, slide_id, _ in resolved)
-    for path, slide_id, mpp in resolved:
-        if counts[slide_id] > 1:
-            others = [str(p) for p, i, _ in resolved if i == slide_id and p != path]
-            error = InvalidSlideIdError(path, f"slide id {slide_id!r} is also used by {', '.join(others)}")
-            rejected.append(RejectedSlide(path, slide_id, error))
+    rows_of_id: dict[str, list[int]] = {}
+    for row, _, slide_id, _ in resolved:
+        rows_of_id.setdefault(slide_id, []).append(row)
+    for row, path, slide_id, mpp in resolved:
+        clashing = rows_of_id[slide_id]
+        if len(clashing) > 1:
+            where = ", ".join(f"#{r} ({candidates[r - 1][0]})" for r in clashing)
+            error = InvalidSlideIdError(path, f"slide id {slide_id!r} is shared by slides {where}; ids must be unique")
+            rejected.append(RejectedSlide(row, path, slide_id, error))
         else:
             specs.append(SlideSpec(path=path, slide_id=slide_id, mpp_override_um=mpp))
     return specs, rejected

@@ -67,6 +67,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
     writer = SlideWriter(
         store, spec.slide_id, capacity=len(grid), tile_size_px=config.tile_size_px,
         tiles_per_shard=config.tiles_per_shard, jpeg_quality=config.jpeg_quality,
+        jpeg_subsampling=config.jpeg_subsampling,
     )
     try:
         kept: list[np.ndarray] = []

@@ -1,0 +1,74 @@
+"""Shared fixtures: the shipped real slides, and slides generated from them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import pyvips
+import tifffile
+
+DATA = Path(__file__).parent / "data" / "slides"
+CMU_SVS = DATA / "CMU-1-Small-Region.svs"
+OME_TIFF = DATA / "OS-1-detail.ome.tif"
+
+
+def cmu_rgb() -> np.ndarray:
+    """Pixels of the real CMU sample, ``[2967, 2220, 3]`` uint8 at 0.499 µm/px."""
+    with openslide.OpenSlide(CMU_SVS) as slide:
+        return np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+
+
+def write_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, *, pyramid: bool = True) -> Path:
+    """Write a tiled JPEG TIFF (pyramidal unless told otherwise) claiming ``mpp_um`` µm/px."""
+    if mpp_um is None:  # libvips always writes a resolution; tifffile can leave it unitless
+        tifffile.imwrite(path, rgb, tile=(256, 256), compression="jpeg", photometric="rgb", resolutionunit="NONE")
+        return path
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(rgb))
+    image.tiffsave(
+        str(path), tile=True, tile_width=256, tile_height=256, pyramid=pyramid, compression="jpeg", Q=90,
+        xres=1000.0 / mpp_um, yres=1000.0 / mpp_um, resunit="cm",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_pixels() -> np.ndarray:
+    return cmu_rgb()
+
+
+@pytest.fixture(scope="session")
+def slide_025(tmp_path_factory, cmu_pixels) -> Path:
+    """The real sample upscaled 2× and written as a pyramid at 0.25 µm/px (levels 1, 2, 4, …)."""
+    upscaled = np.asarray(pyvips.Image.new_from_array(cmu_pixels).resize(2.0, kernel="linear"))
+    return write_tiff(tmp_path_factory.mktemp("p25") / "pyramid-025.tif", upscaled, 0.25)
+
+
+@pytest.fixture(scope="session")
+def slide_025_single_level(tmp_path_factory, slide_025) -> Path:
+    """The same pixels as one level only, so 0.5 µm/px tiles must be resampled."""
+    with openslide.OpenSlide(slide_025) as slide:
+        rgb = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    return write_tiff(tmp_path_factory.mktemp("flat25") / "flat-025.tif", rgb, 0.25, pyramid=False)
+
+
+@pytest.fixture
+def slide_dir(tmp_path) -> Path:
+    """A folder holding copies of both shipped real slides."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for source in (CMU_SVS, OME_TIFF):
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One temporary Prefect API server for the whole session, as the CLI would start it."""
+    from flows.runners import share_ephemeral_api
+
+    with share_ephemeral_api() as api_url:
+        yield api_url

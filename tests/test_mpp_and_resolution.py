@@ -1,0 +1,72 @@
+"""Pixel sizes come from the right metadata, and levels are chosen by physical resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CMU_SVS, OME_TIFF, write_tiff
+from tiling.errors import ResolutionTooLowError
+from tiling.mpp import mpp_from_ome_xml, mpp_from_resolution
+from tiling.resolution import plan_resolution
+from tiling.slide import open_backend
+
+
+def test_mpp_read_from_aperio_header_and_ome_xml():
+    with_svs = open_backend(CMU_SVS)
+    assert (with_svs.name, with_svs.mpp_um) == ("openslide", pytest.approx(0.499))
+    with_ome = open_backend(OME_TIFF)  # OpenSlide rejects this OME-TIFF; tifffile reads it
+    assert (with_ome.name, with_ome.mpp_um) == ("tifffile", pytest.approx(0.2270972430394695))
+    assert with_ome.level_dimensions[0] == (1101, 1101)
+
+
+def test_mpp_from_generic_tiff_resolution_tags(tmp_path, cmu_pixels):
+    path = write_tiff(tmp_path / "res.tif", cmu_pixels[:600, :600], 0.25)
+    assert open_backend(path).mpp_um == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "expected"),
+    [(40000, "centimeter", 0.25), (101600, "inch", 0.25), (72, "inch", None), (1, "none", None), (0, "centimeter", None)],
+)
+def test_resolution_tag_conversion(value, unit, expected):
+    result = mpp_from_resolution(value, unit)
+    assert result == (pytest.approx(expected) if expected else None)
+
+
+def test_ome_physical_size_units():
+    xml = '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>'
+    assert mpp_from_ome_xml(xml) == pytest.approx(0.25)
+
+
+def _plan(mpp0, downsamples, target=0.5, allow_upsampling=False):
+    return plan_resolution(
+        "slide.svs", mpp0, downsamples, target_mpp_um=target, tile_size_px=224,
+        mpp_tolerance=0.05, allow_upsampling=allow_upsampling,
+    )
+
+
+def test_level_within_tolerance_is_read_as_is():
+    plan = _plan(0.499, (1.0, 4.0))
+    assert (plan.level, plan.tile_size_level, plan.needs_resize) == (0, 224, False)
+    assert plan.effective_mpp_um == pytest.approx(0.499)
+    assert plan.requested_mpp_um == 0.5
+
+
+def test_40x_slide_with_4x_levels_is_downsampled_from_level_0():
+    plan = _plan(0.2527, (1.0, 4.0, 16.0))
+    assert plan.level == 0
+    assert plan.tile_size_level == round(224 * 0.5 / 0.2527)  # 443 level-0 px
+    assert plan.effective_mpp_um == pytest.approx(0.5, rel=2e-3)
+    assert not plan.upsampled
+
+
+def test_coarsest_finer_level_is_preferred():
+    plan = _plan(0.1, (1.0, 2.0, 4.0, 8.0))  # 0.1, 0.2, 0.4, 0.8 µm/px
+    assert (plan.level, plan.tile_size_level) == (2, 280)
+
+
+def test_coarse_slide_fails_unless_upsampling_allowed():
+    with pytest.raises(ResolutionTooLowError, match="1.000 µm/px"):
+        _plan(1.0, (1.0, 4.0))
+    plan = _plan(1.0, (1.0, 4.0), allow_upsampling=True)
+    assert plan.upsampled and plan.tile_size_level == 112
