@@ -97,12 +97,15 @@ def detect_tissue(thumbnail: Thumbnail, config: TissueConfig) -> np.ndarray:
     """Return a boolean tissue mask with the thumbnail's shape ``[H, W]``."""
     hsv = cv2.cvtColor(thumbnail.rgb, cv2.COLOR_RGB2HSV)
     saturation = cv2.medianBlur(np.ascontiguousarray(hsv[..., 1]), 5)
-    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    threshold = max(float(otsu), float(config.min_saturation))
-    mask = (saturation > threshold) & (hsv[..., 2] > config.max_value_black)
+    candidates = hsv[..., 2] > config.max_value_black
     if config.suppress_pen:
         ink = cv2.dilate(_ink_mask(hsv).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        mask &= ~ink
+        candidates &= ~ink
+    # Otsu over candidate pixels only: saturated ink would otherwise pull the threshold above the stain.
+    values = saturation[candidates]
+    otsu = cv2.threshold(values.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0] if values.size else 255
+    threshold = max(float(otsu), float(config.min_saturation))
+    mask = (saturation > threshold) & candidates
     radius = round(config.closing_um / thumbnail.mpp_um)
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
