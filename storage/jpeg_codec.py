@@ -10,6 +10,7 @@ codec and, in Dask, hangs instead of failing.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,11 +87,14 @@ class JpegCodec(ArrayBytesCodec):
         encoded = imagecodecs.jpeg8_encode(image, level=self.quality, subsampling=self.subsampling)
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
+    # zarr runs codecs on its single event-loop thread; libjpeg releases the GIL, so moving each
+    # image to a worker thread lets zarr's concurrent chunk handling (``async.concurrency``)
+    # encode and decode a shard's images on every core instead of one.
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return self._encode_sync(chunk_array, chunk_spec)
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG output size depends on the image content")

@@ -61,6 +61,8 @@ class SlideWriter:
             compressors=None,
             fill_value=0,
             dimension_names=("tile", "y", "x", "channel"),
+            # Every tile is real data: skip zarr's per-chunk comparison with the fill value (~20% of a write).
+            config={"write_empty_chunks": True},
         )
         self._buffer = np.empty((shard, *tile_shape), dtype=np.uint8)
         self._buffered = 0
