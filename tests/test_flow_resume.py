@@ -98,3 +98,18 @@ def test_flow_on_a_local_cluster_of_two_processes_matches_in_process_run(slide_d
     assert "TCGA-AA-3512-01Z-00-DX1" in TileStore(two).complete_slide_ids()
     group = zarr.open_group(two / "slides" / "TCGA-AA-3512-01Z-00-DX1", mode="r")
     assert group.attrs["source_path"].endswith("TCGA-AA-3512-01Z-00-DX1.0a1b2c3d.svs")
+
+
+@pytest.mark.slow
+def test_cli_runs_on_an_existing_dask_cluster(slide_dir, tmp_path, prefect_api):
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "tiles.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        assert main(["--slides", str(slide_dir), "--out", str(out), "--dask-address", cluster.scheduler_address,
+                     "--no-progress"]) == 0
+        with Client(cluster) as client:
+            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert TileStore(out).complete_slide_ids() == ["CMU-1-Small-Region", "OS-1-detail"]
+    assert sum(executed.values()) >= 2  # tiled by the cluster's worker, not in this process
