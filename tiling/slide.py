@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +45,7 @@ class OpenSlideBackend:
     name = "openslide"
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._slide = openslide.OpenSlide(path)
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
         self.level_dimensions = tuple(self._slide.level_dimensions)
@@ -56,7 +56,7 @@ class OpenSlideBackend:
         try:
             rgba = np.asarray(self._slide.read_region((x_level0, y_level0), level, (width, height)))
         except openslide.OpenSlideError as error:
-            raise SlideReadError(self._slide._filename, f"OpenSlide could not decode pixels: {error}") from error
+            raise SlideReadError(self._path, f"OpenSlide could not decode pixels: {error}") from error
         rgb = rgba[..., :3].copy()
         # OpenSlide returns premultiplied alpha: fully transparent means "not scanned", show it as glass.
         rgb[rgba[..., 3] == 0] = 255
@@ -78,6 +78,7 @@ class TiffBackend:
             shape, dtype = series.shape, series.dtype
             self._tiff.close()
             raise UnreadableSlideError(path, f"TIFF holds {shape} {dtype}, not an RGB uint8 image")
+        self._path = path
         self._levels = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
         self.vendor = "ome-tiff" if self._tiff.is_ome else "tiff"
         self.level_dimensions = tuple((int(a.shape[1]), int(a.shape[0])) for a in self._levels)
@@ -99,23 +100,12 @@ class TiffBackend:
                 with self._lock:
                     pixels = self._levels[level][y0:y1, x0:x1, :3]
             except Exception as error:  # tifffile raises codec-specific types for corrupt tiles
-                raise SlideReadError(self._tiff.filehandle.path, f"tifffile could not decode pixels: {error}") from error
+                raise SlideReadError(self._path, f"tifffile could not decode pixels: {error}") from error
             out[y0 - y : y1 - y, x0 - x : x1 - x] = pixels
         return out
 
     def close(self) -> None:
         self._tiff.close()
-
-
-@dataclass(frozen=True)
-class SlideInfo:
-    """What a slide file is, as read from its header."""
-
-    backend: str
-    vendor: str
-    level_dimensions: tuple[tuple[int, int], ...]
-    level_downsamples: tuple[float, ...]
-    mpp_um: float | None
 
 
 def open_backend(path: Path | str) -> SlideBackend:
@@ -152,12 +142,11 @@ def opened_slide(path: Path | str):
         backend.close()
 
 
-def describe_slide(backend: SlideBackend) -> SlideInfo:
-    """Snapshot the header facts of an open slide."""
-    return SlideInfo(
-        backend=backend.name,
-        vendor=backend.vendor,
-        level_dimensions=backend.level_dimensions,
-        level_downsamples=backend.level_downsamples,
-        mpp_um=backend.mpp_um,
-    )
+def header_attributes(backend: SlideBackend) -> dict[str, object]:
+    """The header facts of an open slide, as recorded in the store."""
+    return {
+        "backend": backend.name,
+        "vendor": backend.vendor,
+        "level_dimensions": [list(size) for size in backend.level_dimensions],
+        "level_downsamples": list(backend.level_downsamples),
+    }

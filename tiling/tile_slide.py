@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,10 @@ from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore, software_version, utc_now
 from tiling.config import TilingConfig
 from tiling.errors import MissingMppError, SlideError
-from tiling.grid import level0_coordinates, plan_grid
+from tiling.grid import TileGrid, level0_coordinates, plan_grid
 from tiling.preview import render_qc_picture
-from tiling.resolution import plan_resolution
-from tiling.slide import SlideBackend, describe_slide, opened_slide
+from tiling.resolution import ResolutionPlan, plan_resolution
+from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
 from tiling.tile_reader import iter_tile_batches
 from tiling.tissue import detect_tissue, read_thumbnail
@@ -50,6 +52,21 @@ def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str]:
     return backend.mpp_um, "file"
 
 
+def _write_tiles(
+    writer: SlideWriter, backend: SlideBackend, plan: ResolutionPlan, grid: TileGrid, config: TilingConfig
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Stream the grid's tiles into ``writer``; return the grid positions kept and QC rejection counts."""
+    kept: list[np.ndarray] = []
+    rejected: Counter = Counter()
+    for batch in iter_tile_batches(
+        backend, plan, grid, config.qc, block_tiles=config.read_block_tiles, threads=config.threads
+    ):
+        writer.append(batch.tiles)
+        kept.append(batch.grid_index)
+        rejected.update(batch.rejected)
+    return (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), dict(rejected)
+
+
 def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, config: TilingConfig) -> SlideRecord:
     started = time.perf_counter()
     mpp_um, mpp_source = _resolve_mpp(spec, backend)
@@ -69,43 +86,35 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
         tiles_per_shard=config.tiles_per_shard, jpeg_quality=config.jpeg_quality,
         jpeg_subsampling=config.jpeg_subsampling,
     )
-    try:
-        kept: list[np.ndarray] = []
-        rejected: dict[str, int] = {}
-        for batch in iter_tile_batches(
-            backend, plan, grid, config.qc, block_tiles=config.read_block_tiles, threads=config.threads
-        ):
-            writer.append(batch.tiles)
-            kept.append(batch.grid_index)
-            for reason, count in batch.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
-        index = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-        coords = level0_coordinates(grid, plan)
-        source_stat = spec.path.stat()
-        attributes = {
-            "slide_id": spec.slide_id,
-            "source_path": str(spec.path.resolve()),
-            "source_size_bytes": source_stat.st_size,
-            "source_sha256": sha256_of_file(spec.path) if config.checksum else None,
-            "backend": backend.name,
-            **{k: v for k, v in describe_slide(backend).__dict__.items() if k != "backend"},
-            "mpp_source": mpp_source,
-            "mpp_level0_um": mpp_um,
-            "resolution": plan.as_dict(),
-            "grid_shape": list(grid.shape),
-            "n_candidates": len(grid),
-            "n_rejected": rejected,
-            "tiling": config.model_dump(),
-            "software_version": software_version(),
-            "created_at": utc_now(),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        writer.finish(coords[index], grid.tissue_fraction[index], mask, thumbnail.mpp_um, attributes)
-    except BaseException:
-        writer.abort()
-        raise
-    picture = render_qc_picture(thumbnail, mask, coords[index], plan.tile_size_level0, mpp_um)
-    write_bytes_atomic(store.qc_path(spec.slide_id), picture)
+    # Hashing a multi-GB slide takes seconds; hashlib releases the GIL, so it overlaps the tiling.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum") as hasher:
+        checksum = hasher.submit(sha256_of_file, spec.path) if config.checksum else None
+        try:
+            index, rejected = _write_tiles(writer, backend, plan, grid, config)
+            coords = level0_coordinates(grid, plan)[index]
+            attributes = {
+                "slide_id": spec.slide_id,
+                "source_path": str(spec.path.resolve()),
+                "source_size_bytes": spec.path.stat().st_size,
+                "source_sha256": checksum.result() if checksum else None,
+                **header_attributes(backend),
+                "mpp_source": mpp_source,
+                "mpp_level0_um": mpp_um,
+                "resolution": plan.as_dict(),
+                "grid_shape": list(grid.shape),
+                "n_candidates": len(grid),
+                "n_rejected": rejected,
+                "tiling": config.model_dump(),
+                "software_version": software_version(),
+                "created_at": utc_now(),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            picture = render_qc_picture(thumbnail, mask, coords, plan.tile_size_level0, mpp_um)
+            write_bytes_atomic(store.qc_path(spec.slide_id), picture)
+            writer.finish(coords, grid.tissue_fraction[index], mask, thumbnail.mpp_um, attributes)
+        except BaseException:
+            writer.abort()
+            raise
     message = "no tissue found" if len(grid) == 0 else ""
     if plan.upsampled:
         message = f"upsampled from {plan.level_mpp_um:.3f} µm/px"
