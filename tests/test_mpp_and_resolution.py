@@ -13,9 +13,9 @@ from tiling.slide import open_backend
 
 def test_mpp_read_from_aperio_header_and_ome_xml():
     with_svs = open_backend(CMU_SVS)
-    assert (with_svs.name, with_svs.mpp_um) == ("openslide", pytest.approx(0.499))
+    assert (with_svs.name, with_svs.mpp_um) == ("openslide+tiff-tiles", pytest.approx(0.499))
     with_ome = open_backend(OME_TIFF)  # OpenSlide rejects this OME-TIFF; tifffile reads it
-    assert (with_ome.name, with_ome.mpp_um) == ("tifffile", pytest.approx(0.2270972430394695))
+    assert (with_ome.name, with_ome.mpp_um) == ("tifffile+tiff-tiles", pytest.approx(0.2270972430394695))
     assert with_ome.level_dimensions[0] == (1101, 1101)
 
 

@@ -1,12 +1,13 @@
-"""Read the tiles of a grid fast: one region read per block of tiles, in threads.
+"""Read the tiles of a grid fast: one batched region read per block of tiles, in threads.
 
 A per-tile ``read_region`` pays OpenSlide's per-call overhead and a PIL round
-trip for every tile. Here one region covering the kept cells of a block is
-read once, each tile is cut out and area-resampled on its own (so a tile is
-exactly what a direct read of its region, resized the same way, gives), and
-the QC filters run on the result. OpenSlide (through ctypes) and OpenCV release
-the GIL, so blocks are processed in a small thread pool; results come back in
-grid order with a bounded number of blocks in flight, which bounds memory.
+trip for every tile. Here the kept cells of a block go to the backend in one
+call (which decodes each source tile once, or reads one bounding box), each
+tile is area-resampled on its own (so a tile is exactly what a direct read of
+its region, resized the same way, gives), and the QC filters run on the
+result. libjpeg, OpenSlide and OpenCV release the GIL, so blocks are processed
+in a small thread pool; results come back in grid order with a bounded number
+of blocks in flight, which bounds memory.
 """
 
 from __future__ import annotations
@@ -44,15 +45,6 @@ def resize_tile(region: np.ndarray, tile_size_px: int) -> np.ndarray:
     return cv2.resize(region, (tile_size_px, tile_size_px), interpolation=interpolation)
 
 
-def read_tile(backend: SlideBackend, plan: ResolutionPlan, row: int, col: int) -> np.ndarray:
-    """One tile by a direct read of its own region: the reference the block reader must match."""
-    step = plan.tile_size_level
-    region = backend.read_region(
-        round(col * plan.tile_size_level0), round(row * plan.tile_size_level0), plan.level, step, step
-    )
-    return resize_tile(region, plan.tile_size_px)
-
-
 def _block_ranges(grid: TileGrid, block_tiles: int) -> list[tuple[int, int]]:
     """Split grid positions into runs that share a block (they are contiguous by construction)."""
     block_ids = (grid.rows // block_tiles).astype(np.int64) * (grid.shape[1] + 1) + grid.cols // block_tiles
@@ -64,22 +56,15 @@ def _block_ranges(grid: TileGrid, block_tiles: int) -> list[tuple[int, int]]:
 def _read_block(
     backend: SlideBackend, plan: ResolutionPlan, grid: TileGrid, start: int, end: int, qc: TileQCConfig
 ) -> TileBatch:
-    rows, cols = grid.rows[start:end], grid.cols[start:end]
     step = plan.tile_size_level
-    row0, col0 = int(rows.min()), int(cols.min())
-    height = (int(rows.max()) - row0 + 1) * step
-    width = (int(cols.max()) - col0 + 1) * step
-    region = backend.read_region(
-        round(col0 * plan.tile_size_level0), round(row0 * plan.tile_size_level0), plan.level, width, height
-    )
+    rects = [(col * step, row * step, step, step) for row, col in zip(grid.rows[start:end].tolist(), grid.cols[start:end].tolist())]
     kept_tiles, kept_index = [], []
     rejected: dict[str, int] = {}
-    for offset, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):
-        y, x = (row - row0) * step, (col - col0) * step
-        tile = resize_tile(region[y : y + step, x : x + step], plan.tile_size_px)
+    for offset, region in enumerate(backend.read_regions(plan.level, rects)):
+        tile = np.ascontiguousarray(resize_tile(region, plan.tile_size_px))
         reason = rejection_reason(tile, qc)
         if reason is None:
-            kept_tiles.append(np.ascontiguousarray(tile))
+            kept_tiles.append(tile)
             kept_index.append(start + offset)
         else:
             rejected[reason] = rejected.get(reason, 0) + 1

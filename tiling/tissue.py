@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from tiling.config import TissueConfig
-from tiling.slide import SlideBackend
+from tiling.slide import SlideBackend, read_region
 
 _OUTPUT_BLOCK_PX = 1024  # thumbnail pixels produced per region read
 # OpenCV hue is 0–179. H&E stains lie in magenta/purple/pink (~120–179 and 0–15).
@@ -42,7 +42,6 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
     usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= thumbnail_mpp_um]
     level = max(usable, key=level_mpps.__getitem__) if usable else min(range(len(level_mpps)), key=level_mpps.__getitem__)
     level_width, level_height = backend.level_dimensions[level]
-    downsample = backend.level_downsamples[level]
     scale = level_mpps[level] / thumbnail_mpp_um  # thumbnail px per level px
     out_width, out_height = max(1, round(level_width * scale)), max(1, round(level_height * scale))
     thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
@@ -53,7 +52,7 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
             x0, y0 = round(out_x / scale), round(out_y / scale)
             x1 = min(level_width, round((out_x + block_w) / scale))
             y1 = min(level_height, round((out_y + block_h) / scale))
-            region = backend.read_region(round(x0 * downsample), round(y0 * downsample), level, max(1, x1 - x0), max(1, y1 - y0))
+            region = read_region(backend, level, (x0, y0, max(1, x1 - x0), max(1, y1 - y0)))
             thumbnail[out_y : out_y + block_h, out_x : out_x + block_w] = cv2.resize(
                 region, (block_w, block_h), interpolation=cv2.INTER_AREA
             )
