@@ -1,57 +1,19 @@
 """Where a flow's tasks run: in-process, on a local Dask cluster, or on an existing one.
 
-Prefect tasks that run in Dask worker processes talk to the Prefect API. In
-ephemeral mode (no ``PREFECT_API_URL``) each worker process would start its
-own temporary API server, ~10 s per worker. :func:`share_ephemeral_api` starts
-the one temporary server in the driving process first and exports its address,
-so local worker processes, which inherit the environment, use it instead.
-Workers of an existing cluster on other machines need a real server: set
-``PREFECT_API_URL`` for them as for the driver.
+Prefect tasks that run in Dask worker processes talk to the Prefect API. Local
+worker processes inherit ``PREFECT_API_URL`` from the driver (see
+:mod:`flows.prefect_api`). Workers of an existing cluster on other machines
+need a real server they can reach: set ``PREFECT_API_URL`` for them as for the
+driver, or each worker process starts its own temporary server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 
-from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
-
-
-@contextlib.contextmanager
-def share_ephemeral_api() -> Iterator[str | None]:
-    """Start Prefect's temporary API server once and point this process and its children at it.
-
-    Yields the API URL in use (``None`` never happens once started). With a
-    configured ``PREFECT_API_URL`` nothing is started.
-    """
-    configured = PREFECT_API_URL.value()
-    if configured:
-        yield configured
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # The temporary server's telemetry writes race its own SQLite writes ("database is locked").
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = SubprocessASGIServer()
-    server.start()
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
-        # Send the run's last log lines before the server they go to stops.
-        APILogWorker.drain_all(timeout=5)
-        server.stop()
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
 
 
 def quiet_dask_logging() -> None:

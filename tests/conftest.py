@@ -68,7 +68,7 @@ def slide_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api() -> str:
     """One temporary Prefect API server for the whole session, as the CLI would start it."""
-    from flows.runners import share_ephemeral_api
+    from flows.prefect_api import prefect_api
 
-    with share_ephemeral_api() as api_url:
+    with prefect_api() as api_url:
         yield api_url

@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from flows.runners import make_task_runner
-from flows.tile_tcga import main, tile_tcga
+from flows.tile_tcga import main
+from flows.tiling_flow import tile_tcga
 from storage.manifest import read_manifest
 from storage.tile_store import StoreError, TileStore
 from tests.flow_helpers import assert_same_stores, run_cli

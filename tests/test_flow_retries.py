@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-import flows.tile_tcga as tile_tcga_module
+import flows.tiling_flow as tile_tcga_module
 from storage.manifest import read_manifest
 
 
