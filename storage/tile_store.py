@@ -25,7 +25,7 @@ from pathlib import Path
 
 import zarr
 
-from storage.atomic import write_zarr_group_atomic
+from storage.atomic import write_bytes_atomic, write_zarr_group_atomic
 
 LAYOUT_NAME = "distillpath.tile-store"
 LAYOUT_VERSION = 1
@@ -79,6 +79,7 @@ class TileStore:
         if existing is None and store.root.exists() and any(store.root.iterdir()):
             raise StoreError(f"{store.root} exists and is not a distillpath tile store; choose another --out")
         if existing is not None and overwrite:
+            store._refuse_if_in_use()
             shutil.rmtree(store.root)
             existing = None
         if existing is not None:
@@ -147,14 +148,25 @@ class TileStore:
         else:
             os.rename(staging_path, target)
 
+    def _refuse_if_in_use(self) -> None:
+        """Raise if the run lock belongs to a live process (on another host, assume it is live)."""
+        try:
+            owner = self._lock_path.read_text().split()
+        except FileNotFoundError:
+            return
+        if len(owner) != 2 or not owner[1].isdigit():
+            return
+        host, pid = owner[0], int(owner[1])
+        if host != socket.gethostname() or _process_alive(pid):
+            raise StoreError(
+                f"{self.root} is being written by process {pid} on {host}; if that run is gone, "
+                f"delete {self._lock_path}"
+            )
+
     def acquire_run_lock(self) -> None:
         """Refuse a second concurrent run on the same store; take over a dead run's lock."""
-        host, pid = socket.gethostname(), os.getpid()
-        if self._lock_path.exists():
-            owner = self._lock_path.read_text().split()
-            if len(owner) == 2 and owner[0] == host and owner[1].isdigit() and _process_alive(int(owner[1])):
-                raise StoreError(f"{self.root} is being written by process {owner[1]} on {host}")
-        self._lock_path.write_text(f"{host} {pid}")
+        self._refuse_if_in_use()
+        write_bytes_atomic(self._lock_path, f"{socket.gethostname()} {os.getpid()}".encode())
 
     def release_run_lock(self) -> None:
         self._lock_path.unlink(missing_ok=True)

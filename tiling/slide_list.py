@@ -44,15 +44,39 @@ class RejectedSlide:
 
 
 def slide_id_from_path(path: Path) -> str:
-    """TCGA barcode if the file name has one, else the file name without its slide suffixes."""
+    """TCGA barcode if the file name has one, else the file name without its slide suffixes.
+
+    A DICOM file stands for its folder, whose name is the id.
+    """
     match = _TCGA_BARCODE.search(path.name)
     if match:
         return match.group(0).upper()
+    if path.suffix.lower() == ".dcm":
+        return path.parent.name
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", *SLIDE_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
+
+
+def find_slide_files(folder: Path) -> list[Path]:
+    """Slide files under ``folder``, recursively, sorted.
+
+    A DICOM whole-slide image is a folder of ``.dcm`` files (one per level or
+    frame group) that OpenSlide opens from any of them: each such folder
+    counts once, through its first file, and is named after the folder.
+    """
+    slides, dicom_folders = [], set()
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or not path.name.lower().endswith(SLIDE_SUFFIXES):
+            continue
+        if path.suffix.lower() == ".dcm":
+            if path.parent in dicom_folders:
+                continue
+            dicom_folders.add(path.parent)
+        slides.append(path)
+    return slides
 
 
 def validate_slide_id(slide_id: str, path: Path) -> None:
@@ -95,9 +119,7 @@ def list_slides(source: Path | str, mpp_override_um: float | None = None) -> tup
     source = Path(source)
     candidates: list[tuple[Path, str | None, str | None]] = []  # row order = position + 1
     if source.is_dir():
-        for path in sorted(source.rglob("*")):
-            if path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES) and not path.name.startswith("."):
-                candidates.append((path, None, None))
+        candidates = [(path, None, None) for path in find_slide_files(source)]
     elif source.is_file():
         with source.open(newline="") as file:
             reader = csv.DictReader(file)
