@@ -149,10 +149,14 @@ class TiffBackend:
 
 
 def _decode_or_fail(path: Path, read: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
-    """Turn codec errors from a corrupt or truncated file into a :class:`SlideReadError`."""
+    """Turn codec errors from a corrupt or truncated file into a :class:`SlideReadError`.
+
+    ``OSError`` (an unreachable file server, say) passes through unchanged: it
+    may be transient, and the run retries it.
+    """
     try:
         return read()
-    except SlideReadError:
+    except (SlideReadError, OSError):
         raise
     except Exception as error:  # imagecodecs, tifffile and zarr each raise their own types
         raise SlideReadError(path, f"could not decode pixels: {type(error).__name__}: {error}") from error

@@ -53,8 +53,17 @@ class TiffTileSource:
                 return None
             if page.imagedepth != 1:
                 return None
+            if page.photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression != tifffile.COMPRESSION.JPEG:
+                return None  # tifffile would hand back raw, subsampled YCbCr
             pages.append(page)
-        return cls(Path(tiff.filehandle.path), pages)
+        source = cls(Path(tiff.filehandle.path), pages)
+        try:  # one tile per level: a codec tifffile lacks sends the file to OpenSlide instead
+            for level in range(len(pages)):
+                source._decode_tile(level, 0, 0)
+        except Exception:
+            source.close()
+            return None
+        return source
 
     def _decode_tile(self, level: int, row: int, col: int) -> np.ndarray | None:
         page = self._pages[level]
