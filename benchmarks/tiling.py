@@ -53,6 +53,8 @@ import tifffile
 import zarr
 from PIL import Image
 
+from flows.prefect_api import TemporaryPrefectServer
+
 if TYPE_CHECKING:
     import pyvips
 
@@ -185,8 +187,12 @@ def _tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def run_flow(slides: Path, store: Path, workers: int) -> Measure:
-    """Run the tiling command on a fresh store, timing it from launch to exit."""
+def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None) -> Measure:
+    """Run the tiling command on a fresh store, timing it from launch to exit.
+
+    Without ``api_url`` the command starts its own temporary Prefect server (counted);
+    with it, it uses that already running server (not counted), as a deployment would.
+    """
     shutil.rmtree(store, ignore_errors=True)
     command = [sys.executable, "-m", "flows.tile_tcga", "--slides", str(slides), "--out", str(store),
                "--workers", str(workers), "--no-progress"]
@@ -194,7 +200,8 @@ def run_flow(slides: Path, store: Path, workers: int) -> Measure:
     peak = 0
     started = time.perf_counter()
     with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        env = {**os.environ, **({"PREFECT_API_URL": api_url} if api_url else {})}
+        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env)
         root = psutil.Process(process.pid)
         while process.poll() is None:
             peak = max(peak, _tree_rss(root))
@@ -207,7 +214,8 @@ def run_flow(slides: Path, store: Path, workers: int) -> Measure:
     flow_seconds = float(summary[2])
     note = (f"flow's own timer: {int(summary[1]) / flow_seconds:,.0f} tiles/s in {flow_seconds:.1f} s; "
             f"start-up and exit {seconds - flow_seconds:.1f} s")
-    label = f"flow end to end, {slides.name}, `--workers {workers}`"
+    server = ", running Prefect server" if api_url else ""
+    label = f"flow end to end, {slides.name}, `--workers {workers}`{server}"
     return Measure(label, tiles, seconds, tiles / seconds, peak, note)
 
 
@@ -299,7 +307,12 @@ def _parse_args() -> argparse.Namespace:
 
 def measure_large_slide(slide: Path, stores: Path, naive_tiles: int, cores: int) -> tuple[str, list[str]]:
     """Flow runs, naive loop and codec ceiling on one large slide: a description and the table rows."""
-    flows = {workers: run_flow(slide.parent, stores / f"large-w{workers}.zarr", workers) for workers in (1, 2)}
+    flows = [run_flow(slide.parent, stores / f"large-w{workers}.zarr", workers) for workers in (1, 2)]
+    server = TemporaryPrefectServer()
+    try:
+        flows.append(run_flow(slide.parent, stores / "large-w1-server.zarr", 1, server.wait_until_ready()))
+    finally:
+        server.stop()
     group = zarr.open_group(stores / "large-w1.zarr" / "slides" / slide.stem, mode="r")
     coords, tiles = group["coords"][:], group["tiles"]
     size_level0 = round(group.attrs["resolution"]["tile_size_level0"])
@@ -308,11 +321,12 @@ def measure_large_slide(slide: Path, stores: Path, naive_tiles: int, cores: int)
     note = "all tiles" if len(timed) == len(coords) else f"first {len(timed):,} of {len(coords):,}, rate extrapolated"
     naive = Measure("naive loop, 1 process", len(timed), naive_s, len(timed) / naive_s, naive_rss, note)
     ceiling = codec_ceiling(slide, coords, size_level0, tiles[:CODEC_SAMPLE_TILES], tiles.serializer, cores)
-    rows = [flow.row() for flow in flows.values()] + [naive.row(), ceiling.row()]
-    for workers, flow in flows.items():
+    rows = [flow.row() for flow in flows] + [naive.row(), ceiling.row()]
+    for flow in flows:
         for baseline, ratio, goal in ((naive, f"{flow.tiles_per_s / naive.tiles_per_s:.2f}×", "≥ 6×"),
                                       (ceiling, f"{flow.tiles_per_s / ceiling.tiles_per_s:.1%}", "≥ 60 %")):
-            rows.append(f"| flow `--workers {workers}` / {baseline.label.split(',')[0]} | | | {ratio} | | goal {goal} |")
+            which = flow.label.removeprefix("flow end to end, ").split(", ", 1)[1]
+            rows.append(f"| flow {which} / {baseline.label.split(',')[0]} | | | {ratio} | | goal {goal} |")
     described = (f"{len(coords):,} tiles of {tiles.shape[1]} px ({size_level0} level-0 px), "
                  f"JPEG q{tiles.serializer.quality} {':'.join(tiles.serializer.subsampling)}")
     return described, rows

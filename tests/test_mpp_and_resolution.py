@@ -55,14 +55,15 @@ def test_level_within_tolerance_is_read_as_is():
 def test_40x_slide_with_4x_levels_is_downsampled_from_level_0():
     plan = _plan(0.2527, (1.0, 4.0, 16.0))
     assert plan.level == 0
-    assert plan.tile_size_level == round(224 * 0.5 / 0.2527)  # 443 level-0 px
-    assert plan.effective_mpp_um == pytest.approx(0.5, rel=2e-3)
+    # 443.2 px exactly; rounded to an even 444 so JPEG tiles can be decoded at 1/2 scale
+    assert (plan.tile_size_level, plan.decode_reduction) == (444, 2)
+    assert plan.effective_mpp_um == pytest.approx(0.5, rel=3e-3)
     assert not plan.upsampled
 
 
 def test_coarsest_finer_level_is_preferred():
     plan = _plan(0.1, (1.0, 2.0, 4.0, 8.0))  # 0.1, 0.2, 0.4, 0.8 µm/px
-    assert (plan.level, plan.tile_size_level) == (2, 280)
+    assert (plan.level, plan.tile_size_level, plan.decode_reduction) == (2, 280, 1)
 
 
 def test_coarse_slide_fails_unless_upsampling_allowed():

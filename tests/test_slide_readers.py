@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import openslide
 import pytest
@@ -66,3 +67,23 @@ def test_corrupt_tile_data_is_a_slide_read_error(tmp_path, cmu_pixels):
     path.write_bytes(bytes(data))
     with pytest.raises(SlideReadError, match="corrupt.tif"):
         read_region(open_backend(path), 0, (0, 0, 512, 512))
+
+
+@pytest.mark.parametrize("source", ["cmu", "pyramid"])
+def test_reduced_jpeg_decoding_matches_area_downsampling(source, slide_025):
+    """Aperio RGB-JPEG tiles (CMU) and YCbCr-JPEG tiles (libvips pyramid) both decode at 1/2 scale."""
+    path = CMU_SVS if source == "cmu" else slide_025
+    backend = open_backend(path)
+    rects = [(0, 0, 448, 448), (482, 964, 448, 448), (1000, 1500, 444, 444)]
+    full = backend.read_regions(0, rects)
+    reduced = backend.read_regions(0, rects, reduce=2)
+    for rect, big, small in zip(rects, full, reduced):
+        assert small.shape == (rect[3] // 2, rect[2] // 2, 3)
+        expected = cv2.resize(big, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+        squared_error = np.mean((small.astype(float) - expected) ** 2)
+        assert 10 * np.log10(255**2 / squared_error) > 35, rect
+
+
+def test_reduced_decoding_refuses_rects_off_its_grid():
+    with pytest.raises(ValueError, match="multiples"):
+        open_backend(CMU_SVS)._tiles.read_regions(0, [(1, 0, 448, 448)], reduce=2)

@@ -36,8 +36,13 @@ class SlideBackend(Protocol):
     level_downsamples: tuple[float, ...]
     mpp_um: float | None  # level-0 µm per pixel recorded in the file, if any
 
-    def read_regions(self, level: int, rects: Sequence[Rect]) -> list[np.ndarray]:
-        """Return ``[h, w, 3]`` uint8 RGB for each ``(x, y, w, h)`` rect, in pixels of ``level``."""
+    def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
+        """Return ``[h, w, 3]`` uint8 RGB for each ``(x, y, w, h)`` rect, in pixels of ``level``.
+
+        ``reduce`` (2, 4, 8) allows the backend to return each region shrunk
+        by that factor when it can do so cheaply while decoding; callers that
+        pass it resize whatever size comes back.
+        """
         ...
 
     def close(self) -> None: ...
@@ -58,6 +63,11 @@ def _regions_from_bounding_box(read_box: Callable[[Rect], np.ndarray], rects: Se
 
 def _tile_source(tiff: tifffile.TiffFile | None, level_dimensions) -> TiffTileSource | None:
     return TiffTileSource.for_levels(tiff, level_dimensions) if tiff is not None else None
+
+
+def _read_tiles(path: Path, tiles: TiffTileSource, level: int, rects: Sequence[Rect], reduce: int) -> list[np.ndarray]:
+    reduce = reduce if tiles.can_reduce(level) else 1
+    return _decode_or_fail(path, lambda: tiles.read_regions(level, rects, reduce))
 
 
 class OpenSlideBackend:
@@ -91,9 +101,9 @@ class OpenSlideBackend:
         rgb[rgba[..., 3] == 0] = 255
         return rgb
 
-    def read_regions(self, level: int, rects: Sequence[Rect]) -> list[np.ndarray]:
+    def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
         if self._tiles is not None:
-            return _decode_or_fail(self._path, lambda: self._tiles.read_regions(level, rects))
+            return _read_tiles(self._path, self._tiles, level, rects, reduce)
         return _regions_from_bounding_box(lambda box: self._read_box(level, box), rects)
 
     def close(self) -> None:
@@ -137,9 +147,9 @@ class TiffBackend:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = pixels
         return out
 
-    def read_regions(self, level: int, rects: Sequence[Rect]) -> list[np.ndarray]:
+    def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
         if self._tiles is not None:
-            return _decode_or_fail(self._path, lambda: self._tiles.read_regions(level, rects))
+            return _read_tiles(self._path, self._tiles, level, rects, reduce)
         return _decode_or_fail(self._path, lambda: _regions_from_bounding_box(lambda b: self._read_box(level, b), rects))
 
     def close(self) -> None:

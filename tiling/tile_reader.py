@@ -37,7 +37,8 @@ class TileBatch:
 
 
 def resize_tile(region: np.ndarray, tile_size_px: int) -> np.ndarray:
-    """Resample one tile region to ``tile_size_px``: area averaging down, cubic up."""
+    """Resample one tile region to ``tile_size_px``: area averaging down, cubic up (by at most 5 %
+    after a reduced decode, or when upsampling is allowed)."""
     if region.shape[0] == tile_size_px and region.shape[1] == tile_size_px:
         return region
     shrinking = region.shape[0] > tile_size_px
@@ -60,7 +61,7 @@ def _read_block(
     rects = [(col * step, row * step, step, step) for row, col in zip(grid.rows[start:end].tolist(), grid.cols[start:end].tolist())]
     kept_tiles, kept_index = [], []
     rejected: dict[str, int] = {}
-    for offset, region in enumerate(backend.read_regions(plan.level, rects)):
+    for offset, region in enumerate(backend.read_regions(plan.level, rects, plan.decode_reduction)):
         tile = np.ascontiguousarray(resize_tile(region, plan.tile_size_px))
         reason = rejection_reason(tile, qc)
         if reason is None:
