@@ -13,7 +13,6 @@ import logging
 import os
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 
 
 def quiet_dask_logging() -> None:
@@ -33,10 +32,12 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     no inter-process transfer. More use a ``LocalCluster`` with one
     single-threaded process per worker (tiling threads itself inside a slide).
     """
+    if not dask_address and workers <= 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner  # imports distributed: only when Dask is used
+
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    if workers <= 1:
-        return ThreadPoolTaskRunner(max_workers=1)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={

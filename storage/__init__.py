@@ -1,7 +1,27 @@
-"""Zarr stores of tiles and their manifests: layout, writers and the read API."""
+"""Zarr stores of tiles and their manifests: layout, writers and the read API.
 
-from storage.manifest import SlideRecord, read_manifest
-from storage.read import TileReader, open_slide_group, open_tiles
+The read API (xarray, dask, pandas) is imported on first use, so that tiling
+workers, which only write, start without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from storage.manifest import SlideRecord
 from storage.tile_store import StoreError, TileStore
 
-__all__ = ["SlideRecord", "StoreError", "TileReader", "TileStore", "open_slide_group", "open_tiles", "read_manifest"]
+_LAZY = {
+    "TileReader": "storage.read",
+    "open_slide_group": "storage.read",
+    "open_tiles": "storage.read",
+    "read_manifest": "storage.manifest",
+}
+
+__all__ = ["SlideRecord", "StoreError", "TileStore", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from storage.atomic import write_zarr_group_atomic
 from storage.tile_store import TileStore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
@@ -58,6 +60,7 @@ def read_record(store: TileStore, slide_id: str) -> SlideRecord | None:
 
 def read_manifest(store: TileStore | Path | str) -> pd.DataFrame:
     """All slide records of the store, one row per slide, sorted by slide id."""
+    import pandas as pd  # for analysts; tiling workers never need it
     store = store if isinstance(store, TileStore) else TileStore(store)
     columns = list(SlideRecord.__dataclass_fields__)
     rows = []
