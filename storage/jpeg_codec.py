@@ -95,10 +95,17 @@ class JpegCodec(ArrayBytesCodec):
         image = imagecodecs.jpeg8_decode(chunk_bytes.as_numpy_array())
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(chunk_spec.shape))
 
+    def encode_image(self, image: np.ndarray) -> bytes:
+        """One ``[H, W, 3]`` uint8 image as the bytes this codec stores for it."""
+        return imagecodecs.jpeg8_encode(np.ascontiguousarray(image), level=self.quality, subsampling=self.subsampling)
+
+    def encode_images(self, images: np.ndarray) -> list[bytes]:
+        """Encode ``[n, H, W, 3]`` images on the coding threads, in order."""
+        return list(_CODING_THREADS.map(self.encode_image, images))
+
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        image = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:]))
-        encoded = imagecodecs.jpeg8_encode(image, level=self.quality, subsampling=self.subsampling)
-        return chunk_spec.prototype.buffer.from_bytes(encoded)
+        image = chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:])
+        return chunk_spec.prototype.buffer.from_bytes(self.encode_image(image))
 
     # zarr calls codecs from its single event-loop thread, chunk by chunk. libjpeg releases the GIL,
     # so each batch zarr hands over (``codec_pipeline.batch_size`` chunks) is coded on a thread pool,

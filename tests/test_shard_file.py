@@ -1,0 +1,40 @@
+"""Shard files written without zarr's pipeline are byte for byte what zarr writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from storage.jpeg_codec import JpegCodec
+from storage.shard_file import UnsupportedShardLayoutError, jpeg_codec_of, write_shard
+from tests.conftest import cmu_rgb
+
+
+def _tiles(count: int) -> np.ndarray:
+    rgb = cmu_rgb()
+    tiles = [rgb[y : y + 224, x : x + 224] for y in range(0, 2700, 224) for x in range(896, 2000, 224)]
+    return np.stack((tiles * (count // len(tiles) + 1))[:count])
+
+
+def _array(path, shape, shards=128, **codecs):
+    return zarr.create_array(path, shape=shape, chunks=(1, 224, 224, 3), shards=(shards, 224, 224, 3),
+                             dtype="uint8", fill_value=0, **({"serializer": JpegCodec(), "compressors": None} | codecs))
+
+
+def test_full_and_partial_shards_equal_zarrs_own(tmp_path):
+    tiles = _tiles(300)
+    by_zarr = _array(tmp_path / "zarr", tiles.shape)
+    by_zarr[:] = tiles
+    ours = _array(tmp_path / "ours", tiles.shape)
+    for shard in range(3):
+        write_shard(tmp_path / "ours", ours, shard, tiles[shard * 128 : (shard + 1) * 128])
+    for shard in range(3):
+        key = f"c/{shard}/0/0/0"
+        assert (tmp_path / "ours" / key).read_bytes() == (tmp_path / "zarr" / key).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ours", mode="r")[:], by_zarr[:])
+
+
+def test_other_layouts_are_refused(tmp_path):
+    with pytest.raises(UnsupportedShardLayoutError):
+        jpeg_codec_of(_array(tmp_path / "gzip", (4, 224, 224, 3), shards=2, serializer="auto", compressors="auto"))
