@@ -31,7 +31,7 @@ def rejection_reason(tile: np.ndarray, config: TileQCConfig) -> str | None:
         return "black"
     if config.min_laplacian_variance > 0:
         gray = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)
-        _, deviation = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_64F))
+        _, deviation = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))  # |values| <= 8 * 255 fit int16
         if float(deviation[0, 0]) ** 2 < config.min_laplacian_variance:
             return "blur"
     return None
