@@ -49,6 +49,22 @@ def test_each_bad_slide_is_recorded_and_the_others_complete(bad_slides, tmp_path
     assert truncated["error_type"] in ("UnreadableSlideError", "SlideReadError")
     assert TileStore(out).complete_slide_ids() == ["blank", "good"]
     assert not [p for p in (out / "staging").iterdir() if p.is_dir()]
+    summary = _latest_artifact("tile-tcga-summary")
+    assert "| 6 | 2 | 0 | 4 |" in summary  # slides, tiled, already complete, failed
+    assert all(f"| {slide_id} |" in summary for slide_id in expected_errors)
+
+
+def _latest_artifact(key: str) -> str:
+    """The newest Prefect artifact with ``key``, as the UI would show it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    return artifacts[0].data
 
 
 def test_csv_mpp_column_rescues_a_slide_without_mpp(bad_slides, tmp_path, prefect_api):

@@ -98,3 +98,27 @@ def test_slide_metadata_records_provenance(tmp_path):
     fractions = group["tissue_fraction"][:]
     assert ((fractions >= 0.25) & (fractions <= 1.0)).all()
     assert group["tissue_mask"].attrs["mpp_um"] == 8.0
+
+
+def test_coarse_slide_fails_clearly_or_is_upsampled_and_says_so(tmp_path, cmu_pixels):
+    from tests.conftest import write_tiff
+
+    coarse = write_tiff(tmp_path / "coarse.tif", cmu_pixels[::2, ::2].copy(), 1.0)
+    store = TileStore.create_or_open(tmp_path / "tiles.zarr", TilingConfig().model_dump())
+    refused = tile_slide(SlideSpec(coarse, "coarse"), store, TilingConfig())
+    assert (refused.status, refused.error_type) == ("failed", "ResolutionTooLowError")
+    config = TilingConfig(allow_upsampling=True)
+    store = TileStore.create_or_open(tmp_path / "up.zarr", config.model_dump())
+    record = tile_slide(SlideSpec(coarse, "coarse"), store, config)
+    assert record.status == "done" and record.n_tiles > 0 and "upsampled" in record.message
+    resolution = zarr.open_group(store.slide_path("coarse"), mode="r").attrs["resolution"]
+    assert resolution["upsampled"] and resolution["tile_size_level"] == 112
+
+
+def test_qc_picture_shows_mask_and_tiles(tmp_path):
+    tile_into_store(tmp_path, CMU_SVS, "cmu")
+    picture = cv2.imread(str(tmp_path / "tiles.zarr" / "qc" / "cmu.png"))
+    assert picture.shape[:2] == (round(2967 * 0.499 / 8), round(2220 * 0.499 / 8))
+    tile_colour = np.all(picture == (0, 200, 255), axis=2)  # BGR of the tile squares
+    mask_colour = np.all(picture == (0, 200, 0), axis=2)
+    assert tile_colour.sum() > 500 and mask_colour.sum() > 100
