@@ -1,0 +1,134 @@
+"""Register a moving slide to a fixed slide: the one call analysts and flows make.
+
+Both slides are rendered at ``view_mpp_um`` in µm, so slides scanned at
+different mpp register directly. A coarse rotation search initialises
+elastix, which then runs the configured stages (rigid → affine → B-spline by
+default). The result is refused, with a QC picture, when a slide shows no
+tissue, when elastix fails, or when the tissue masks or stains still agree too little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from registration.config import RegistrationConfig
+from registration.elastix import deformation_um, itk_image, run_elastix, stage_map
+from registration.errors import RegistrationError
+from registration.geometry import pixel_centres_um, sample_view
+from registration.initial import initial_transform_map
+from registration.qc import render_registration_qc
+from registration.quality import RegistrationQuality, measure_quality
+from registration.result import RegistrationResult
+from registration.views import SlideView, render_view
+
+
+def _moving_on_fixed_grid(fixed: SlideView, moving: SlideView, moving_um: np.ndarray):
+    """Moving (rgb, intensity, mask) sampled at ``[H * W, 2]`` moving µm, one per fixed view pixel."""
+    shape = fixed.intensity.shape
+    rgb = sample_view(moving.rgb, moving.spacing_um, moving_um, shape, fill=255)
+    intensity = sample_view(moving.intensity, moving.spacing_um, moving_um, shape)
+    mask = sample_view(moving.tissue_mask.astype(np.float32), moving.spacing_um, moving_um, shape) > 0.5
+    return rgb, intensity, mask
+
+
+def _metric_mask(view: SlideView, dilation_um: float) -> np.ndarray:
+    """uint8 mask of tissue plus a margin of glass, where elastix samples its metric."""
+    radius = round(dilation_um / min(view.spacing_um))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(view.tissue_mask.astype(np.uint8), kernel)
+
+
+def _implausible(quality: RegistrationQuality, config: RegistrationConfig) -> str | None:
+    """Why a finished registration cannot be right (unrelated or mirrored slides), or ``None``."""
+    if quality.dice_after < config.min_tissue_dice:
+        return f"tissue Dice {quality.dice_after:.2f} after registration is under {config.min_tissue_dice}"
+    if quality.ncc_after < config.min_ncc:
+        return f"stain NCC {quality.ncc_after:.2f} after registration is under {config.min_ncc}"
+    return None
+
+
+def _fail(fixed: SlideView, moving: SlideView, reason: str, panels: list, qc_path: Path | None) -> RegistrationError:
+    qc_png = render_registration_qc(fixed.rgb, fixed.tissue_mask, panels)
+    if qc_path is not None:
+        qc_path.write_bytes(qc_png)
+    return RegistrationError(fixed.path, moving.path, reason, qc_png)
+
+
+def register_slides(
+    fixed_path: Path | str,
+    moving_path: Path | str,
+    *,
+    qc_path: Path | str | None = None,
+    **options: object,
+) -> RegistrationResult:
+    """Align ``moving_path`` to ``fixed_path`` and return the transform with its quality figures.
+
+    Parameters
+    ----------
+    fixed_path, moving_path : Path or str
+        Slides in any format :func:`tiling.slide.open_backend` reads.
+    qc_path : Path or str, optional
+        Where to write the QC picture (PNG), on success and on failure alike.
+    **options
+        Fields of :class:`~registration.config.RegistrationConfig`.
+
+    Raises
+    ------
+    RegistrationError
+        Naming both files, when a slide shows no tissue, elastix fails, or the
+        tissue Dice or stain NCC after registration is under ``min_tissue_dice``
+        or ``min_ncc``.
+    """
+    config = RegistrationConfig(**options)
+    qc_path = Path(qc_path) if qc_path is not None else None
+    fixed = render_view(fixed_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.fixed_mpp_um)
+    moving = render_view(moving_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.moving_mpp_um)
+    grid_um = pixel_centres_um(fixed.intensity.shape, fixed.spacing_um)
+    before = _moving_on_fixed_grid(fixed, moving, grid_um)
+    panels = [("as scanned", before[0], before[2])]
+    for view in (fixed, moving):
+        if not view.tissue_mask.any():
+            raise _fail(fixed, moving, f"no tissue found in {view.path} at {config.view_mpp_um} um/px", panels, qc_path)
+
+    initial_map = initial_transform_map(fixed, moving, config.initial_mpp_um, config.rotation_step_deg)
+    stage_maps = [stage_map(stage, config.bspline_grid_spacing_um) for stage in config.stages]
+    try:
+        transform_maps = run_elastix(
+            itk_image(fixed.intensity, fixed.spacing_um),
+            itk_image(moving.intensity, moving.spacing_um),
+            itk_image(_metric_mask(fixed, config.mask_dilation_um), fixed.spacing_um),
+            stage_maps,
+            initial_map,
+            config.number_of_threads,
+        )
+    except RuntimeError as error:
+        raise _fail(fixed, moving, str(error), panels, qc_path) from error
+
+    after = _moving_on_fixed_grid(fixed, moving, grid_um + deformation_um(transform_maps).reshape(-1, 2))
+    quality = measure_quality(fixed.intensity, fixed.tissue_mask, before[1:], after[1:])
+    problem = _implausible(quality, config)
+    caption = f"registered: NCC {quality.ncc_after:.2f}, tissue Dice {quality.dice_after:.2f}"
+    panels.append((f"refused, {caption}" if problem else caption, after[0], after[2]))
+    if problem:
+        raise _fail(fixed, moving, problem, panels, qc_path)
+    qc_png = render_registration_qc(fixed.rgb, fixed.tissue_mask, panels)
+    if qc_path is not None:
+        qc_path.write_bytes(qc_png)
+    return RegistrationResult(
+        fixed_path=fixed.path,
+        moving_path=moving.path,
+        fixed_mpp_um=fixed.mpp_level0_um,
+        moving_mpp_um=moving.mpp_level0_um,
+        fixed_dimensions_level0=fixed.dimensions_level0,
+        moving_dimensions_level0=moving.dimensions_level0,
+        view_mpp_um=config.view_mpp_um,
+        fixed_view_spacing_um=fixed.spacing_um,
+        moving_view_spacing_um=moving.spacing_um,
+        transform_maps=tuple(transform_maps),
+        quality=quality,
+        config=config.model_dump(mode="json"),
+        qc_png=qc_png,
+    )
