@@ -91,22 +91,17 @@ def _covered_level0_px(backend: SlideBackend, mpp_um: float, view_mpp_um: float,
     Mirrors ``read_thumbnail``: it renders the coarsest level not coarser
     than the view, and reads ``round(view_size / scale)`` pixels of it,
     clipped to the level (2966 of the CMU sample's 2967 rows at 4 µm/px).
-    That level's true downsample is the integer nearest the reported one when
-    its size is that integer's floor or ceiling division of level 0 (pyramids
-    halve sizes); OpenSlide reports the size ratio, e.g. 4.0035 for 2167 ->
-    541. Taking the whole level-0 extent instead shifted points by up to 2 µm.
+    Taking the whole level-0 extent instead shifted points by up to 2 µm.
     """
     level_mpps = [mpp_um * d for d in backend.level_downsamples]
     usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= view_mpp_um]
     finest = min(range(len(level_mpps)), key=level_mpps.__getitem__)
     level = max(usable, key=level_mpps.__getitem__) if usable else finest
     scale = level_mpps[level] / view_mpp_um  # view px per level px, as read_thumbnail computes it
-    (width0, height0), (width, height) = backend.level_dimensions[0], backend.level_dimensions[level]
+    width, height = backend.level_dimensions[level]
     covered = (min(width, round(view_shape[1] / scale)), min(height, round(view_shape[0] / scale)))
-    factor = round(backend.level_downsamples[level])
-    if factor >= 1 and abs(width0 / factor - width) < 1 and abs(height0 / factor - height) < 1:
-        return covered[0] * factor, covered[1] * factor
-    return covered[0] * width0 / width, covered[1] * height0 / height
+    downsample = backend.level_downsamples[level]  # the pyramid's true scale (tiling.slide.pyramid_downsamples)
+    return covered[0] * downsample, covered[1] * downsample
 
 
 def render_view(

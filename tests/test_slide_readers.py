@@ -87,3 +87,11 @@ def test_reduced_jpeg_decoding_matches_area_downsampling(source, slide_025):
 def test_reduced_decoding_refuses_rects_off_its_grid():
     with pytest.raises(ValueError, match="multiples"):
         open_backend(CMU_SVS)._tiles.read_regions(0, [(1, 0, 448, 448)], reduce=2)
+
+
+def test_pyramid_downsamples_are_the_scale_the_levels_were_built_with():
+    from tiling.slide import pyramid_downsamples
+
+    assert pyramid_downsamples([(4440, 5934), (2220, 2967), (1110, 1483), (2167 // 4, 1483 // 2)])[:3] == (1.0, 2.0, 4.0)
+    assert pyramid_downsamples([(2167, 2967), (541, 741)]) == (1.0, 4.0)  # OpenSlide says 4.0035
+    assert pyramid_downsamples([(1000, 1000), (300, 300)])[1] == pytest.approx(1000 / 300)  # not a whole factor

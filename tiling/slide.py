@@ -33,7 +33,7 @@ class SlideBackend(Protocol):
     name: str
     vendor: str
     level_dimensions: tuple[tuple[int, int], ...]  # (width, height) per level
-    level_downsamples: tuple[float, ...]
+    level_downsamples: tuple[float, ...]  # level-0 px per level px, see pyramid_downsamples
     mpp_um: float | None  # level-0 µm per pixel recorded in the file, if any
 
     def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
@@ -46,6 +46,25 @@ class SlideBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def pyramid_downsamples(level_dimensions: Sequence[tuple[int, int]]) -> tuple[float, ...]:
+    """Level-0 pixels per level pixel, as the pyramid was built.
+
+    Pyramids are made by shrinking level 0 by a whole factor and rounding the
+    size, so the size ratio is not the scale: 2167 → 541 px is a 4× level,
+    not 4.0035× (the ratio OpenSlide reports). Using the ratio would drift
+    level-0 coordinates by up to 0.1 % of the position. A level whose sizes
+    are the floor or ceiling of level 0 divided by a whole number gets that
+    number; any other keeps its size ratio.
+    """
+    width0, height0 = level_dimensions[0]
+    downsamples = []
+    for width, height in level_dimensions:
+        factor = round(width0 / width)
+        exact = factor >= 1 and abs(width0 / factor - width) < 1 and abs(height0 / factor - height) < 1
+        downsamples.append(float(factor) if exact else width0 / width)
+    return tuple(downsamples)
 
 
 def read_region(backend: SlideBackend, level: int, rect: Rect) -> np.ndarray:
@@ -78,7 +97,9 @@ class OpenSlideBackend:
         self._slide = openslide.OpenSlide(path)
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
         self.level_dimensions = tuple(self._slide.level_dimensions)
-        self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        self.level_downsamples = pyramid_downsamples(self.level_dimensions)
+        # OpenSlide converts read locations with its own (size-ratio) downsamples.
+        self._openslide_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.mpp_um = mpp_from_openslide_properties(self._slide.properties)
         self._tiff, self._tiles = None, None
         with contextlib.suppress(Exception):  # not a TIFF, or one tifffile cannot map: OpenSlide reads pixels
@@ -90,7 +111,7 @@ class OpenSlideBackend:
 
     def _read_box(self, level: int, rect: Rect) -> np.ndarray:
         x, y, width, height = rect
-        downsample = self.level_downsamples[level]
+        downsample = self._openslide_downsamples[level]
         try:
             image = self._slide.read_region((round(x * downsample), round(y * downsample)), level, (width, height))
         except openslide.OpenSlideError as error:
@@ -127,8 +148,7 @@ class TiffBackend:
         self._levels = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
         self.vendor = "ome-tiff" if self._tiff.is_ome else "tiff"
         self.level_dimensions = tuple((int(a.shape[1]), int(a.shape[0])) for a in self._levels)
-        width0 = self.level_dimensions[0][0]
-        self.level_downsamples = tuple(width0 / w for w, _ in self.level_dimensions)
+        self.level_downsamples = pyramid_downsamples(self.level_dimensions)
         self.mpp_um = mpp_from_tiff(self._tiff)
         self._tiles = _tile_source(self._tiff, self.level_dimensions)
         self.name = "tifffile+tiff-tiles" if self._tiles else "tifffile"
