@@ -8,7 +8,7 @@ top-left corner, where ``spacing`` is the *effective* µm/px: the level-0
 extent the view was rendered from, divided by its size in pixels. It differs
 from the requested ``view_mpp_um`` by the rounding of the view to whole
 pixels, and by the edge pixels a pyramid level or the thumbnail reader leave
-out (see :func:`_covered_level0_px`).
+out (see :class:`tiling.tissue.Thumbnail`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from tiling.config import TissueConfig
 from tiling.errors import MissingMppError
-from tiling.slide import SlideBackend, opened_slide
+from tiling.slide import opened_slide
 from tiling.tissue import detect_tissue, read_thumbnail
 
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB, one per row.
@@ -85,25 +85,6 @@ def _background_free(intensity: np.ndarray, tissue_mask: np.ndarray, dilation_px
     return np.where(near_tissue, np.clip(intensity - level, 0.0, None), 0.0).astype(np.float32)
 
 
-def _covered_level0_px(backend: SlideBackend, mpp_um: float, view_mpp_um: float, view_shape: tuple[int, int]):
-    """Level-0 ``(width, height)`` that a view of ``view_shape`` made by :func:`read_thumbnail` covers.
-
-    Mirrors ``read_thumbnail``: it renders the coarsest level not coarser
-    than the view, and reads ``round(view_size / scale)`` pixels of it,
-    clipped to the level (2966 of the CMU sample's 2967 rows at 4 µm/px).
-    Taking the whole level-0 extent instead shifted points by up to 2 µm.
-    """
-    level_mpps = [mpp_um * d for d in backend.level_downsamples]
-    usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= view_mpp_um]
-    finest = min(range(len(level_mpps)), key=level_mpps.__getitem__)
-    level = max(usable, key=level_mpps.__getitem__) if usable else finest
-    scale = level_mpps[level] / view_mpp_um  # view px per level px, as read_thumbnail computes it
-    width, height = backend.level_dimensions[level]
-    covered = (min(width, round(view_shape[1] / scale)), min(height, round(view_shape[0] / scale)))
-    downsample = backend.level_downsamples[level]  # the pyramid's true scale (tiling.slide.pyramid_downsamples)
-    return covered[0] * downsample, covered[1] * downsample
-
-
 def render_view(
     path: Path | str,
     view_mpp_um: float,
@@ -125,8 +106,8 @@ def render_view(
             raise MissingMppError(path, "no pixel size in the file; pass fixed_mpp_um / moving_mpp_um")
         dimensions_level0 = backend.level_dimensions[0]
         thumbnail = read_thumbnail(backend, mpp_um, view_mpp_um)
-        height, width = thumbnail.rgb.shape[:2]
-        extent_x, extent_y = _covered_level0_px(backend, mpp_um, view_mpp_um, (height, width))
+    height, width = thumbnail.rgb.shape[:2]
+    extent_x, extent_y = thumbnail.covered_level0_px
     spacing_um = (extent_x * mpp_um / width, extent_y * mpp_um / height)
     tissue_mask = detect_tissue(thumbnail, TissueConfig())
     dilation_px = round(mask_dilation_um / view_mpp_um)

@@ -19,6 +19,9 @@ def _cmu_thumbnail() -> Thumbnail:
 def test_thumbnail_has_the_physical_size_of_the_slide():
     thumbnail = _cmu_thumbnail()
     assert thumbnail.rgb.shape == (round(2967 * 0.499 / 8), round(2220 * 0.499 / 8), 3)
+    # the level-0 extent really rendered: within one view pixel (16 level-0 px) of the slide, never beyond
+    covered_x, covered_y = thumbnail.covered_level0_px
+    assert 2220 - 16 <= covered_x <= 2220 and 2967 - 16 <= covered_y <= 2967
 
 
 def test_real_tissue_is_found_and_glass_is_not():

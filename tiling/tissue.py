@@ -25,10 +25,17 @@ _BLUE_INK_MIN_SATURATION = 100
 
 @dataclass(frozen=True)
 class Thumbnail:
-    """A downsampled RGB view ``[H, W, 3]`` of a whole slide at ``mpp_um`` per pixel."""
+    """A downsampled RGB view ``[H, W, 3]`` of a whole slide at ``mpp_um`` per pixel.
+
+    ``covered_level0_px`` is the ``(width, height)`` of level 0 the pixels
+    really span: rounding the view to whole pixels leaves out up to half a
+    view pixel at the right and bottom edges. Code that needs exact
+    positions (registration) divides it by the view size for the true spacing.
+    """
 
     rgb: np.ndarray
     mpp_um: float
+    covered_level0_px: tuple[float, float] | None = None
 
 
 def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um: float) -> Thumbnail:
@@ -56,7 +63,9 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
             thumbnail[out_y : out_y + block_h, out_x : out_x + block_w] = cv2.resize(
                 region, (block_w, block_h), interpolation=cv2.INTER_AREA
             )
-    return Thumbnail(rgb=thumbnail, mpp_um=thumbnail_mpp_um)
+    downsample = backend.level_downsamples[level]
+    covered = (min(level_width, round(out_width / scale)) * downsample, min(level_height, round(out_height / scale)) * downsample)
+    return Thumbnail(rgb=thumbnail, mpp_um=thumbnail_mpp_um, covered_level0_px=covered)
 
 
 def _pixels(area_um2: float, mpp_um: float) -> float:
