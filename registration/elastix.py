@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,25 @@ import numpy as np
 ParameterMap = dict[str, list[str]]
 
 PARAMETERS_DIR = Path(__file__).parent / "parameters"
+
+
+_ITK_LOCK = threading.Lock()
+
+
+def loaded_itk():
+    """The ``itk`` module with its elastix classes loaded.
+
+    ``itk`` loads its classes lazily on first attribute access, and two
+    threads doing so at once can see a half-initialised module ("module 'itk'
+    has no attribute 'ParameterObject'"): the first use is serialised here.
+    """
+    with _ITK_LOCK:
+        import itk
+
+        for name in ("ParameterObject", "ElastixRegistrationMethod", "TransformixFilter", "Image", "F",
+                     "image_from_array", "array_from_image"):
+            getattr(itk, name)  # forces the lazy load while no other thread races it
+    return itk
 
 
 def transform_file_name(index: int) -> str:
@@ -40,7 +60,7 @@ def linked(transform_maps: Sequence[ParameterMap]) -> list[ParameterMap]:
 
 def read_parameter_file(path: Path | str) -> ParameterMap:
     """One elastix parameter file (text) as a map."""
-    import itk
+    itk = loaded_itk()
 
     parameter_object = itk.ParameterObject.New()
     parameter_object.ReadParameterFile(str(path))
@@ -49,7 +69,7 @@ def read_parameter_file(path: Path | str) -> ParameterMap:
 
 def write_parameter_file(parameter_map: ParameterMap, path: Path | str) -> None:
     """Write one map in elastix's text format, readable by the elastix and transformix programs."""
-    import itk
+    itk = loaded_itk()
 
     itk.ParameterObject.WriteParameterFile(parameter_map, str(path))
 
@@ -68,7 +88,7 @@ def uses_bending_energy(parameter_maps: Sequence[ParameterMap]) -> bool:
 
 
 def _parameter_object(parameter_maps: Sequence[ParameterMap]):
-    import itk
+    itk = loaded_itk()
 
     parameter_object = itk.ParameterObject.New()
     for parameter_map in parameter_maps:
@@ -83,7 +103,7 @@ def itk_image(array: np.ndarray, spacing_um: tuple[float, float]):
     ``[row, col]``; ``image_from_array`` handles that. The origin is the
     centre of the first pixel, half a pixel from the corner.
     """
-    import itk
+    itk = loaded_itk()
 
     image = itk.image_from_array(np.ascontiguousarray(array))
     image.SetSpacing([float(s) for s in spacing_um])
@@ -101,27 +121,30 @@ def run_elastix(
     moving,
     fixed_mask,
     stage_maps: Sequence[ParameterMap],
-    initial_map: ParameterMap,
+    initial_map: ParameterMap | None,
     number_of_threads: int | None = None,
 ) -> list[ParameterMap]:
     """Register ITK image ``moving`` to ``fixed``; return every transform map, ``initial_map`` first.
 
     The maps chain in order (see :func:`linked`) and take a fixed-view point
     (µm) to the moving view (µm). ``fixed_mask`` (an ITK uint8 image on the fixed grid) limits
-    where the metric is sampled.
+    where the metric is sampled; ``None`` samples everywhere. ``initial_map``
+    ``None`` starts from the identity and leaves it out of the returned maps.
 
     Raises
     ------
     RuntimeError
         When elastix fails; the message ends with the tail of its log.
     """
-    import itk
+    itk = loaded_itk()
 
     with tempfile.TemporaryDirectory(prefix="elastix-") as log_dir:
         method = itk.ElastixRegistrationMethod.New(fixed, moving)
         method.SetParameterObject(_parameter_object(stage_maps))
-        method.SetInitialTransformParameterObject(_parameter_object([initial_map]))
-        method.SetFixedMask(fixed_mask)
+        if initial_map is not None:
+            method.SetInitialTransformParameterObject(_parameter_object([initial_map]))
+        if fixed_mask is not None:
+            method.SetFixedMask(fixed_mask)
         method.SetOutputDirectory(log_dir)
         method.SetLogToConsole(False)
         method.SetLogToFile(True)
@@ -140,9 +163,57 @@ def run_elastix(
         )
 
 
+def register_patch_um(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    spacing_um: float,
+    transform: str = "translation",
+    number_of_threads: int | None = None,
+) -> np.ndarray:
+    """``(x, y)`` µm shift ``t`` such that ``fixed`` at its centre ``c`` shows what ``moving`` shows at ``c + t``.
+
+    Both are ``[H, W]`` intensities on one grid of ``spacing_um`` µm/px, such as a
+    fixed patch and the moving slide resampled onto it; the committed
+    ``translation.txt`` stage finds the shift, so no other engine is involved.
+    ``transform="affine"`` fits an affine map on the same stage instead and
+    returns its shift at the centre: where the misalignment varies across the
+    patch, a translation gives its average over the patch's texture, which
+    sits off-centre when the tissue does.
+
+    Raises
+    ------
+    RuntimeError
+        When elastix fails; the message ends with the tail of its log.
+    """
+    spacing = (float(spacing_um), float(spacing_um))
+    stage = read_parameter_file(PARAMETERS_DIR / "translation.txt")
+    centre = np.array([moving.shape[1], moving.shape[0]], dtype=np.float64) * spacing_um / 2
+    if transform == "affine":
+        stage["Transform"] = ["AffineTransform"]
+        stage["AutomaticScalesEstimation"] = ["true"]
+        stage["CenterOfRotationPoint"] = [repr(float(v)) for v in centre]
+    elif transform != "translation":
+        raise ValueError(f"unknown patch transform {transform!r}: expected 'translation' or 'affine'")
+    maps = run_elastix(
+        itk_image(fixed.astype(np.float32), spacing),
+        itk_image(moving.astype(np.float32), spacing),
+        None,
+        [stage],
+        None,
+        number_of_threads,
+    )
+    parameters = np.array([float(value) for value in maps[-1]["TransformParameters"]], dtype=np.float64)
+    if transform == "translation":
+        return parameters
+    # Elastix affine: p -> A (p - c) + c + t with c its CenterOfRotationPoint, so the shift at c is t.
+    rotation_centre = np.array([float(v) for v in maps[-1]["CenterOfRotationPoint"]])
+    matrix = parameters[:4].reshape(2, 2)
+    return matrix @ (centre - rotation_centre) + rotation_centre + parameters[4:] - centre
+
+
 def _transformix(transform_maps: Sequence[ParameterMap]):
     """A transformix filter for the chained maps; points and fields never read the moving image, so it is 1 px."""
-    import itk
+    itk = loaded_itk()
 
     transformix = itk.TransformixFilter[itk.Image[itk.F, 2]].New()
     transformix.SetMovingImage(itk_image(np.zeros((1, 1), np.float32), (1.0, 1.0)))
@@ -181,7 +252,7 @@ def deformation_um(transform_maps: Sequence[ParameterMap]) -> np.ndarray:
     Transformix also writes the field to its output folder (the working
     directory unless told), so it is given a temporary one.
     """
-    import itk
+    itk = loaded_itk()
 
     with tempfile.TemporaryDirectory(prefix="transformix-") as folder:
         transformix = _transformix(transform_maps)

@@ -18,6 +18,13 @@ _CAPTION_PX = 22
 _MAX_PANEL_EDGE_PX = 1000
 
 
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a QC picture")
+    return png.tobytes()
+
+
 def checkerboard(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, squares: int = 8) -> np.ndarray:
     """``[H, W, 3]`` alternating squares of two equal-shape images, ``squares`` along the shorter edge."""
     height, width = fixed_rgb.shape[:2]
@@ -60,7 +67,21 @@ def render_registration_qc(
     gap = np.full((height, 8, 3), 255, np.uint8)
     padded = [np.vstack([p, np.full((height - p.shape[0], p.shape[1], 3), 255, np.uint8)]) for p in drawn]
     row = np.hstack([part for p in padded for part in (p, gap)][:-1])
-    ok, png = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the registration QC picture")
-    return png.tobytes()
+    return _png_bytes(row)
+
+
+def render_tile_montage(tiles: np.ndarray, condition_names: list[str]) -> bytes:
+    """PNG bytes: one row per condition of the same tiles ``[condition, k, H, W, 3]``, named on the left.
+
+    Aligned tiles show the same cells in every row, only in other colours.
+    """
+    height = tiles.shape[2]
+    label_px = 8 + 9 * max(len(name) for name in condition_names)
+    rows = []
+    for name, row_tiles in zip(condition_names, tiles, strict=True):
+        label = np.full((height, label_px, 3), 255, np.uint8)
+        cv2.putText(label, name, (4, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        gap = np.full((height, 4, 3), 255, np.uint8)
+        rows.append(np.hstack([label, *[part for tile in row_tiles for part in (tile, gap)]]))
+    picture = np.vstack([part for row in rows for part in (row, np.full((4, row.shape[1], 3), 255, np.uint8))])
+    return _png_bytes(picture)

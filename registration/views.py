@@ -19,15 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from registration.stains import UNMIX as _UNMIX
 from tiling.config import TissueConfig
 from tiling.errors import MissingMppError
 from tiling.slide import opened_slide
 from tiling.tissue import detect_tissue, read_thumbnail
-
-# Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB, one per row.
-_STAINS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-_STAINS /= np.linalg.norm(_STAINS, axis=1, keepdims=True)
-_UNMIX = np.linalg.inv(_STAINS)  # optical density [.., 3] @ _UNMIX -> stain concentrations
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ the files byte for byte with zarr's own.
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
+from storage.atomic import write_bytes_atomic
 from storage.jpeg_codec import JpegCodec
 
 _ABSENT = np.iinfo(np.uint64).max
@@ -63,12 +64,15 @@ def shard_bytes(chunks: Sequence[bytes], chunks_per_shard: int) -> bytes:
     return b"".join((*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")))
 
 
-def write_shard(array_path: Path, array: zarr.Array, shard_index: int, images: np.ndarray) -> None:
-    """Encode ``images`` and write them as shard ``shard_index`` of the local ``array`` at ``array_path``."""
+def write_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], images: np.ndarray) -> None:
+    """Encode ``images`` and write them as one shard of the local ``array`` at ``array_path``, atomically.
+
+    ``shard_position`` is the shard's index along the leading dimensions (an
+    int for the first only); the images fill the shard's first chunks in C
+    order. Readers see the old shard file or the new one, never part of it.
+    """
     codec = jpeg_codec_of(array)
-    key = array_path / "c" / str(shard_index) / "/".join("0" * (array.ndim - 1))
-    key.parent.mkdir(parents=True, exist_ok=True)
-    data = shard_bytes(codec.encode_images(images), array.shards[0])
-    with open(key, "wb") as file:
-        file.write(data)
-        os.fsync(file.fileno())
+    position = (shard_position,) if isinstance(shard_position, int) else tuple(shard_position)
+    key = array_path / "c" / "/".join(str(i) for i in (*position, *[0] * (array.ndim - len(position))))
+    chunks_per_shard = math.prod(array.shards) // math.prod(array.chunks)
+    write_bytes_atomic(key, shard_bytes(codec.encode_images(images), chunks_per_shard))

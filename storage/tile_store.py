@@ -22,6 +22,7 @@ import uuid
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+from typing import ClassVar, Self
 
 import zarr
 
@@ -49,99 +50,93 @@ def _effective_parameters(parameters: dict) -> dict:
     return {key: value for key, value in parameters.items() if key not in _PARAMETERS_WITHOUT_EFFECT}
 
 
-class TileStore:
-    """A tile store on a local or shared POSIX file system.
+class RunStore:
+    """What every store of this project shares: a versioned root, a parameter check, a run lock, staging.
 
-    Use :meth:`create_or_open` in the process that drives a run, and the
-    constructor in worker processes, which only need the paths.
+    Subclasses name their layout, the root attribute holding their parameters,
+    and their top-level folders. Use :meth:`create_or_open` in the process
+    that drives a run, and the constructor in worker processes, which only
+    need the paths.
     """
+
+    LAYOUT_NAME: ClassVar[str]
+    LAYOUT_VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str]  # "tile store", in messages
+    PARAMETERS_KEY: ClassVar[str]  # root attribute holding the run parameters
+    FOLDERS: ClassVar[dict[str, str]] = {}  # top-level groups besides status/, qc/ and staging/, with their purpose
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
-        self.slides_dir = self.root / "slides"
         self.status_dir = self.root / "status"
         self.qc_dir = self.root / "qc"
         self.staging_dir = self.root / "staging"
         self._lock_path = self.staging_dir / "run.lock"
 
     @classmethod
-    def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> TileStore:
+    def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> Self:
         """Open the store for a run with ``parameters``, creating it if needed.
 
         Raises
         ------
         StoreError
-            If ``root`` holds something that is not a tile store, or a store
-            made with other parameters (unless ``overwrite``).
+            If ``root`` holds something that is not this kind of store, or a
+            store made with other parameters (unless ``overwrite``).
         """
         store = cls(root)
         existing = store.read_attributes()
         if existing is None and store.root.exists() and any(store.root.iterdir()):
-            raise StoreError(f"{store.root} exists and is not a distillpath tile store; choose another --out")
+            raise StoreError(f"{store.root} exists and is not a distillpath {cls.KIND}; choose another --out")
         if existing is not None and overwrite:
             store._refuse_if_in_use()
             shutil.rmtree(store.root)
             existing = None
         if existing is not None:
-            recorded = _effective_parameters(existing.get("tiling", {}))
+            recorded = _effective_parameters(existing.get(cls.PARAMETERS_KEY, {}))
             if recorded != _effective_parameters(parameters):
                 changed = sorted(k for k in set(recorded) | set(parameters) if recorded.get(k) != parameters.get(k))
                 raise StoreError(
-                    f"{store.root} was made with other tiling parameters ({', '.join(changed)}); "
+                    f"{store.root} was made with other {cls.PARAMETERS_KEY} parameters ({', '.join(changed)}); "
                     "use --overwrite to redo it, or another --out"
                 )
         else:
             attributes = {
-                "layout": LAYOUT_NAME,
-                "layout_version": LAYOUT_VERSION,
-                "tiling": parameters,
+                "layout": cls.LAYOUT_NAME,
+                "layout_version": cls.LAYOUT_VERSION,
+                cls.PARAMETERS_KEY: parameters,
                 "software_version": software_version(),
                 "created_at": utc_now(),
             }
             write_zarr_group_atomic(store.root, attributes)
-        for folder, purpose in (
-            (store.slides_dir, "complete slides"),
-            (store.status_dir, "latest run record of each slide"),
-            (store.qc_dir, "QC pictures (PNG files)"),
-            (store.staging_dir, "slides being written"),
-        ):
-            if not (folder / "zarr.json").exists():
-                write_zarr_group_atomic(folder, {"description": purpose})
+        folders = {
+            **cls.FOLDERS,
+            "status": "latest run record of each item",
+            "qc": "QC pictures (PNG files)",
+            "staging": "items being written",
+        }
+        for name, purpose in folders.items():
+            if not (store.root / name / "zarr.json").exists():
+                write_zarr_group_atomic(store.root / name, {"description": purpose})
         return store
 
     def read_attributes(self) -> dict | None:
-        """Root attributes, or ``None`` if ``root`` is not a tile store."""
+        """Root attributes, or ``None`` if ``root`` is not this kind of store."""
         try:
             attributes = dict(zarr.open_group(self.root, mode="r").attrs)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             return None
-        return attributes if attributes.get("layout") == LAYOUT_NAME else None
+        return attributes if attributes.get("layout") == self.LAYOUT_NAME else None
 
-    def slide_path(self, slide_id: str) -> Path:
-        return self.slides_dir / slide_id
+    def qc_path(self, item: str) -> Path:
+        return self.qc_dir / f"{item}.png"
 
-    def qc_path(self, slide_id: str) -> Path:
-        return self.qc_dir / f"{slide_id}.png"
+    def new_staging_path(self, item: str) -> Path:
+        """A fresh folder name for writing ``item``; retries never collide."""
+        return self.staging_dir / f"{item}.{uuid.uuid4().hex[:12]}"
 
-    def is_complete(self, slide_id: str) -> bool:
-        """A slide is complete once its group has been renamed into ``slides/``."""
-        return (self.slide_path(slide_id) / "zarr.json").is_file()
-
-    def complete_slide_ids(self) -> list[str]:
-        """Ids of complete slides, sorted."""
-        if not self.slides_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.slides_dir.iterdir() if (p / "zarr.json").is_file())
-
-    def new_staging_path(self, slide_id: str) -> Path:
-        """A fresh folder name for writing ``slide_id``; retries never collide."""
-        return self.staging_dir / f"{slide_id}.{uuid.uuid4().hex[:12]}"
-
-    def publish(self, staging_path: Path, slide_id: str) -> None:
-        """Move a finished slide from staging into ``slides/`` atomically, replacing an older copy."""
-        target = self.slide_path(slide_id)
+    def publish_folder(self, staging_path: Path, target: Path) -> None:
+        """Move a finished folder from staging to ``target`` atomically, replacing an older copy."""
         if target.exists():
-            retired = self.staging_dir / f"{slide_id}.retired.{uuid.uuid4().hex[:12]}"
+            retired = self.staging_dir / f"{target.name}.retired.{uuid.uuid4().hex[:12]}"
             os.rename(target, retired)
             os.rename(staging_path, target)
             shutil.rmtree(retired, ignore_errors=True)
@@ -172,10 +167,40 @@ class TileStore:
         self._lock_path.unlink(missing_ok=True)
 
     def remove_staging_debris(self) -> None:
-        """Delete half-written slides left by a killed run (call with the run lock held)."""
+        """Delete half-written items left by a killed run (call with the run lock held)."""
         for entry in self.staging_dir.iterdir():
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+class TileStore(RunStore):
+    """A tile store on a local or shared POSIX file system."""
+
+    LAYOUT_NAME = LAYOUT_NAME
+    KIND = "tile store"
+    PARAMETERS_KEY = "tiling"
+    FOLDERS = {"slides": "complete slides"}
+
+    def __init__(self, root: Path | str) -> None:
+        super().__init__(root)
+        self.slides_dir = self.root / "slides"
+
+    def slide_path(self, slide_id: str) -> Path:
+        return self.slides_dir / slide_id
+
+    def is_complete(self, slide_id: str) -> bool:
+        """A slide is complete once its group has been renamed into ``slides/``."""
+        return (self.slide_path(slide_id) / "zarr.json").is_file()
+
+    def complete_slide_ids(self) -> list[str]:
+        """Ids of complete slides, sorted."""
+        if not self.slides_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.slides_dir.iterdir() if (p / "zarr.json").is_file())
+
+    def publish(self, staging_path: Path, slide_id: str) -> None:
+        """Move a finished slide from staging into ``slides/`` atomically, replacing an older copy."""
+        self.publish_folder(staging_path, self.slide_path(slide_id))
 
 
 def _process_alive(pid: int) -> bool:

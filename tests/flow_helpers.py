@@ -1,4 +1,4 @@
-"""Helpers for tests that run the tiling flow and compare stores."""
+"""Helpers for tests that run flows and compare stores."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from storage.tile_store import TileStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, api_url: str, **popen) -> subprocess.Popen:
-    """Start ``python -m flows.tile_tcga`` against the test session's Prefect API."""
+def run_cli(*args: str, api_url: str, module: str = "flows.tile_tcga", **popen) -> subprocess.Popen:
+    """Start ``python -m <module>`` (a flow's command line) against the test session's Prefect API."""
     env = {**os.environ, "PREFECT_API_URL": api_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.tile_tcga", "--no-progress", *args],
+        [sys.executable, "-m", module, "--no-progress", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
 

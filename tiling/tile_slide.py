@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from tiling.resolution import ResolutionPlan, plan_resolution
 from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
 from tiling.tile_reader import iter_tile_batches
-from tiling.tissue import detect_tissue, read_thumbnail
+from tiling.tissue import Thumbnail, detect_tissue, read_thumbnail
 
 _HASH_BLOCK_BYTES = 8 << 20
 
@@ -67,11 +68,31 @@ def _write_tiles(
     return (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), dict(rejected)
 
 
-def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, config: TilingConfig) -> SlideRecord:
-    started = time.perf_counter()
-    mpp_um, mpp_source = _resolve_mpp(spec, backend)
+@dataclass(frozen=True)
+class TilePlan:
+    """Where a slide's tiles are: resolution plan, thumbnail, tissue mask and the grid cells on tissue."""
+
+    resolution: ResolutionPlan
+    thumbnail: Thumbnail
+    mask: np.ndarray
+    grid: TileGrid
+
+    @property
+    def coordinates(self) -> np.ndarray:
+        """Top-left level-0 ``(x, y)`` of every grid cell on tissue, ``[N, 2]`` int64."""
+        return level0_coordinates(self.grid, self.resolution)
+
+
+def plan_tiles(path: Path, backend: SlideBackend, mpp_um: float, config: TilingConfig) -> TilePlan:
+    """Lay the tile grid of ``config`` over the slide's tissue, before any tile is read.
+
+    Raises
+    ------
+    ResolutionTooLowError
+        When the slide is coarser than the target and upsampling is not allowed.
+    """
     plan = plan_resolution(
-        spec.path, mpp_um, backend.level_downsamples, target_mpp_um=config.target_mpp_um,
+        path, mpp_um, backend.level_downsamples, target_mpp_um=config.target_mpp_um,
         tile_size_px=config.tile_size_px, mpp_tolerance=config.mpp_tolerance,
         allow_upsampling=config.allow_upsampling,
     )
@@ -81,6 +102,14 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
         backend.level_dimensions[plan.level], plan, mask, thumbnail.mpp_um,
         config.qc.min_tissue_fraction, config.read_block_tiles,
     )
+    return TilePlan(plan, thumbnail, mask, grid)
+
+
+def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, config: TilingConfig) -> SlideRecord:
+    started = time.perf_counter()
+    mpp_um, mpp_source = _resolve_mpp(spec, backend)
+    tile_plan = plan_tiles(spec.path, backend, mpp_um, config)
+    plan, thumbnail, mask, grid = tile_plan.resolution, tile_plan.thumbnail, tile_plan.mask, tile_plan.grid
     writer = SlideWriter(
         store, spec.slide_id, capacity=len(grid), tile_size_px=config.tile_size_px,
         tiles_per_shard=config.tiles_per_shard, jpeg_quality=config.jpeg_quality,
@@ -91,7 +120,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
         checksum = hasher.submit(sha256_of_file, spec.path) if config.checksum else None
         try:
             index, rejected = _write_tiles(writer, backend, plan, grid, config)
-            coords = level0_coordinates(grid, plan)[index]
+            coords = tile_plan.coordinates[index]
             attributes = {
                 "slide_id": spec.slide_id,
                 "source_path": str(spec.path.resolve()),

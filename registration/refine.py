@@ -1,0 +1,337 @@
+"""Local refinement of a slide registration at high resolution, around the points where tiles are cut.
+
+The global registration runs on views of several µm/px, so tiles cut at
+0.5 µm/px can still be off by a few µm. Running elastix once per tile is too
+slow for 16,000 tiles a slide, so the tile centres are thinned to *anchors*,
+one per ``anchor_spacing_um`` cell. At each anchor a fixed patch (about 1 µm/px)
+and the moving slide resampled onto the same grid through the global transform
+are registered by elastix (an affine fit by default, or a translation); the
+fit's shift at the anchor is the anchor's correction. Anchors on glass, on content the moving slide does not show, or
+with an implausible shift are rejected with the reason. Any point's correction
+is the Gaussian-weighted mean of the accepted anchors' corrections, fading to
+zero (the global transform alone) far from every accepted anchor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from registration.quality import normalised_cross_correlation
+from registration.result import RegistrationResult
+from registration.views import stain_intensity
+from tiling.slide import SlideBackend, opened_slide, read_region
+
+_JSON = "refinement.json"
+_CHUNK_POINTS = 4096  # points per block of the [N, K] anchor weights, to bound memory
+# The global transform is mapped exactly on nodes this far apart and interpolated between them: its
+# B-spline grid is 100 µm or more, so the interpolation errs by hundredths of a µm, and transformix
+# handles 1/250 of the points (about 6 µs a point).
+_NODE_SPACING_UM = 16.0
+
+
+class RefinementConfig(BaseModel):
+    """How a global registration is refined around tile locations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    anchor_spacing_um: float = Field(400.0, gt=0, description="one anchor per square cell of this side, µm")
+    patch_size_um: float = Field(256.0, gt=0, description="side of the square patch registered at each anchor, µm")
+    patch_mpp_um: float = Field(1.0, gt=0, description="µm/px of the patches")
+    transform: Literal["translation", "affine"] = Field(
+        "affine", description="elastix transform fitted per patch; its shift at the anchor is the correction"
+    )
+    channel: Literal["od", "haematoxylin"] = Field("od", description="stain intensity the patches are registered on")
+    max_shift_um: float = Field(20.0, gt=0, description="reject an anchor whose correction is longer than this, µm")
+    min_ncc: float = Field(0.4, ge=-1, le=1, description="reject an anchor whose patches correlate less afterwards")
+    min_tissue_fraction: float = Field(
+        0.25, ge=0, le=1, description="reject an anchor whose fixed or moving patch has less tissue (non-glass)"
+    )
+    interpolation_sigma_um: float = Field(
+        200.0, gt=0, description="Gaussian width with which anchor corrections spread to other points, µm"
+    )
+    fallback_distance_um: float = Field(
+        1000.0, gt=0, description="at about this distance from every accepted anchor the correction fades to zero"
+    )
+    glass_level: int = Field(215, ge=0, le=255, description="a pixel with every RGB channel above this is glass")
+    number_of_threads: int | None = Field(None, gt=0, description="elastix threads per anchor")
+
+
+@dataclass(frozen=True, eq=False)
+class RefinedRegistration:
+    """A global registration plus local corrections measured at anchor points.
+
+    The refined mapping of a fixed point ``p`` (µm) is ``base(p + c(p))``:
+    the correction is a shift in the **fixed** slide's µm applied before the
+    global transform, so the global rotation, scale and warp are kept.
+
+    Attributes
+    ----------
+    base : RegistrationResult
+        The global registration.
+    anchors_xy : np.ndarray
+        ``[K, 2]`` anchor points, fixed level-0 px.
+    corrections_um : np.ndarray
+        ``[K, 2]`` ``(x, y)`` correction per anchor, fixed-slide µm; 0 where rejected.
+    accepted : np.ndarray
+        ``[K]`` bool, whether each anchor's correction is used.
+    reasons : tuple[str, ...]
+        Per anchor, why it was rejected; ``""`` when accepted.
+    ncc_before, ncc_after : np.ndarray
+        ``[K]`` stain NCC of the patches without and with the correction (NaN when not measured).
+    config : dict
+        The :class:`RefinementConfig` used, as a dict.
+
+    Arrays make ``==`` meaningless, so instances compare by identity.
+    """
+
+    base: RegistrationResult
+    anchors_xy: np.ndarray
+    corrections_um: np.ndarray
+    accepted: np.ndarray
+    reasons: tuple[str, ...] = ()
+    ncc_before: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ncc_after: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    config: dict[str, object] = field(default_factory=dict)
+
+    def correction_um(self, xy: np.ndarray) -> np.ndarray:
+        """``[N, 2]`` correction (fixed µm) at fixed level-0 px ``xy``: 0 without accepted anchors."""
+        points_um = np.asarray(xy, dtype=np.float64).reshape(-1, 2) * self.base.fixed_mpp_um
+        config = RefinementConfig(**self.config)
+        anchors_um = self.anchors_xy[self.accepted] * self.base.fixed_mpp_um
+        corrections = self.corrections_um[self.accepted]
+        out = np.zeros_like(points_um)
+        if len(anchors_um) == 0:
+            return out
+        two_sigma2 = 2.0 * config.interpolation_sigma_um**2
+        # A virtual anchor with zero correction at fallback_distance_um from every point: far from all
+        # anchors it dominates and the global transform is left alone; near one it weighs nothing.
+        far_weight = np.exp(-(config.fallback_distance_um**2) / two_sigma2)
+        for start in range(0, len(points_um), _CHUNK_POINTS):
+            chunk = points_um[start : start + _CHUNK_POINTS]
+            distance2 = ((chunk[:, None, :] - anchors_um[None, :, :]) ** 2).sum(axis=-1)
+            weights = np.exp(-distance2 / two_sigma2)
+            out[start : start + len(chunk)] = weights @ corrections / (weights.sum(axis=1) + far_weight)[:, None]
+        return out
+
+    def map_points(self, xy: np.ndarray) -> np.ndarray:
+        """Map ``[N, 2]`` fixed level-0 pixels ``(x, y)`` to moving level-0 pixels, float64."""
+        points = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if not self.accepted.any():
+            return self.base.map_points(points)
+        return self.base.map_points(points + self.correction_um(points) / self.base.fixed_mpp_um)
+
+    def save(self, folder: Path | str) -> Path:
+        """Write the global result (:meth:`RegistrationResult.save`) and ``refinement.json`` into ``folder``."""
+        folder = self.base.save(folder)
+        record = {
+            "anchors_xy_level0": self.anchors_xy.tolist(),
+            "corrections_um": self.corrections_um.tolist(),
+            "correction_frame": "fixed slide µm, applied before the global transform",
+            "accepted": self.accepted.tolist(),
+            "reasons": list(self.reasons),
+            "ncc_before": _json_floats(self.ncc_before),
+            "ncc_after": _json_floats(self.ncc_after),
+            "config": self.config,
+        }
+        (folder / _JSON).write_text(json.dumps(record, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> RefinedRegistration:
+        """Read a refinement written by :meth:`save`."""
+        folder = Path(folder)
+        record = json.loads((folder / _JSON).read_text())
+        return cls(
+            base=RegistrationResult.load(folder),
+            anchors_xy=np.asarray(record["anchors_xy_level0"], dtype=np.float64).reshape(-1, 2),
+            corrections_um=np.asarray(record["corrections_um"], dtype=np.float64).reshape(-1, 2),
+            accepted=np.asarray(record["accepted"], dtype=bool),
+            reasons=tuple(record["reasons"]),
+            ncc_before=np.asarray([np.nan if v is None else v for v in record["ncc_before"]], dtype=np.float64),
+            ncc_after=np.asarray([np.nan if v is None else v for v in record["ncc_after"]], dtype=np.float64),
+            config=record["config"],
+        )
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """JSON has no NaN: unmeasured values become ``null``."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def select_anchors(points_xy: np.ndarray, mpp_um: float, spacing_um: float) -> np.ndarray:
+    """``[K, 2]`` of ``points_xy`` (level-0 px), one per ``spacing_um`` square cell: the one nearest its cell's mean.
+
+    Taking a real point, near the middle of the cell's points, keeps anchors
+    on tissue where tiles are, rather than on the glass of a cell's corner.
+    """
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return points.copy()
+    cells = np.floor(points * mpp_um / spacing_um).astype(np.int64)
+    _, cell_of_point = np.unique(cells, axis=0, return_inverse=True)
+    cell_of_point = cell_of_point.ravel()
+    anchors = []
+    for cell in range(cell_of_point.max() + 1):
+        members = points[cell_of_point == cell]
+        anchors.append(members[np.argmin(((members - members.mean(axis=0)) ** 2).sum(axis=1))])
+    return np.array(anchors)
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """``[n, n]`` stain ``intensity`` (float32) and ``tissue`` (bool) of one slide on an anchor's patch grid."""
+
+    intensity: np.ndarray
+    tissue: np.ndarray
+
+
+def _sample(backend: SlideBackend, mpp_level0_um: float, xy_level0: np.ndarray, out_mpp_um: float) -> np.ndarray:
+    """``[n, n, 3]`` RGB at the ``[n, n, 2]`` level-0 px points, from the coarsest level finer than ``out_mpp_um``.
+
+    The bounding box of the points is read once, area-shrunk to about
+    ``out_mpp_um`` (so finer levels do not alias) and bilinearly sampled;
+    points off the slide are glass (white).
+    """
+    level_mpps = [mpp_level0_um * d for d in backend.level_downsamples]
+    usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= out_mpp_um * 1.01]
+    level = max(usable, key=level_mpps.__getitem__) if usable else 0
+    level_width, level_height = backend.level_dimensions[level]
+    edges = xy_level0 / backend.level_downsamples[level]  # continuous level coordinates, pixel edges at integers
+    x0, y0 = np.maximum(np.floor(edges.reshape(-1, 2).min(axis=0)).astype(int) - 2, 0)
+    x1 = min(int(np.ceil(edges[..., 0].max())) + 2, level_width)
+    y1 = min(int(np.ceil(edges[..., 1].max())) + 2, level_height)
+    shape = (*xy_level0.shape[:2], 3)
+    if x1 <= x0 or y1 <= y0:
+        return np.full(shape, 255, np.uint8)
+    region = read_region(backend, level, (int(x0), int(y0), x1 - x0, y1 - y0))
+    scale = min(1.0, level_mpps[level] / out_mpp_um)
+    size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
+    region = cv2.resize(region, size, interpolation=cv2.INTER_AREA) if scale < 0.9 else region
+    factors = np.array([region.shape[1], region.shape[0]]) / np.array([x1 - x0, y1 - y0])
+    source = ((edges - np.array([x0, y0])) * factors - 0.5).astype(np.float32)
+    border = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": (255, 255, 255)}
+    return cv2.remap(region, source[..., 0], source[..., 1], cv2.INTER_LINEAR, **border)
+
+
+def _patch(rgb: np.ndarray, config: RefinementConfig) -> _Patch:
+    return _Patch(stain_intensity(rgb, config.channel), rgb.min(axis=-1) <= config.glass_level)
+
+
+def _upsampled(nodes: np.ndarray, size: int) -> np.ndarray:
+    """``[size, size, 2]`` bilinear interpolation of ``[m, m, 2]`` values on nodes spanning the same corners."""
+    steps = np.linspace(0, nodes.shape[0] - 1, size, dtype=np.float32)
+    cols, rows = np.meshgrid(steps, steps)
+    return cv2.remap(nodes.astype(np.float32), cols, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def read_patches(
+    result: RegistrationResult, anchors_xy: np.ndarray, config: RefinementConfig
+) -> Iterator[tuple[_Patch, _Patch]]:
+    """Per anchor, the fixed patch and the moving slide resampled onto its grid through ``result``.
+
+    The patch is ``patch_size_um`` square at ``patch_mpp_um``, centred on the
+    anchor. Moving positions of all anchors' nodes go through one
+    ``map_points`` call, since each transformix call has a fixed cost.
+    """
+    size = max(8, round(config.patch_size_um / config.patch_mpp_um))
+    offsets_um = (np.arange(size) + 0.5 - size / 2) * config.patch_mpp_um
+    node_count = max(2, int(np.ceil(config.patch_size_um / _NODE_SPACING_UM)) + 1)
+    node_offsets_um = np.linspace(offsets_um[0], offsets_um[-1], node_count)
+    anchors_um = np.asarray(anchors_xy, dtype=np.float64).reshape(-1, 2) * result.fixed_mpp_um
+
+    def grid(values_um: np.ndarray) -> np.ndarray:  # [K, len, len, 2] fixed level-0 px around every anchor
+        dx, dy = np.meshgrid(values_um, values_um)
+        return (anchors_um[:, None, None, :] + np.stack([dx, dy], axis=-1)[None]) / result.fixed_mpp_um
+
+    nodes = grid(node_offsets_um)
+    moving_nodes = result.map_points(nodes.reshape(-1, 2)).reshape(nodes.shape)
+    fixed_grid = grid(offsets_um)
+    with opened_slide(result.fixed_path) as fixed, opened_slide(result.moving_path) as moving:
+        for index in range(len(anchors_um)):
+            fixed_rgb = _sample(fixed, result.fixed_mpp_um, fixed_grid[index], config.patch_mpp_um)
+            moving_xy = _upsampled(moving_nodes[index], size)
+            moving_rgb = _sample(moving, result.moving_mpp_um, moving_xy, config.patch_mpp_um)
+            yield _patch(fixed_rgb, config), _patch(moving_rgb, config)
+
+
+def _shifted(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``p + shift_px``, NaN where that falls outside it."""
+    matrix = np.array([[1.0, 0.0, shift_px[0]], [0.0, 1.0, shift_px[1]]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, matrix, image.shape[::-1], flags=flags, borderValue=np.nan)
+
+
+def _assess(fixed, moving, shift_um: np.ndarray, config: RefinementConfig) -> tuple[float, str]:
+    """NCC of the patches with the shift applied, and why the shift is implausible (``""`` if it is not)."""
+    length = float(np.linalg.norm(shift_um))
+    shift_px = shift_um / config.patch_mpp_um
+    moved = _shifted(moving.intensity, shift_px)
+    tissue = fixed.tissue | (_shifted(moving.tissue.astype(np.float32), shift_px) > 0.5)
+    ncc = normalised_cross_correlation(fixed.intensity, moved, tissue & ~np.isnan(moved))
+    if length > config.max_shift_um:
+        return ncc, f"shift {length:.1f} um exceeds max_shift_um {config.max_shift_um}"
+    if ncc < config.min_ncc:
+        return ncc, f"stain NCC {ncc:.2f} after the shift is under min_ncc {config.min_ncc}"
+    return ncc, ""
+
+
+def refine_registration(result: RegistrationResult, points_xy: np.ndarray, **options: object) -> RefinedRegistration:
+    """Refine ``result`` around ``points_xy`` with one small elastix registration per anchor.
+
+    Parameters
+    ----------
+    result : RegistrationResult
+        The global registration; its slides must still be readable at their paths.
+    points_xy : np.ndarray
+        ``[N, 2]`` fixed level-0 px where accuracy matters (tile centres); anchors are chosen among them.
+    **options
+        Fields of :class:`RefinementConfig`.
+
+    An anchor that fails (glass, unrelated content, an elastix error, an
+    implausible shift) is kept with ``accepted`` False and its reason, so
+    one bad patch never fails the slide.
+    """
+    from registration.elastix import register_patch_um
+
+    config = RefinementConfig(**options)
+    anchors = select_anchors(points_xy, result.fixed_mpp_um, config.anchor_spacing_um)
+    count = len(anchors)
+    corrections = np.zeros((count, 2))
+    accepted = np.zeros(count, dtype=bool)
+    reasons = [""] * count
+    ncc_before, ncc_after = np.full(count, np.nan), np.full(count, np.nan)
+    for index, (fixed, moving) in enumerate(read_patches(result, anchors, config)):
+        fractions = (fixed.tissue.mean(), moving.tissue.mean())
+        if min(fractions) < config.min_tissue_fraction:
+            side = "fixed" if fractions[0] < config.min_tissue_fraction else "moving"
+            reasons[index] = f"{side} patch is {min(fractions):.0%} tissue, under min_tissue_fraction"
+            continue
+        ncc_before[index] = _assess(fixed, moving, np.zeros(2), config)[0]
+        try:
+            shift_um = register_patch_um(
+                fixed.intensity, moving.intensity, config.patch_mpp_um, config.transform, config.number_of_threads
+            )
+        except RuntimeError as error:
+            reasons[index] = str(error).splitlines()[0]
+            continue
+        ncc_after[index], reasons[index] = _assess(fixed, moving, shift_um, config)
+        if not reasons[index]:
+            corrections[index], accepted[index] = shift_um, True
+    return RefinedRegistration(
+        base=result,
+        anchors_xy=anchors,
+        corrections_um=corrections,
+        accepted=accepted,
+        reasons=tuple(reasons),
+        ncc_before=ncc_before,
+        ncc_after=ncc_after,
+        config=config.model_dump(mode="json"),
+    )
