@@ -23,17 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 
 from tiling.config import TilingConfig, TissueConfig
-from tiling.slide import SlideBackend, opened_slide
+from registration.sampling import interpolate_nodes, sample_slide
+from tiling.slide import opened_slide
 from tiling.tile_slide import plan_tiles
 from tiling.tissue import detect_tissue, read_thumbnail
-
-_GLASS = (255, 255, 255)
-_READ_MARGIN_PX = 2  # bilinear sampling needs the neighbours of the outermost positions
-
 
 class PointMapping(Protocol):
     """Anything that maps reference level-0 pixels ``[N, 2]`` to a condition's level-0 pixels."""
@@ -137,64 +133,6 @@ def tissue_under_tiles(
     return np.where(inside, fraction, 0.0).astype(np.float32), inside
 
 
-def _interpolation_weights(tile_size_px: int, nodes_per_side: int) -> np.ndarray:
-    """``[tile_size_px, nodes_per_side]`` linear weights from the nodes to every pixel along one axis."""
-    position = np.arange(tile_size_px) * (nodes_per_side - 1) / max(tile_size_px - 1, 1)
-    lower = np.minimum(position.astype(np.int64), nodes_per_side - 2)
-    upper_weight = position - lower
-    weights = np.zeros((tile_size_px, nodes_per_side))
-    weights[np.arange(tile_size_px), lower] = 1.0 - upper_weight
-    weights[np.arange(tile_size_px), lower + 1] = upper_weight
-    return weights
-
-
-def pixel_positions(nodes_xy: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``[T, T, 2]`` level-0 position of every output pixel of one tile, from its ``[n, n, 2]`` nodes."""
-    return np.einsum("in,nmc,jm->ijc", weights, nodes_xy, weights)
-
-
-def _read_clipped(backend: SlideBackend, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Level pixels ``[y0:y1, x0:x1]``, glass where the box leaves the level."""
-    width, height = backend.level_dimensions[level]
-    out = np.full((y1 - y0, x1 - x0, 3), 255, dtype=np.uint8)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if cx1 > cx0 and cy1 > cy0:
-        region = backend.read_regions(level, [(cx0, cy0, cx1 - cx0, cy1 - cy0)])[0]
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = region
-    return out
-
-
-def _choose_level(backend: SlideBackend, mpp_um: float, out_mpp_um: float) -> int:
-    """The coarsest level still at least as fine as the output (within 5 %), so nothing is upsampled needlessly."""
-    level_mpps = [mpp_um * d for d in backend.level_downsamples]
-    usable = [level for level, mpp in enumerate(level_mpps) if mpp <= out_mpp_um * 1.05]
-    return max(usable, key=level_mpps.__getitem__) if usable else 0
-
-
-def resample_tile(
-    backend: SlideBackend, level: int, level_scale: float, positions_level0: np.ndarray
-) -> np.ndarray:
-    """Sample the slide at ``[T, T, 2]`` level-0 positions; ``level_scale`` = output px per level px (≤ 1).
-
-    The region under the tile is read from ``level`` and, when it is finer
-    than the output, first area-averaged to about the output's pixel size, so
-    the bilinear sampling that follows does not alias.
-    """
-    positions = positions_level0 / backend.level_downsamples[level]
-    x0, y0 = np.floor(positions.min(axis=(0, 1))).astype(int) - _READ_MARGIN_PX
-    x1, y1 = np.ceil(positions.max(axis=(0, 1))).astype(int) + _READ_MARGIN_PX + 1
-    region = _read_clipped(backend, level, x0, y0, x1, y1)
-    scale_x = scale_y = 1.0
-    if level_scale < 0.8:
-        width = max(1, round(region.shape[1] * level_scale))
-        height = max(1, round(region.shape[0] * level_scale))
-        scale_x, scale_y = width / region.shape[1], height / region.shape[0]
-        region = cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA)
-    map_x = ((positions[..., 0] - x0 + 0.5) * scale_x - 0.5).astype(np.float32)
-    map_y = ((positions[..., 1] - y0 + 0.5) * scale_y - 0.5).astype(np.float32)
-    return cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=_GLASS)
-
-
 def extract_tiles(
     slide_path: Path | str,
     mpp_um: float,
@@ -206,13 +144,10 @@ def extract_tiles(
     threads: int = 2,
 ) -> Iterator[np.ndarray]:
     """Yield the tiles whose ``[N, n, n, 2]`` nodes are given, ``[<=batch_size, T, T, 3]`` uint8 at a time, in order."""
-    weights = _interpolation_weights(tile_size_px, nodes_xy.shape[1])
     with opened_slide(slide_path) as backend, ThreadPoolExecutor(threads, thread_name_prefix="extract") as pool:
-        level = _choose_level(backend, mpp_um, out_mpp_um)
-        level_scale = mpp_um * backend.level_downsamples[level] / out_mpp_um
 
         def one(nodes: np.ndarray) -> np.ndarray:
-            return resample_tile(backend, level, level_scale, pixel_positions(nodes, weights))
+            return sample_slide(backend, mpp_um, interpolate_nodes(nodes, tile_size_px), out_mpp_um)
 
         for start in range(0, len(nodes_xy), batch_size):
             yield np.stack(list(pool.map(one, nodes_xy[start : start + batch_size])))

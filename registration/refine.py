@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from registration.quality import normalised_cross_correlation
 from registration.result import RegistrationResult
 from registration.views import stain_intensity
-from tiling.slide import SlideBackend, opened_slide, read_region
+from registration.sampling import interpolate_nodes, sample_slide
+from tiling.slide import opened_slide
 
 _JSON = "refinement.json"
 _CHUNK_POINTS = 4096  # points per block of the [N, K] anchor weights, to bound memory
@@ -193,43 +194,8 @@ class _Patch:
     tissue: np.ndarray
 
 
-def _sample(backend: SlideBackend, mpp_level0_um: float, xy_level0: np.ndarray, out_mpp_um: float) -> np.ndarray:
-    """``[n, n, 3]`` RGB at the ``[n, n, 2]`` level-0 px points, from the coarsest level finer than ``out_mpp_um``.
-
-    The bounding box of the points is read once, area-shrunk to about
-    ``out_mpp_um`` (so finer levels do not alias) and bilinearly sampled;
-    points off the slide are glass (white).
-    """
-    level_mpps = [mpp_level0_um * d for d in backend.level_downsamples]
-    usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= out_mpp_um * 1.01]
-    level = max(usable, key=level_mpps.__getitem__) if usable else 0
-    level_width, level_height = backend.level_dimensions[level]
-    edges = xy_level0 / backend.level_downsamples[level]  # continuous level coordinates, pixel edges at integers
-    x0, y0 = np.maximum(np.floor(edges.reshape(-1, 2).min(axis=0)).astype(int) - 2, 0)
-    x1 = min(int(np.ceil(edges[..., 0].max())) + 2, level_width)
-    y1 = min(int(np.ceil(edges[..., 1].max())) + 2, level_height)
-    shape = (*xy_level0.shape[:2], 3)
-    if x1 <= x0 or y1 <= y0:
-        return np.full(shape, 255, np.uint8)
-    region = read_region(backend, level, (int(x0), int(y0), x1 - x0, y1 - y0))
-    scale = min(1.0, level_mpps[level] / out_mpp_um)
-    size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
-    region = cv2.resize(region, size, interpolation=cv2.INTER_AREA) if scale < 0.9 else region
-    factors = np.array([region.shape[1], region.shape[0]]) / np.array([x1 - x0, y1 - y0])
-    source = ((edges - np.array([x0, y0])) * factors - 0.5).astype(np.float32)
-    border = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": (255, 255, 255)}
-    return cv2.remap(region, source[..., 0], source[..., 1], cv2.INTER_LINEAR, **border)
-
-
 def _patch(rgb: np.ndarray, config: RefinementConfig) -> _Patch:
     return _Patch(stain_intensity(rgb, config.channel), rgb.min(axis=-1) <= config.glass_level)
-
-
-def _upsampled(nodes: np.ndarray, size: int) -> np.ndarray:
-    """``[size, size, 2]`` bilinear interpolation of ``[m, m, 2]`` values on nodes spanning the same corners."""
-    steps = np.linspace(0, nodes.shape[0] - 1, size, dtype=np.float32)
-    cols, rows = np.meshgrid(steps, steps)
-    return cv2.remap(nodes.astype(np.float32), cols, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def read_patches(
@@ -256,9 +222,9 @@ def read_patches(
     fixed_grid = grid(offsets_um)
     with opened_slide(result.fixed_path) as fixed, opened_slide(result.moving_path) as moving:
         for index in range(len(anchors_um)):
-            fixed_rgb = _sample(fixed, result.fixed_mpp_um, fixed_grid[index], config.patch_mpp_um)
-            moving_xy = _upsampled(moving_nodes[index], size)
-            moving_rgb = _sample(moving, result.moving_mpp_um, moving_xy, config.patch_mpp_um)
+            fixed_rgb = sample_slide(fixed, result.fixed_mpp_um, fixed_grid[index], config.patch_mpp_um)
+            moving_xy = interpolate_nodes(moving_nodes[index], size)
+            moving_rgb = sample_slide(moving, result.moving_mpp_um, moving_xy, config.patch_mpp_um)
             yield _patch(fixed_rgb, config), _patch(moving_rgb, config)
 
 

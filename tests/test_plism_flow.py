@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.plism_flow import plism
 from registration.config import RegistrationConfig
+from registration.refine import RefinedRegistration
 from registration.synthetic import make_synthetic_plism
 from storage.aligned_store import open_aligned_store, open_aligned_tiles
 from storage.manifest import read_record
@@ -65,9 +66,8 @@ def test_every_condition_gets_the_same_tiles_aligned_to_the_reference(study, ext
     for index, name in enumerate(names):
         condition = truth[name]
         error_um = np.linalg.norm(condition.truth.map_points(coords[0]) - coords[index], axis=1) * condition.mpp_um
-        # Global registration at 4 µm/px: measured 0.3 µm median for scanner-only changes, 1.1-1.3 µm with a
-        # different cut's elastic warp; 2 µm median is 4 px at 0.5 µm/px.
-        assert np.median(error_um) <= 2.0, name
+        # Issue goal: 2 px at 0.5 µm/px. Measured 0.2 µm median, 0.7 µm p90 at tile corners.
+        assert np.median(error_um) <= 1.0, name
         tiles = _normalised(data.tiles[index].values)
         correlation = (tiles * reference).mean(axis=(1, 2))
         off_by_2um = (tiles[:, 4:, 4:] * reference[:, :-4, :-4]).mean(axis=(1, 2))
@@ -101,6 +101,29 @@ def test_a_rerun_redoes_only_what_a_killed_run_left_unfinished(study, extracted,
     assert summary["conditions"]["HR_S60"] == "failed"  # retried, still blank
     assert {name: read_record(store, name).finished_at for name in finished} == finished
     np.testing.assert_array_equal(zarr.open_array(out / "tiles", mode="r")[...], before)
+
+
+def test_refinement_near_the_tiles_improves_a_coarse_registration(study, tmp_path, prefect_api):
+    """Registered coarsely (16 µm/px, affine), the elastic part of another cut is left over; anchors fix most of it."""
+    folder, truth = study
+    slides = tmp_path / "pair"
+    slides.mkdir()
+    for name in ("GMH_S60", "GIVH_S60"):
+        (slides / f"{name}.tif").symlink_to(folder / f"{name}.tif")
+    out = tmp_path / "refined.zarr"
+    coarse = RegistrationConfig(view_mpp_um=16.0, stages=("rigid", "affine"))
+    refinement = {"anchor_spacing_um": 250.0, "patch_size_um": 150.0, "interpolation_sigma_um": 125.0}
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    plism.with_options(task_runner=runner)(slides=str(slides), out=str(out), registration=coarse, refinement=refinement)
+    refined = RefinedRegistration.load(out / "registration" / "GIVH_S60")
+    assert refined.accepted.sum() >= 5
+    coords = open_aligned_tiles(out)["coords"].values
+    true_xy = truth["GIVH_S60"].truth.map_points(coords[0])
+    error_refined = np.median(np.linalg.norm(coords[1] - true_xy, axis=1))
+    error_global = np.median(np.linalg.norm(refined.base.map_points(coords[0]) - true_xy, axis=1))
+    # Measured: 2.6 µm median from the global transform alone, 2.0 µm refined (the synthetic cut's warp has
+    # wavelengths down to 300 µm, barely above the 250 µm anchor spacing).
+    assert error_refined < 0.85 * error_global
 
 
 def test_cli_registers_on_a_local_dask_cluster(study, tmp_path, prefect_api):
