@@ -12,12 +12,11 @@ records and the summary); 2 when the run itself could not happen.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
 
-from flows.prefect_api import PrefectServerError, prefect_api
+from flows.cli import run_flow_command
 
 
 def _parse_args(argv: list[str] | None, prog: str, default_stage: str) -> argparse.Namespace:
@@ -70,26 +69,16 @@ def _flow_options(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None, *, prog: str = "python -m flows.register_plism",
          default_stage: str = "register") -> int:
     args = _parse_args(argv, prog, default_stage)
-    try:
-        with prefect_api(while_starting=lambda: importlib.import_module("flows.plism_flow")):
-            from flows.plism_flow import plism
-            from flows.runners import make_task_runner, quiet_dask_logging
-            from registration.layout import LayoutError
-            from storage.tile_store import StoreError
-            from tiling.errors import SlideError
 
-            try:
-                options = _flow_options(args)
-                quiet_dask_logging()
-                runner = make_task_runner(args.workers, args.dask_address)
-                plism.with_options(task_runner=runner)(slides=str(args.slides), out=str(args.out), **options)
-            except (LayoutError, StoreError, SlideError, FileNotFoundError, ValueError) as error:
-                print(f"{prog.split()[-1]}: {error}", file=sys.stderr)
-                return 2
-    except PrefectServerError as error:
-        print(f"{prog.split()[-1]}: {error}", file=sys.stderr)
-        return 2
-    return 0
+    def run() -> None:
+        from flows.plism_flow import plism
+        from flows.runners import make_task_runner
+
+        options = _flow_options(args)
+        runner = make_task_runner(args.workers, args.dask_address)
+        plism.with_options(task_runner=runner)(slides=str(args.slides), out=str(args.out), **options)
+
+    return run_flow_command(prog, "flows.plism_flow", run)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,16 @@ for several, or on an existing cluster (``--dask-address``). Exit code 0 when
 the run completed, even if some slides failed (they are in the manifest and
 the summary); 2 when the run itself could not happen (unreadable slide list,
 a store made with other parameters, a store in use, no Prefect API).
-
-Only the standard library is imported before the temporary Prefect server is
-launched, so that its start-up overlaps the heavy imports.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
 
-from flows.prefect_api import PrefectServerError, prefect_api
+from flows.cli import run_flow_command
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,32 +38,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        with prefect_api(while_starting=lambda: importlib.import_module("flows.tiling_flow")):
-            from flows.runners import make_task_runner, quiet_dask_logging
-            from flows.tiling_flow import tile_tcga
-            from storage.tile_store import StoreError
-            from tiling.config import TilingConfig
 
-            base = TilingConfig.from_yaml(args.config) if args.config else TilingConfig()
-            config = base.with_overrides(
-                tile_size_px=args.tile_size, target_mpp_um=args.target_mpp, threads=args.threads,
-                allow_upsampling=args.allow_upsampling,
-            )
-            quiet_dask_logging()
-            runner = make_task_runner(args.workers, args.dask_address)
-            try:
-                tile_tcga.with_options(task_runner=runner)(
-                    slides=str(args.slides), out=str(args.out), config=config, mpp_override_um=args.mpp_override,
-                    overwrite=args.overwrite, progress_bar=not args.no_progress,
-                )
-            except (StoreError, FileNotFoundError, ValueError) as error:
-                print(f"tile_tcga: {error}", file=sys.stderr)
-                return 2
-    except PrefectServerError as error:
-        print(f"tile_tcga: {error}", file=sys.stderr)
-        return 2
-    return 0
+    def run() -> None:
+        from flows.runners import make_task_runner
+        from flows.tiling_flow import tile_tcga
+        from tiling.config import TilingConfig
+
+        base = TilingConfig.from_yaml(args.config) if args.config else TilingConfig()
+        config = base.with_overrides(
+            tile_size_px=args.tile_size, target_mpp_um=args.target_mpp, threads=args.threads,
+            allow_upsampling=args.allow_upsampling,
+        )
+        tile_tcga.with_options(task_runner=make_task_runner(args.workers, args.dask_address))(
+            slides=str(args.slides), out=str(args.out), config=config, mpp_override_um=args.mpp_override,
+            overwrite=args.overwrite, progress_bar=not args.no_progress,
+        )
+
+    return run_flow_command("python -m flows.tile_tcga", "flows.tiling_flow", run)
 
 
 if __name__ == "__main__":

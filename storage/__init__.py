@@ -16,6 +16,7 @@ _LAZY = {
     "open_slide_group": "storage.read",
     "open_tiles": "storage.read",
     "read_manifest": "storage.manifest",
+    "open_aligned_tiles": "storage.aligned_store",
 }
 
 __all__ = ["SlideRecord", "StoreError", "TileStore", *_LAZY]
