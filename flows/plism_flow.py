@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from flows.runners import is_transient_io_error
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
 from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE, PlismCondition, PlismLayout
@@ -44,19 +45,15 @@ from storage.atomic import write_bytes_atomic
 from storage.manifest import FAILED, SlideRecord, write_record
 from storage.tile_store import utc_now
 from tiling.config import TilingConfig
-from tiling.errors import MissingMppError, SlideError
+from tiling.errors import MissingMppError
 
 Stage = Literal["register", "all"]
 _MONTAGE_TILES = 6
 
 
-def _is_transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups, never a bad slide."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError) and not isinstance(error, SlideError)
-
-
-_TASK_OPTIONS = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _is_transient, "cache_policy": None}
+_TASK_OPTIONS = {
+    "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": is_transient_io_error, "cache_policy": None,
+}
 
 
 @task(name="register-condition", task_run_name="register-{condition.name}", **_TASK_OPTIONS)

@@ -14,6 +14,8 @@ import os
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from tiling.errors import SlideError
+
 
 def quiet_dask_logging() -> None:
     """Keep Dask's per-worker start/stop chatter out of the console; warnings still show.
@@ -48,3 +50,13 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
             "host": "127.0.0.1",
         },
     )
+
+
+def is_transient_io_error(task, task_run, state) -> bool:
+    """Prefect retry condition: retry I/O hiccups (network file systems, object-store mounts), never bad input.
+
+    A slide that cannot be read (``SlideError``) fails the same way every
+    time, and so does anything else that is not an ``OSError``.
+    """
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, SlideError)

@@ -16,19 +16,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from flows.runners import is_transient_io_error
 from flows.summary import RunSummary
 from storage.manifest import FAILED, SKIPPED, SlideRecord, write_record
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
-from tiling.errors import SlideError
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
 from tiling.tile_slide import tile_slide
-
-
-def _is_transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups (network file systems, object-store mounts), never a bad slide."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError) and not isinstance(error, SlideError)
 
 
 @task(
@@ -36,7 +30,7 @@ def _is_transient(task, task_run, state) -> bool:
     task_run_name="tile-{spec.slide_id}",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_is_transient,
+    retry_condition_fn=is_transient_io_error,
     cache_policy=None,
     log_prints=False,
 )

@@ -17,6 +17,7 @@ _LAZY = {
     "open_tiles": "storage.read",
     "read_manifest": "storage.manifest",
     "open_aligned_tiles": "storage.aligned_store",
+    "open_embeddings": "storage.embedding_store",
 }
 
 __all__ = ["SlideRecord", "StoreError", "TileStore", *_LAZY]

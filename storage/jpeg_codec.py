@@ -103,6 +103,10 @@ class JpegCodec(ArrayBytesCodec):
         """Encode ``[n, H, W, 3]`` images on the coding threads, in order."""
         return list(_CODING_THREADS.map(self.encode_image, images))
 
+    def decode_images(self, encoded: list[bytes]) -> list[np.ndarray]:
+        """Decode JPEG byte strings to ``[H, W, 3]`` images on the coding threads, in order."""
+        return list(_CODING_THREADS.map(imagecodecs.jpeg8_decode, encoded))
+
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:])
         return chunk_spec.prototype.buffer.from_bytes(self.encode_image(image))

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from storage.jpeg_codec import JpegCodec
-from storage.shard_file import UnsupportedShardLayoutError, jpeg_codec_of, write_shard
+from storage.shard_file import UnsupportedShardLayoutError, jpeg_codec_of, read_shard, write_shard
 from tests.conftest import cmu_rgb
 
 
@@ -33,6 +33,22 @@ def test_full_and_partial_shards_equal_zarrs_own(tmp_path):
         key = f"c/{shard}/0/0/0"
         assert (tmp_path / "ours" / key).read_bytes() == (tmp_path / "zarr" / key).read_bytes()
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "ours", mode="r")[:], by_zarr[:])
+
+
+def test_read_shard_gives_what_zarr_reads_in_two_and_three_dimensional_layouts(tmp_path):
+    tiles = _tiles(300)
+    flat = _array(tmp_path / "flat", tiles.shape)
+    flat[:] = tiles
+    expected = flat[256:300]
+    np.testing.assert_array_equal(read_shard(tmp_path / "flat", flat, 2, 44), expected)
+    per_condition = zarr.create_array(
+        tmp_path / "conditions", shape=(2, 300, 224, 224, 3), chunks=(1, 1, 224, 224, 3),
+        shards=(1, 128, 224, 224, 3), dtype="uint8", fill_value=0, serializer=JpegCodec(), compressors=None,
+    )
+    per_condition[1] = tiles
+    np.testing.assert_array_equal(read_shard(tmp_path / "conditions", per_condition, (1, 2), 44), expected)
+    with pytest.raises(ValueError, match="fewer than 45 images"):
+        read_shard(tmp_path / "flat", flat, 2, 45)
 
 
 def test_other_layouts_are_refused(tmp_path):

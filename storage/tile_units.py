@@ -1,0 +1,108 @@
+"""Any tile store of this project seen as a list of units: one shard of tiles each.
+
+A unit is the natural piece of work for a job that reads every tile once
+(embedding): one file read, up to 2,048 tiles, written back as one chunk.
+Both store layouts are covered: the tile store (one ``tiles [tile, …]`` array
+per slide) and the aligned tile store (one ``tiles [condition, tile, …]``
+array). Units are listed in a fixed order, so that processes can split them
+by rank without talking to each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from storage.aligned_store import AlignedTileStore
+from storage.aligned_store import LAYOUT_NAME as ALIGNED_LAYOUT
+from storage.shard_file import read_shard
+from storage.tile_store import LAYOUT_NAME as TILE_LAYOUT
+from storage.tile_store import StoreError, TileStore
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """One shard of tiles.
+
+    Attributes
+    ----------
+    group
+        Slide id in a tile store, ``""`` in an aligned tile store.
+    position
+        Index of the shard in its ``tiles`` array: ``(shard,)`` or ``(condition, shard)``.
+    start, count
+        The tiles ``[start, start + count)`` along the tile axis.
+    """
+
+    group: str
+    position: tuple[int, ...]
+    start: int
+    count: int
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe unique name: ``<slide_id>.<shard>`` or ``<condition>.<shard>``."""
+        return ".".join([self.group, *map(str, self.position)] if self.group else map(str, self.position))
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """A tile store opened for reading unit by unit; picklable (paths only)."""
+
+    root: Path
+    layout: str
+
+    def tiles_path(self, group: str) -> Path:
+        return self.root / "slides" / group / "tiles" if self.layout == TILE_LAYOUT else self.root / "tiles"
+
+    def groups(self) -> list[str]:
+        """Slides whose tiles are complete (tile store), or ``[""]`` (aligned tile store, once planned)."""
+        if self.layout == TILE_LAYOUT:
+            return TileStore(self.root).complete_slide_ids()
+        return [""] if AlignedTileStore(self.root).read_plan() is not None else []
+
+    def _ready_conditions(self) -> set[int]:
+        """Rows of an aligned store whose tiles are all written (the others read as zeros)."""
+        store = AlignedTileStore(self.root)
+        return {i for i, name in enumerate(store.read_plan()["conditions"]) if store.is_extracted(name)}
+
+    def units(self) -> list[TileUnit]:
+        """Every unit of the store whose tiles are complete, in a fixed order."""
+        units = []
+        for group in self.groups():
+            array = zarr.open_array(self.tiles_path(group), mode="r")
+            tile_axis = array.ndim - 4
+            shard, n_tiles = array.shards[tile_axis], array.shape[tile_axis]
+            ready = self._ready_conditions() if self.layout == ALIGNED_LAYOUT else None
+            for leading in np.ndindex(*array.shape[:tile_axis]):
+                if ready is not None and leading[0] not in ready:
+                    continue
+                for index, start in enumerate(range(0, n_tiles, shard)):
+                    units.append(TileUnit(group, (*leading, index), start, min(shard, n_tiles - start)))
+        return units
+
+    def read(self, unit: TileUnit) -> np.ndarray:
+        """The unit's tiles, ``[count, H, W, 3]`` uint8."""
+        path = self.tiles_path(unit.group)
+        return read_shard(path, zarr.open_array(path, mode="r"), unit.position, unit.count)
+
+
+def open_tile_source(path: Path | str) -> TileSource:
+    """The tile store or aligned tile store at ``path``.
+
+    Raises
+    ------
+    StoreError
+        When ``path`` is neither.
+    """
+    root = Path(path).resolve()
+    try:
+        layout = zarr.open_group(root, mode="r").attrs.get("layout")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        layout = None
+    if layout not in (TILE_LAYOUT, ALIGNED_LAYOUT):
+        raise StoreError(f"{root} is neither a distillpath tile store nor an aligned tile store")
+    return TileSource(root, layout)
