@@ -86,20 +86,20 @@ def write_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple
     write_bytes_atomic(_shard_key(array_path, array, shard_position), data)
 
 
-def read_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int) -> np.ndarray:
-    """Decode the first ``count`` images of one shard of the local ``array``: ``[count, H, W, 3]`` uint8.
+def read_shard_encoded(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int,
+                       ) -> list[bytes]:
+    """The JPEG bytes of the first ``count`` images of one shard of the local ``array``, not decoded.
 
-    The inverse of :func:`write_shard`: one file read, the index parsed, the
-    JPEGs decoded on the coding threads. zarr's own read of a shard goes
-    through its per-chunk asyncio pipeline at about a third of this speed;
-    an embedding job reads every tile once and wants the images fast.
+    One file read and the index parsed. A training stream keeps a window of
+    shards in memory in this form (~27 kB a 224-px tile, a sixth of the
+    decoded size) and decodes a tile only when a step uses it.
 
     Raises
     ------
     ValueError
         When the shard's index is corrupt or lacks one of the images asked for.
     """
-    codec = jpeg_codec_of(array)
+    jpeg_codec_of(array)
     key = _shard_key(array_path, array, shard_position)
     data = key.read_bytes()
     chunks_per_shard = _chunks_per_shard(array)
@@ -109,5 +109,22 @@ def read_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[
     index = np.frombuffer(index_bytes, dtype="<u8").reshape(chunks_per_shard, 2)[:count]
     if (index == _ABSENT).any():
         raise ValueError(f"{key}: shard holds fewer than {count} images")
-    images = codec.decode_images([data[offset : offset + length] for offset, length in index.tolist()])
+    return [data[offset : offset + length] for offset, length in index.tolist()]
+
+
+def read_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int) -> np.ndarray:
+    """Decode the first ``count`` images of one shard of the local ``array``: ``[count, H, W, 3]`` uint8.
+
+    The inverse of :func:`write_shard`: the shard read by
+    :func:`read_shard_encoded`, the JPEGs decoded on the coding threads.
+    zarr's own read of a shard goes through its per-chunk asyncio pipeline at
+    about a third of this speed; an embedding job reads every tile once and
+    wants the images fast.
+
+    Raises
+    ------
+    ValueError
+        When the shard's index is corrupt or lacks one of the images asked for.
+    """
+    images = jpeg_codec_of(array).decode_images(read_shard_encoded(array_path, array, shard_position, count))
     return np.stack(images).reshape(count, *array.chunks[-3:])

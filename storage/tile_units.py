@@ -18,7 +18,7 @@ import zarr
 
 from storage.aligned_store import AlignedTileStore
 from storage.aligned_store import LAYOUT_NAME as ALIGNED_LAYOUT
-from storage.shard_file import read_shard
+from storage.shard_file import read_shard, read_shard_encoded
 from storage.tile_store import LAYOUT_NAME as TILE_LAYOUT
 from storage.tile_store import StoreError, TileStore
 
@@ -88,6 +88,11 @@ class TileSource:
         """The unit's tiles, ``[count, H, W, 3]`` uint8."""
         path = self.tiles_path(unit.group)
         return read_shard(path, zarr.open_array(path, mode="r"), unit.position, unit.count)
+
+    def read_encoded(self, unit: TileUnit) -> list[bytes]:
+        """The unit's tiles as stored, one JPEG byte string each, in tile order; decoding is left to the caller."""
+        path = self.tiles_path(unit.group)
+        return read_shard_encoded(path, zarr.open_array(path, mode="r"), unit.position, unit.count)
 
 
 def open_tile_source(path: Path | str) -> TileSource:

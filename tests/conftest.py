@@ -55,6 +55,21 @@ def slide_025_single_level(tmp_path_factory, slide_025) -> Path:
     return write_tiff(tmp_path_factory.mktemp("flat25") / "flat-025.tif", rgb, 0.25, pyramid=False)
 
 
+@pytest.fixture(scope="session")
+def shipped_tile_store(tmp_path_factory) -> Path:
+    """A tile store of both shipped slides (53 real tiles) in shards of 16, made without Prefect."""
+    from storage.tile_store import TileStore
+    from tiling.config import TilingConfig
+    from tiling.slide_list import SlideSpec, slide_id_from_path
+    from tiling.tile_slide import tile_slide
+
+    config = TilingConfig(tiles_per_shard=16)
+    store = TileStore.create_or_open(tmp_path_factory.mktemp("shipped") / "tiles.zarr", config.model_dump())
+    for path in (CMU_SVS, OME_TIFF):
+        tile_slide(SlideSpec(path, slide_id_from_path(path)), store, config)
+    return store.root
+
+
 @pytest.fixture
 def slide_dir(tmp_path) -> Path:
     """A folder holding copies of both shipped real slides."""

@@ -98,31 +98,36 @@ MODEL_SPECS: dict[str, ViTSpec] = {
 }
 
 
-def build_model(name: str, weights: str | Path | None = None, *, device: str | torch.device = "cpu") -> nn.Module:
+def build_model(
+    name: str, weights: str | Path | None = None, *, device: str | torch.device = "cpu", dynamic_img_size: bool = False
+) -> nn.Module:
     """Build a model by name, with random weights unless a local ``weights`` file is given.
 
     ``name`` is a key of ``MODEL_SPECS`` or a timm registry name (built with ``num_classes=0``).
     ``device="meta"`` builds without memory, to inspect shapes and parameter counts of full-size
     models. Hub names (``hf-hub:...``) are refused: nothing is ever downloaded.
+    ``dynamic_img_size`` lets the model take other input sizes than 224 px (the position embeddings
+    are resampled), as multi-crop training needs for its local crops; the parameters are the same.
     """
     device = torch.device(device)
     if weights is not None and device.type == "meta":
         raise ValueError(f"cannot load {weights} onto the meta device: meta tensors hold no values")
     with device:  # parameters are created where they will live; no CPU detour for a GPU build
-        model = _create(name)
+        model = _create(name, dynamic_img_size)
     if weights is not None:
         load_weights(model, weights)
     return model
 
 
-def _create(name: str) -> nn.Module:
+def _create(name: str, dynamic_img_size: bool) -> nn.Module:
     """The randomly initialised model for ``name``."""
     spec = MODEL_SPECS.get(name)
     if spec is not None:
-        return timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs())
+        kwargs = {**spec.timm_kwargs(), "dynamic_img_size": dynamic_img_size}
+        return timm.create_model(spec.architecture, pretrained=False, **kwargs)
     if not timm.is_model(name):
         raise ValueError(
             f"unknown model {name!r}: not one of {sorted(MODEL_SPECS)} nor a timm registry name "
             "(hub names are not accepted; pass a local weights file instead)"
         )
-    return timm.create_model(name, pretrained=False, num_classes=0)
+    return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=dynamic_img_size)

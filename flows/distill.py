@@ -1,0 +1,45 @@
+"""Distil a teacher into a student on tile stores: ``python -m flows.distill``.
+
+``--config`` is a YAML file of :class:`pipeline.distill.config.DistillConfig`
+(``configs/distill/h0-mini.yaml`` is the paper's Table 4,
+``configs/distill/tiny-cpu.yaml`` runs on two CPU cores in minutes). The run
+directory ``--out`` holds ``metrics.jsonl``, the checkpoints and
+``student.safetensors``; rerunning the same command resumes from the latest
+checkpoint. ``--processes N`` trains with N processes under torchrun (one per
+GPU with ``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows.cli import run_flow_command
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.distill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, type=Path, help="distillation config (YAML)")
+    parser.add_argument("--tiles", required=True, nargs="+", help="tile stores to train on")
+    parser.add_argument("--out", required=True, type=Path, help="run directory to create or resume")
+    parser.add_argument("--processes", type=int, default=1, help="training processes (torchrun when > 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+
+    def run() -> None:
+        from flows.distill_flow import distill
+
+        distill(config=str(args.config), tiles=[str(t) for t in args.tiles], out=str(args.out),
+                processes=args.processes, device=args.device, progress_bar=not args.no_progress)
+
+    return run_flow_command("python -m flows.distill", "flows.distill_flow", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

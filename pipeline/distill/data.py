@@ -1,0 +1,191 @@
+"""The training stream: an endless, seeded sequence of multi-crop batches, the same however it is split.
+
+The global stream is a function of the seed alone. Pass ``p`` visits every
+shard unit of every store in a seeded random order, cut into windows of
+``window_shards`` consecutive units; within a window the tiles come in a
+seeded random order. Memory is bounded by one window of JPEG bytes (~27 kB a
+224-px tile, ~220 MB for four 2,048-tile shards); a tile is decoded only when
+a step uses it. Passes repeat forever, each with new orders.
+
+Global step ``s`` takes stream positions ``[s·G, (s+1)·G)`` and rank ``r`` of
+``W`` the contiguous ``G/W`` of them at ``s·G + r·G/W``; sample ``q``'s crops
+are drawn from a generator seeded by ``(seed, q)``. One process with batch
+``G`` therefore sees exactly the samples and crops that ``W`` processes see
+together, a resumed run sees what an uninterrupted one would have, and
+``start_step`` skips ahead by arithmetic, without reading the skipped windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.distill.augment import MultiCrop
+from storage.tile_units import TileUnit, open_tile_source
+
+# Distinct streams of randomness derived from one seed.
+_UNIT_ORDER, _TILE_ORDER, _CROPS = 0, 1, 2
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed depending on every part; the same in every process and Python run (unlike ``hash``)."""
+    digest = hashlib.blake2b(np.asarray(parts, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """Where a stream position's tile lives: tile ``tile`` of ``unit`` in store number ``store``."""
+
+    store: int
+    unit: TileUnit
+    tile: int
+
+
+@dataclass(frozen=True)
+class _PassLayout:
+    """One pass: units in visiting order, and the stream offset at which each window starts."""
+
+    unit_order: np.ndarray  # int64 [unit]: indices into TileStream._units
+    window_starts: np.ndarray  # int64 [window + 1]: first offset of each window within the pass, then the pass length
+
+
+class TileStream(IterableDataset):
+    """Per-step local batches for one rank: ``(step, batch)`` forever.
+
+    ``batch`` holds ``global_crops`` uint8 ``[2, b, S, S, 3]``, ``local_crops``
+    uint8 ``[n, b, s, s, 3]`` (``[0, b, s, s, 3]`` without local crops) and
+    ``index`` int64 ``[b]``, the samples' global stream positions, with
+    ``b = global_batch / world``. In a DataLoader, worker ``w`` of ``K``
+    makes steps ``start_step + w + k·K``, so ``batch_size=None`` yields the
+    steps in order (see :func:`make_loader`).
+
+    Raises
+    ------
+    ValueError
+        When ``global_batch`` is not a multiple of ``world``, ``rank`` is out
+        of range, or the stores hold no tile.
+    """
+
+    def __init__(self, stores: list[str | Path], *, seed: int, global_batch: int, rank: int, world: int,
+                 transform: MultiCrop, start_step: int = 0, window_shards: int = 4) -> None:
+        if global_batch <= 0 or global_batch % world:
+            raise ValueError(f"global_batch {global_batch} must be a positive multiple of world {world}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        if start_step < 0 or window_shards < 1:
+            raise ValueError(f"start_step ({start_step}) must be >= 0 and window_shards ({window_shards}) >= 1")
+        self.sources = [open_tile_source(store) for store in stores]
+        self._units = [(index, unit) for index, source in enumerate(self.sources) for unit in source.units()]
+        self._counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
+        self.tiles_per_pass = int(self._counts.sum())
+        if not self.tiles_per_pass:
+            raise ValueError(f"no complete tiles in {[str(source.root) for source in self.sources]}")
+        self.seed, self.global_batch, self.rank, self.world = seed, global_batch, rank, world
+        self.transform, self.start_step, self.window_shards = transform, start_step, window_shards
+        self._layout: tuple[int, _PassLayout] | None = None
+        self._window: tuple[tuple[int, int], list[bytes]] | None = None
+
+    def __getstate__(self) -> dict:
+        # Loader workers get the recipe, not a window of JPEG bytes the main process may have cached.
+        return {**self.__dict__, "_window": None}
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world
+
+    def positions(self, step: int) -> range:
+        """This rank's stream positions at ``step``."""
+        start = step * self.global_batch + self.rank * self.local_batch
+        return range(start, start + self.local_batch)
+
+    def _pass_layout(self, pass_index: int) -> _PassLayout:
+        if self._layout is None or self._layout[0] != pass_index:
+            order = np.random.default_rng(derive_seed(self.seed, _UNIT_ORDER, pass_index)).permutation(len(self._units))
+            sizes = np.add.reduceat(self._counts[order], np.arange(0, len(order), self.window_shards))
+            self._layout = (pass_index, _PassLayout(order, np.concatenate([[0], np.cumsum(sizes)])))
+        return self._layout[1]
+
+    def _window_units(self, pass_index: int, window: int) -> np.ndarray:
+        """Indices of the window's units, in the order their tiles are concatenated."""
+        return self._pass_layout(pass_index).unit_order[window * self.window_shards : (window + 1) * self.window_shards]
+
+    def _window_tile_order(self, pass_index: int, window: int) -> np.ndarray:
+        """The window's concatenated tiles, in the order the stream visits them."""
+        n_tiles = int(self._counts[self._window_units(pass_index, window)].sum())
+        return np.random.default_rng(derive_seed(self.seed, _TILE_ORDER, pass_index, window)).permutation(n_tiles)
+
+    def _locate(self, position: int) -> tuple[int, int, int]:
+        """``(pass, window, offset in window)`` of a stream position."""
+        pass_index, offset = divmod(position, self.tiles_per_pass)
+        starts = self._pass_layout(pass_index).window_starts
+        window = int(np.searchsorted(starts, offset, side="right")) - 1
+        return pass_index, window, offset - int(starts[window])
+
+    def tile_at(self, position: int) -> TileRef:
+        """The tile at a stream position, found without reading anything."""
+        pass_index, window, offset = self._locate(position)
+        units = self._window_units(pass_index, window)
+        tile = int(self._window_tile_order(pass_index, window)[offset])
+        unit_starts = np.cumsum(self._counts[units]) - self._counts[units]
+        local = int(np.searchsorted(unit_starts, tile, side="right")) - 1
+        store, unit = self._units[units[local]]
+        return TileRef(store, unit, tile - int(unit_starts[local]))
+
+    def _encoded(self, pass_index: int, window: int) -> list[bytes]:
+        """The window's JPEGs in visiting order; the last window read is kept (each worker's steps only advance)."""
+        if self._window is None or self._window[0] != (pass_index, window):
+            encoded = [data for unit_index in self._window_units(pass_index, window)
+                       for data in self.sources[self._units[unit_index][0]].read_encoded(self._units[unit_index][1])]
+            self._window = ((pass_index, window), [encoded[i] for i in self._window_tile_order(pass_index, window)])
+        return self._window[1]
+
+    def sample(self, position: int) -> dict[str, list[torch.Tensor]]:
+        """The crops of the sample at a stream position."""
+        pass_index, window, offset = self._locate(position)
+        tile = torch.from_numpy(imagecodecs.jpeg8_decode(self._encoded(pass_index, window)[offset]))
+        return self.transform(tile, torch.Generator().manual_seed(derive_seed(self.seed, _CROPS, position)))
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's batch of global step ``step``."""
+        positions = self.positions(step)
+        samples = [self.sample(position) for position in positions]
+        if self.transform.config.local_crops_number:
+            local_crops = torch.stack([torch.stack(s["local_crops"]) for s in samples], dim=1)
+        else:
+            size = self.transform.config.local_crop_size
+            local_crops = torch.empty((0, len(samples), size, size, 3), dtype=torch.uint8)
+        return {
+            "global_crops": torch.stack([torch.stack(s["global_crops"]) for s in samples], dim=1),
+            "local_crops": local_crops,
+            "index": torch.tensor(positions, dtype=torch.int64),
+        }
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for step in itertools.count(self.start_step + worker, workers):
+            yield step, self.batch(step)
+
+
+def make_loader(stream: TileStream, num_workers: int, *, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``stream`` that yields its ``(step, batch)`` items in step order.
+
+    Workers start from a clean "forkserver" process: a plain fork would copy
+    this process's thread pools (the JPEG codec's, zarr's event loop) without
+    their threads, and hang on first use. They persist, so a new epoch of the
+    loop does not pay their start-up again.
+    """
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        multiprocessing_context="forkserver" if num_workers else None,
+        persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
+    )

@@ -1,0 +1,47 @@
+"""Export the EMA student as a timm-loadable safetensors file with a short model card.
+
+The file holds the backbone's own timm parameter names, so
+``pipeline.models.build_model(student_name, weights=file)`` and
+``python -m flows.embed --model <student_name> --weights file`` load it as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from pipeline.distill.config import DistillConfig
+from storage.atomic import write_bytes_atomic
+
+
+def export_student(backbone: nn.Module, config: DistillConfig, stores: list[str], steps: int, path: Path) -> Path:
+    """Write ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in backbone.state_dict().items()}
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, temporary, metadata={"model": config.models.student, "steps": str(steps)})
+    temporary.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    parameters = sum(t.numel() for t in tensors.values())
+    card = f"""# {config.models.student} distilled from {config.models.teacher}
+
+- File: `{path.name}` (safetensors, timm parameter names), sha256 `{digest}`
+- Parameters: {parameters:,}
+- Load: `pipeline.models.build_model("{config.models.student}", weights="{path.name}")`, or
+  `python -m flows.embed --model {config.models.student} --weights {path.name} ...`
+- Embedding: class token ⊕ mean patch token (registers excluded), normalised with the model's mean/std.
+- Teacher: `{config.models.teacher}` (weights: `{config.models.teacher_weights}`), teacher heads: `{config.heads.teacher_heads}`
+- Training: {steps:,} iterations of DINO + iBOT distillation, global batch {config.train.batch_size_total},
+  exported weights are the EMA of the student.
+- Data: {", ".join(f"`{s}`" for s in stores)}
+
+## Config
+
+```yaml
+{yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)}```
+"""
+    write_bytes_atomic(path.parent / "MODEL_CARD.md", card.encode())
+    return path

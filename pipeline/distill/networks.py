@@ -1,0 +1,80 @@
+"""The networks of a distillation run: frozen teacher, trainable student, their heads.
+
+The student side (backbone + DINO head + iBOT head, or + token projectors
+in the head-free mode) is one module, so DDP wraps it whole and its EMA
+copy is one ``deepcopy``. The teacher side never trains: its backbone is
+frozen and its heads are fixed (loaded, or fitted by the first stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.distill.config import HeadsConfig
+from pipeline.distill.heads import DINOHead
+from pipeline.models import normalise
+
+
+def tokens(backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class token ``[B, D]`` and patch tokens ``[B, N, D]`` (registers dropped) of uint8 NHWC ``images``."""
+    features = backbone.forward_features(normalise(backbone, images))
+    return features[:, 0], features[:, backbone.num_prefix_tokens :]
+
+
+def make_heads(in_dim: int, config: HeadsConfig) -> nn.ModuleDict:
+    """A DINO head (class tokens) and an iBOT head (patch tokens) onto the same prototypes."""
+    return nn.ModuleDict({
+        "dino_head": DINOHead(in_dim, config.prototypes, config.hidden_dim, config.dino_bottleneck_dim, config.layers),
+        "ibot_head": DINOHead(in_dim, config.prototypes, config.hidden_dim, config.ibot_bottleneck_dim, config.layers),
+    })
+
+
+@dataclass
+class Outputs:
+    """What one side produced for a step: class tokens of global then local crops, and global patch tokens,
+    each through the heads when there are heads (``dino`` ``[C*B, K]``, ``ibot`` ``[2B, N, K]``)."""
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    dino: torch.Tensor | None = None
+    ibot: torch.Tensor | None = None
+
+
+class StudentSide(nn.Module):
+    """Backbone and heads (or projectors) that learn; ``train_backbone=False`` fits heads on a frozen backbone."""
+
+    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict, *, train_backbone: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.train_backbone = train_backbone
+        backbone.requires_grad_(train_backbone)
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor) -> Outputs:
+        """``global_crops`` ``[2B, S, S, 3]`` and ``local_crops`` ``[nB, s, s, 3]`` uint8 (the latter may be empty)."""
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            cls, patches = tokens(self.backbone, global_crops)
+            local_cls = tokens(self.backbone, local_crops)[0] if len(local_crops) else cls[:0]
+        all_cls = torch.cat([cls, local_cls])
+        if "dino_head" not in self.heads:
+            return Outputs(all_cls, patches)
+        return Outputs(all_cls, patches, self.heads["dino_head"](all_cls), self.heads["ibot_head"](patches))
+
+
+class TeacherSide(nn.Module):
+    """Frozen backbone with fixed heads (or none): evaluated without gradients."""
+
+    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict | None) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False).eval()
+        self.heads = heads.requires_grad_(False).eval() if heads is not None else None
+
+    @torch.no_grad()
+    def forward(self, global_crops: torch.Tensor) -> Outputs:
+        cls, patches = tokens(self.backbone, global_crops)
+        if self.heads is None:
+            return Outputs(cls, patches)
+        return Outputs(cls, patches, self.heads["dino_head"](cls), self.heads["ibot_head"](patches))

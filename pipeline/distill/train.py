@@ -1,0 +1,337 @@
+"""The distillation loop: DINO + iBOT from a frozen teacher into a student, one process per device.
+
+One call of :func:`train` runs a whole run directory to its end, resuming
+from its latest checkpoint. With the teacher-head mode ``fit`` it first runs
+a head stage (student = the frozen teacher backbone with trainable heads,
+teacher = their EMA), whose EMA heads then serve as the teacher's heads.
+Under ``torchrun`` each process takes its slice of every global batch
+(:class:`~pipeline.distill.data.TileStream`) and DDP averages the gradients,
+so N processes compute what one process with the same global batch would.
+
+Run directory::
+
+    RUN/config.yaml             the config the run was started with
+    RUN/metrics.jsonl           one JSON object per logged step (step, loss, …)
+    RUN/checkpoints/<stage>-<step>.pt   consolidated checkpoints (rank 0 writes them)
+    RUN/teacher_heads.pt        the fitted teacher heads (mode "fit")
+    RUN/student.safetensors     the exported EMA student, and RUN/MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.distill.augment import MultiCrop
+from pipeline.distill.config import DistillConfig
+from pipeline.distill.data import TileStream, make_loader
+from pipeline.distill.export import export_student
+from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
+from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, make_heads
+from pipeline.distill.schedules import Schedules
+from pipeline.models import build_model
+from storage.atomic import write_bytes_atomic
+
+HEADS, DISTILL = "heads", "distill"
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _param_groups(module: nn.Module) -> list[dict]:
+    """AdamW groups: biases, norms, tokens and position embeddings get no weight decay (DINOv2)."""
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
+        (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "wd_multiplier": 1.0}, {"params": no_decay, "wd_multiplier": 0.0}]
+
+
+class Objective(nn.Module):
+    """The loss of a step from the student's and the teacher's outputs; holds the teacher centres."""
+
+    def __init__(self, config: DistillConfig, student_dim: int, teacher_dim: int, with_heads: bool) -> None:
+        super().__init__()
+        loss = config.loss
+        self.with_heads = with_heads
+        self.dino_weight, self.ibot_weight = loss.dino_weight, loss.ibot_weight
+        if with_heads:
+            common = {"student_temp": loss.student_temp, "center_momentum": loss.center_momentum,
+                      "centering": loss.centering}
+            self.dino = DINOLoss(config.heads.prototypes, **common)
+            self.ibot = IBOTPatchLoss(config.heads.prototypes, **common)
+
+    def forward(self, student: Outputs, teacher: Outputs, teacher_temp: float, regression: nn.Module | None
+                ) -> dict[str, torch.Tensor]:
+        if not self.with_heads:
+            n_global = len(teacher.cls)
+            value = regression(student.cls[:n_global], student.patches, teacher.cls, teacher.patches)
+            return {"loss": value, "regression_loss": value.detach()}
+        n_global = len(teacher.dino)
+        batch = n_global // 2
+        teacher_dino = self.dino.teacher_probabilities(teacher.dino.float(), teacher_temp)
+        teacher_ibot = self.ibot.teacher_probabilities(teacher.ibot.float(), teacher_temp)
+        dino = self.dino(list(student.dino.float().split(batch)), list(teacher_dino.split(batch)))
+        ibot = self.ibot(student.ibot.float(), teacher_ibot)
+        self.dino.update_center(teacher.dino.float())
+        self.ibot.update_center(teacher.ibot.float())
+        return {"loss": self.dino_weight * dino + self.ibot_weight * ibot,
+                "dino_loss": dino.detach(), "ibot_loss": ibot.detach()}
+
+
+class Stage:
+    """One training stage: its networks, optimiser, EMA, objective and schedules, and how to save them."""
+
+    def __init__(self, name: str, config: DistillConfig, teacher_backbone: nn.Module, device: torch.device,
+                 teacher_heads: nn.ModuleDict | None) -> None:
+        self.name, self.config, self.device = name, config, device
+        torch.manual_seed(config.train.seed)  # the same initial student and heads in every process
+        teacher_dim = teacher_backbone.embed_dim
+        with_heads = config.heads.teacher_heads != "none"
+        if name == HEADS:
+            backbone, train_backbone = teacher_backbone, False
+            heads = make_heads(teacher_dim, config.heads)
+        else:
+            backbone = build_model(config.models.student, device=str(device), dynamic_img_size=True)
+            train_backbone = True
+            if with_heads:
+                heads = make_heads(backbone.embed_dim, config.heads)
+            else:
+                heads = nn.ModuleDict({"regression": TokenRegressionLoss(backbone.embed_dim, teacher_dim)})
+        self.student = StudentSide(backbone, heads, train_backbone=train_backbone).to(device)
+        # The EMA shares a frozen backbone instead of copying it (a ViT-g copy would be 4.5 GB for nothing).
+        ema_backbone = copy.deepcopy(backbone) if train_backbone else backbone
+        self.ema = StudentSide(ema_backbone, copy.deepcopy(heads).requires_grad_(False), train_backbone=False)
+        ema_parameters = dict(self.ema.named_parameters())
+        self._ema_pairs = [(ema_parameters[name], parameter) for name, parameter in self.student.named_parameters()
+                           if parameter.requires_grad]
+        fixed_heads = self.ema.heads if name == HEADS else teacher_heads
+        self.teacher = TeacherSide(teacher_backbone, fixed_heads if with_heads else None)
+        self.objective = Objective(config, backbone.embed_dim, teacher_dim, with_heads).to(device)
+        self.iterations = config.heads.fit_iterations if name == HEADS else config.train.iterations
+        self.schedules = Schedules.from_config(config, self.iterations)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=0.0, betas=config.optim.betas)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+        self.model = DistributedDataParallel(self.student) if dist.is_initialized() else self.student
+        self.step = 0
+
+    def _learned(self, side: StudentSide) -> nn.Module:
+        """What a checkpoint must keep of a side: all of it, or only the heads when the backbone is frozen."""
+        return side if side.train_backbone or side is self.ema and self.student.train_backbone else side.heads
+
+    def state_dict(self) -> dict:
+        return {"stage": self.name, "step": self.step, "student": self._learned(self.student).state_dict(),
+                "ema": self._learned(self.ema).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "objective": self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self._learned(self.student).load_state_dict(state["student"])
+        self._learned(self.ema).load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.objective.load_state_dict(state["objective"])
+
+    def _autocast(self):
+        precision = self.config.train.precision
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step on this process's slice of the global batch."""
+        step, schedules = self.step, self.schedules
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(schedules.lr[step])
+            group["weight_decay"] = float(schedules.weight_decay[step]) * group["wd_multiplier"]
+        global_crops = batch["global_crops"].flatten(0, 1).to(self.device, non_blocking=True)
+        local_crops = batch["local_crops"].flatten(0, 1).to(self.device, non_blocking=True)
+        with self._autocast():
+            teacher = self.teacher(global_crops)
+            student = self.model(global_crops, local_crops)
+            regression = self.student.heads["regression"] if "regression" in self.student.heads else None
+            losses = self.objective(student, teacher, float(schedules.teacher_temp[step]), regression)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.student.parameters(), self.config.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._update_ema(float(schedules.momentum[step]))
+        self.step += 1
+        return {name: value.detach() for name, value in losses.items()}
+
+    @torch.no_grad()
+    def _update_ema(self, momentum: float) -> None:
+        ema = [e for e, _ in self._ema_pairs]
+        torch._foreach_mul_(ema, momentum)
+        torch._foreach_add_(ema, [p.detach() for _, p in self._ema_pairs], alpha=1.0 - momentum)
+
+
+class RunDirectory:
+    """Files of a run: config, metrics, checkpoints; only rank 0 writes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.jsonl"
+        self.teacher_heads = self.root / "teacher_heads.pt"
+        self.student = self.root / "student.safetensors"
+
+    def start(self, config: DistillConfig) -> None:
+        """Record the config, or check that a resumed run uses the same one."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        path = self.root / "config.yaml"
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
+        if path.exists() and path.read_text() != text:
+            raise ValueError(f"{self.root} holds a run with another config; use another --out")
+        write_bytes_atomic(path, text.encode())
+
+    def latest_checkpoint(self, stage: str) -> Path | None:
+        found = sorted(self.checkpoints.glob(f"{stage}-*.pt"))
+        return found[-1] if found else None
+
+    def save_checkpoint(self, stage: Stage) -> Path:
+        """One consolidated file per checkpoint, written atomically."""
+        path = self.checkpoints / f"{stage.name}-{stage.step:07d}.pt"
+        temporary = path.with_suffix(".tmp")
+        torch.save(stage.state_dict(), temporary)
+        os.replace(temporary, path)
+        return path
+
+    def log(self, record: dict) -> None:
+        with self.metrics.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, stage: str, step: int) -> None:
+        """Forget records past ``step`` of ``stage`` (written after the checkpoint a resumed run restarts from)."""
+        if not self.metrics.exists():
+            return
+        kept = [line for line in self.metrics.read_text().splitlines()
+                if not (json.loads(line)["stage"] == stage and json.loads(line)["step"] > step)]
+        write_bytes_atomic(self.metrics, "".join(f"{line}\n" for line in kept).encode())
+
+
+def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Iterator[dict]:
+    rank, world = _rank_world()
+    stream = TileStream(stores, seed=config.train.seed, global_batch=config.train.batch_size_total, rank=rank,
+                        world=world, transform=MultiCrop(config.crops), start_step=start_step,
+                        window_shards=config.train.window_shards)
+    for _, batch in make_loader(stream, config.train.loader_workers):
+        yield batch
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    stacked = torch.stack([values[name].float() for name in sorted(values)])
+    if dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return {name: float(value) for name, value in zip(sorted(values), stacked)}
+
+
+def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
+    """Train ``stage`` to its last iteration from wherever its latest checkpoint left it."""
+    rank, _ = _rank_world()
+    checkpoint = run.latest_checkpoint(stage.name)
+    if checkpoint is not None:
+        stage.load_state_dict(torch.load(checkpoint, map_location=stage.device, weights_only=False))
+    if rank == 0:
+        run.truncate_metrics(stage.name, stage.step)
+    if stage.step >= stage.iterations:
+        return
+    config = stage.config.train
+    started, first_step = time.perf_counter(), stage.step
+    for batch in _batches(stage.config, stores, stage.step):
+        losses = stage.train_step(batch)
+        if stage.step % config.log_every == 0 or stage.step == stage.iterations:
+            values = _mean_over_ranks(losses)
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(f"{stage.name} step {stage.step}: loss is not finite: {values}")
+            elapsed = time.perf_counter() - started
+            rate = (stage.step - first_step) * config.batch_size_total / elapsed
+            if rank == 0:
+                run.log({"stage": stage.name, "step": stage.step, **values, "lr": float(stage.schedules.lr[stage.step - 1]),
+                         "teacher_temp": float(stage.schedules.teacher_temp[stage.step - 1]),
+                         "images_per_s": round(rate, 2),
+                         "eta_s": round((stage.iterations - stage.step) * config.batch_size_total / max(rate, 1e-9), 1)})
+        if rank == 0 and (stage.step % config.checkpoint_every == 0 or stage.step == stage.iterations):
+            run.save_checkpoint(stage)
+        if stage.step >= stage.iterations:
+            break
+
+
+def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module, device: torch.device,
+                   stores: list[str]) -> nn.ModuleDict | None:
+    """The fixed teacher heads of the distillation stage, by the configured mode."""
+    mode = config.heads.teacher_heads
+    if mode == "none":
+        return None
+    heads = make_heads(teacher.embed_dim, config.heads).to(device)
+    if mode == "checkpoint":
+        state = torch.load(config.heads.teacher_heads_path, map_location=device, weights_only=True)
+        heads.load_state_dict(state)
+        return heads
+    stage = Stage(HEADS, config, teacher, device, None)
+    run_stage(stage, run, stores)
+    heads.load_state_dict(stage.ema.heads.state_dict())
+    if _rank_world()[0] == 0:
+        torch.save(heads.state_dict(), run.teacher_heads)
+    return heads
+
+
+def train(config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu") -> Path:
+    """Run (or resume) a distillation to its end and export the EMA student; returns the exported file."""
+    run = RunDirectory(out)
+    rank, _ = _rank_world()
+    if rank == 0:
+        run.start(config)
+    if dist.is_initialized():
+        dist.barrier()
+    target = torch.device(device)
+    teacher = build_model(config.models.teacher, config.models.teacher_weights, device=str(target),
+                          dynamic_img_size=True)
+    heads = _teacher_heads(config, run, teacher, target, stores)
+    stage = Stage(DISTILL, config, teacher, target, heads)
+    run_stage(stage, run, stores)
+    if rank == 0:
+        export_student(stage.ema.backbone, config, stores, stage.step, run.student)
+    if dist.is_initialized():
+        dist.barrier()
+    return run.student
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``torchrun`` entry point: ``torchrun --nproc-per-node N -m pipeline.distill.train --config C --tiles S --out R``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.distill.train")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--tiles", required=True, nargs="+")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto; under torchrun each rank takes cuda:LOCAL_RANK")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    try:
+        train(DistillConfig.from_yaml(args.config), args.tiles, args.out, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Multi-crop augmentation and the training stream: probabilities applied as configured, exact reproducibility."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from pipeline.distill.augment import MultiCrop, MultiCropConfig, crop_box
+from pipeline.distill.data import TileStream, make_loader
+from storage.slide_writer import SlideWriter
+from storage.tile_store import TileStore
+from storage.tile_units import TileSource, open_tile_source
+
+TILE = 28
+# Every probability off and the crop the whole tile: each test turns on what it measures.
+QUIET = dict(global_crop_size=TILE, global_crops_scale=(1.0, 1.0), local_crops_number=1, local_crop_size=TILE,
+             local_crops_scale=(1.0, 1.0), crops_ratio=(1.0, 1.0), hflip_p=0.0, vflip_p=0.0, rot90_p=0.0,
+             color_jitter_p=0.0, grayscale_p=0.0, global_blur_p=(0.0, 0.0), local_blur_p=0.0)
+SMALL = MultiCropConfig(global_crop_size=28, local_crop_size=14, local_crops_number=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Work on one thread, as in a loader worker: on two busy cores, threads make tiny crops ~15× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_store(root, slides: dict[str, int], seed: int, tiles_per_shard: int = 8):
+    """A tile store of noise tiles, ``slides`` maps slide id to tile count."""
+    store = TileStore.create_or_open(root, {"tile_size_px": TILE, "tiles_per_shard": tiles_per_shard})
+    rng = np.random.default_rng(seed)
+    for slide_id, n_tiles in slides.items():
+        writer = SlideWriter(store, slide_id, capacity=n_tiles, tile_size_px=TILE, tiles_per_shard=tiles_per_shard,
+                             jpeg_quality=90, jpeg_subsampling="444")
+        writer.append(rng.integers(0, 256, (n_tiles, TILE, TILE, 3), dtype=np.uint8))
+        writer.finish(np.zeros((n_tiles, 2), np.int64), np.ones(n_tiles, np.float32), np.ones((2, 2), np.uint8),
+                      8.0, {"slide_id": slide_id})
+    return root
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> list[str]:
+    """Two stores, 44 tiles in 7 units of 8, 8, 4, 8, 5 and 8, 3 tiles."""
+    folder = tmp_path_factory.mktemp("stores")
+    return [str(_write_store(folder / "a.zarr", {"slide-a": 20, "slide-b": 13}, seed=0)),
+            str(_write_store(folder / "b.zarr", {"slide-c": 11}, seed=1))]
+
+
+def _stream(stores, **changes) -> TileStream:
+    arguments = dict(seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(SMALL), window_shards=2)
+    return TileStream(stores, **(arguments | changes))
+
+
+def _equal(first: dict, second: dict) -> bool:
+    return all(torch.equal(first[key], second[key]) for key in ("global_crops", "local_crops", "index"))
+
+
+# --- augmentation ---------------------------------------------------------------------------------------------
+
+NOISE = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (TILE, TILE, 3), dtype=np.uint8))
+CHANGED = lambda crop: not torch.equal(crop, NOISE)  # noqa: E731
+GRAY = lambda crop: torch.equal(crop[..., 0], crop[..., 1]) and torch.equal(crop[..., 1], crop[..., 2])  # noqa: E731
+
+
+def _rates(detect: Callable[[torch.Tensor], bool], draws: int, **settings) -> list[float]:
+    """Share of crops where ``detect`` saw the operation: global crop 1, global crop 2, local crops."""
+    multicrop = MultiCrop(MultiCropConfig(**(QUIET | settings)))
+    seen = np.zeros(3)
+    for draw in range(draws):
+        crops = multicrop(NOISE, torch.Generator().manual_seed(draw))
+        seen += [detect(crops["global_crops"][0]), detect(crops["global_crops"][1]), detect(crops["local_crops"][0])]
+    return list(seen / draws)
+
+
+@pytest.mark.parametrize(("name", "detect"), [
+    ("hflip_p", lambda crop: torch.equal(crop, NOISE.flip(1))),
+    ("vflip_p", lambda crop: torch.equal(crop, NOISE.flip(0))),
+    ("rot90_p", CHANGED),
+    ("color_jitter_p", CHANGED),
+    ("grayscale_p", GRAY),
+])
+def test_every_crop_applies_an_operation_with_the_configured_probability(name, detect, monkeypatch):
+    jitter = {}
+    if name == "color_jitter_p":  # a brightness factor near 1 leaves uint8 pixels as they were: make it visible
+        jitter = dict(brightness=0.5, contrast=0.0, saturation=0.0, hue=0.0)
+        monkeypatch.setattr(F, "adjust_brightness", lambda image, factor: 255 - image)
+    for p in (0.0, 1.0):
+        assert _rates(detect, 200, **{name: p}, **jitter) == [p] * 3
+    for p in (0.2, 0.8):
+        assert np.mean(_rates(detect, 2000, **{name: p}, **jitter)) == pytest.approx(p, abs=0.025)
+
+
+@pytest.mark.parametrize(("name", "detect", "local"), [
+    ("global_blur_p", CHANGED, "local_blur_p"),
+    ("global_solarize_p", CHANGED, None),
+])
+def test_blur_and_solarisation_follow_each_crop_kinds_probability(name, detect, local):
+    extra = {"blur_sigma": (1.0, 2.0)}  # a sigma of 0.1 leaves a uint8 image unchanged
+    exact = _rates(detect, 200, **{name: (0.0, 1.0)}, **({local: 1.0} if local else {}), **extra)
+    assert exact == [0, 1, local is not None]
+    first, second, local_rate = _rates(detect, 2000, **{name: (0.2, 0.8)}, **({local: 0.5} if local else {}), **extra)
+    assert first == pytest.approx(0.2, abs=0.04) and second == pytest.approx(0.8, abs=0.04)
+    assert local_rate == (pytest.approx(0.5, abs=0.04) if local else 0)
+
+
+def test_rotations_turn_by_one_to_three_quarters_evenly():
+    multicrop = MultiCrop(MultiCropConfig(**(QUIET | {"rot90_p": 1.0})))
+    turns = [next(k for k in range(4) if torch.equal(crop, torch.rot90(NOISE, k, dims=(0, 1))))
+             for draw in range(600) for crop in multicrop(NOISE, torch.Generator().manual_seed(draw))["global_crops"]]
+    assert set(turns) == {1, 2, 3}
+    assert all(abs(turns.count(k) / len(turns) - 1 / 3) < 0.04 for k in (1, 2, 3))
+
+
+def test_crops_depend_on_the_generator_only_and_have_the_configured_shapes():
+    multicrop, tile = MultiCrop(MultiCropConfig()), torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8)
+    torch.manual_seed(1)
+    first = multicrop(tile, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)  # the global generator must not matter
+    again = multicrop(tile, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for kind in first for a, b in zip(first[kind], again[kind]))
+    assert [c.shape for c in first["global_crops"]] == [(224, 224, 3)] * 2
+    assert [c.shape for c in first["local_crops"]] == [(98, 98, 3)] * 8
+    assert all(c.dtype == torch.uint8 and c.is_contiguous() for kind in first for c in first[kind])
+
+
+def test_crop_boxes_keep_the_scale_and_ratio_asked_for():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        top, left, height, width = crop_box(224, 224, (0.05, 0.32), (3 / 4, 4 / 3), generator)
+        assert 0 <= top <= 224 - height and 0 <= left <= 224 - width
+        assert 0.04 < height * width / 224**2 < 0.33 and 0.7 < width / height < 1.4
+
+
+# --- stream ---------------------------------------------------------------------------------------------------
+
+def test_batches_have_the_documented_shapes_and_types(stores):
+    step, batch = next(iter(_stream(stores, global_batch=6, rank=1, world=2, start_step=2)))
+    assert step == 2
+    assert batch["global_crops"].shape == (2, 3, 28, 28, 3) and batch["global_crops"].dtype == torch.uint8
+    assert batch["local_crops"].shape == (2, 3, 14, 14, 3) and batch["local_crops"].dtype == torch.uint8
+    assert batch["index"].tolist() == [15, 16, 17] and batch["index"].dtype == torch.int64
+    no_locals = _stream(stores, transform=MultiCrop(SMALL.model_copy(update={"local_crops_number": 0}))).batch(0)
+    assert no_locals["local_crops"].shape == (0, 8, 14, 14, 3)
+
+
+def test_the_seed_alone_decides_the_stream(stores):
+    first, again, other = (list(itertools.islice(_stream(stores, seed=seed), 7)) for seed in (0, 0, 1))
+    assert all(a[0] == b[0] and _equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not any(torch.equal(a[1]["global_crops"], b[1]["global_crops"]) for a, b in zip(first, other))
+
+
+def test_starting_at_a_step_reads_only_its_windows_and_gives_the_same_batches(stores, monkeypatch):
+    fresh = _stream(stores)
+    expected = [fresh.batch(step) for step in (13, 14)]  # pass 2 starts at position 88 = step 11
+    read = []
+    original = TileSource.read_encoded
+    monkeypatch.setattr(TileSource, "read_encoded", lambda self, unit: read.append(unit) or original(self, unit))
+    resumed = _stream(stores, start_step=13)
+    items = list(itertools.islice(resumed, 2))
+    assert [step for step, _ in items] == [13, 14]
+    assert all(_equal(batch, want) for (_, batch), want in zip(items, expected))
+    needed = {resumed.tile_at(position).unit for step in (13, 14) for position in resumed.positions(step)}
+    # the whole windows holding steps 13 and 14 (at most three), each unit once; not the 13 windows before them
+    assert needed <= set(read) and len(read) == len(set(read)) <= 3 * resumed.window_shards
+
+
+def test_two_ranks_together_see_what_one_rank_sees(stores):
+    single = _stream(stores, global_batch=8)
+    ranks = [_stream(stores, global_batch=8, rank=rank, world=2) for rank in (0, 1)]
+    for step in range(7):  # across the end of the first pass (44 tiles)
+        whole, halves = single.batch(step), [rank.batch(step) for rank in ranks]
+        joined = {key: torch.cat([h[key] for h in halves], dim=1 if key != "index" else 0) for key in whole}
+        assert _equal(whole, joined)
+    with pytest.raises(ValueError, match="multiple of world"):
+        _stream(stores, global_batch=9, world=2)
+
+
+def test_loader_workers_give_the_steps_in_order_as_one_process_does(stores):
+    stream = _stream(stores, start_step=3)
+    alone = list(itertools.islice(make_loader(stream, 0), 5))
+    loader = make_loader(stream, 2)
+    with_workers = list(itertools.islice(loader, 5))
+    assert [step for step, _ in with_workers] == [3, 4, 5, 6, 7]
+    assert all(a[0] == b[0] and _equal(a[1], b[1]) for a, b in zip(alone, with_workers))
+
+
+def test_every_tile_comes_once_a_pass_with_its_own_pixels(stores):
+    stream = _stream(stores, global_batch=4, transform=MultiCrop(MultiCropConfig(**QUIET)))
+    sources = [open_tile_source(store) for store in stores]
+    all_tiles = {(s, unit, tile) for s, source in enumerate(sources)
+                 for unit in source.units() for tile in range(unit.count)}
+    assert stream.tiles_per_pass == len(all_tiles) == 44
+    orders = []
+    for first_step in (0, 11):  # passes 0 and 1, 11 steps of 4 each
+        seen = []
+        for step in range(first_step, first_step + 11):
+            batch = stream.batch(step)
+            for position, crop in zip(batch["index"].tolist(), batch["global_crops"][0]):
+                ref = stream.tile_at(position)
+                np.testing.assert_array_equal(crop.numpy(), sources[ref.store].read(ref.unit)[ref.tile])
+                seen.append((ref.store, ref.unit, ref.tile))
+        assert len(seen) == len(set(seen)) and set(seen) == all_tiles
+        orders.append(seen)
+    assert orders[0] != orders[1]
