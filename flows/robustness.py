@@ -1,0 +1,42 @@
+"""Score PLISM robustness of one or several models: ``python -m flows.robustness``.
+
+``--embeddings`` takes embedding stores of aligned PLISM tiles (one per
+model, from ``python -m flows.embed`` on an aligned tile store); ``--out`` receives
+``results.csv``, ``results.md``, per-pair tables and matrices, figures and
+``index.html``. ``--subset`` restricts to a tile index file (``.npy``, e.g.
+plismbench's ``tiles_subset_8139.npy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows.cli import run_flow_command
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.robustness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--embeddings", required=True, nargs="+", help="embedding stores, one per model")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10], help="k of the top-k accuracies")
+    parser.add_argument("--subset", type=Path, help="tile indices to keep (.npy)")
+    parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other commands")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+
+    def run() -> None:
+        from flows.robustness_flow import robustness
+
+        robustness(embeddings=[str(e) for e in args.embeddings], out=str(args.out), ks=tuple(args.ks),
+                   subset=str(args.subset) if args.subset else None)
+
+    return run_flow_command("python -m flows.robustness", "flows.robustness_flow", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The robustness flow: PLISM embedding stores of one or several models → tables, figures, one HTML report.
+
+Each store holds one model's embeddings ``[condition, tile, feature]`` of an
+aligned tile store (``python -m flows.embed`` on the output of
+``flows.extract_plism``). Every pair of conditions is scored (cosine
+similarity, top-k accuracy; :mod:`pipeline.robustness`), one task per model;
+then the results are gathered into ``DIR``:
+
+- ``results.csv``: one row per model × group × metric (count, mean, std, median, IQR), and the
+  summary score as group ``summary``, metric ``score``; ``results.md`` the same as a table;
+- ``pairs/<model>.csv``: every pair; ``matrices/<model>-top_1_accuracy.csv``: condition × condition;
+- ``figures/*.png``: per-group distributions (paper Figure 1), scanner vs staining (Figure 4), heat maps;
+- ``index.html``: all of it, with the QC pictures of the registration and tiling stages when found.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipeline.report.figures import group_distributions, heat_map, pair_matrix, scanner_vs_staining
+from pipeline.report.html import Report
+from pipeline.robustness import robustness_table, summarise, summary_score
+from pipeline.robustness.pairs import DEFAULT_KS
+from storage.embedding_store import open_embeddings
+
+_HEAT_MAP_METRIC = "top_1_accuracy"
+
+
+def _model_name(dataset, path: Path, taken: set[str]) -> str:
+    """The model's name from the store, made unique (two stores of one model keep their folder names)."""
+    name = str(dataset.attrs.get("model", path.stem))
+    return name if name not in taken else f"{name} ({path.stem})"
+
+
+@task(name="score-model", task_run_name="score-{name}", cache_policy=None)
+def score_model(name: str, store: str, ks: tuple[int, ...], subset: np.ndarray | None) -> pd.DataFrame:
+    """Every pair of the store's complete conditions, scored."""
+    data = open_embeddings(store)
+    if "condition" not in data.dims:
+        raise ValueError(f"{store} holds per-slide embeddings, not an aligned PLISM store [condition, tile, feature]")
+    complete = data.complete.values
+    table = {row["name"]: row for row in data.attrs.get("condition_table", [])} or None
+    names = [str(n) for n in data.condition.values[complete]]
+    rows = [(n, table[n]["staining"], table[n]["scanner"]) if table else (n, *n.split("_", 1)) for n in names]
+    embeddings = data.embeddings.values[complete].astype(np.float32)
+    pairs = robustness_table(embeddings, rows, ks=ks, subset=subset)
+    pairs.insert(0, "model", name)
+    return pairs
+
+
+def _results(pairs_by_model: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per model × group × metric, plus each model's summary score."""
+    frames = []
+    for model, pairs in pairs_by_model.items():
+        long = summarise(pairs.drop(columns="model")).stack().unstack("statistic").reset_index()
+        long = long.rename(columns={"level_1": "metric"})
+        long.insert(0, "model", model)
+        frames.append(long)
+        frames.append(pd.DataFrame([{"model": model, "group": "summary", "metric": "score", "count": len(pairs),
+                                     "mean": summary_score(pairs.drop(columns="model"))}]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _qc_pictures(stores: list[str], out: Path) -> list[Path]:
+    """Copy the registration and tiling QC pictures of the stores' source into ``out/qc``."""
+    copied = []
+    for store in stores:
+        source = Path(str(open_embeddings(store).attrs.get("source", "")))
+        for picture in sorted((source / "qc").glob("*.png")) if source.is_dir() else []:
+            target = out / "qc" / picture.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                shutil.copyfile(picture, target)
+                copied.append(target)
+    return copied
+
+
+@flow(name="robustness", log_prints=True)
+def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS, subset: str | None = None) -> dict:
+    """Score each PLISM embedding store and write the report into ``out``; return ``{model: summary score}``."""
+    logger = get_run_logger()
+    folder = Path(out)
+    for sub in ("pairs", "matrices", "figures"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    indices = np.load(subset) if subset else None
+    names: dict[str, str] = {}
+    for store in embeddings:
+        names[_model_name(open_embeddings(store), Path(store), set(names.values()))] = store
+    futures = {name: score_model.submit(name, store, tuple(ks), indices) for name, store in names.items()}
+    pairs_by_model = {name: future.result() for name, future in futures.items()}
+    results = _results(pairs_by_model)
+    results.to_csv(folder / "results.csv", index=False)
+    scores = {m: float(results[(results.model == m) & (results.group == "summary")]["mean"].iloc[0])
+              for m in pairs_by_model}
+    overview = _overview(pairs_by_model, scores)
+    (folder / "results.md").write_text(overview.to_markdown(floatfmt=".4f") + "\n")
+    figures = [
+        group_distributions(pairs_by_model, ["cosine_similarity", f"top_{max(ks)}_accuracy"],
+                            folder / "figures" / "group-distributions.png"),
+        scanner_vs_staining(pairs_by_model, "top_1_accuracy" if 1 in ks else f"top_{min(ks)}_accuracy",
+                            folder / "figures" / "scanner-vs-staining.png"),
+    ]
+    metric = _HEAT_MAP_METRIC if 1 in ks else f"top_{min(ks)}_accuracy"
+    for model, pairs in pairs_by_model.items():
+        pairs.to_csv(folder / "pairs" / f"{_file_name(model)}.csv", index=False)
+        matrix = pair_matrix(pairs, metric)
+        matrix.to_csv(folder / "matrices" / f"{_file_name(model)}-{metric}.csv")
+        figures.append(heat_map(matrix, f"{model}: {metric.replace('_', ' ')}",
+                                folder / "figures" / f"heat-map-{_file_name(model)}.png"))
+    report = Report("PLISM robustness")
+    report.paragraph(f"{len(pairs_by_model)} model(s); stores: {', '.join(embeddings)}"
+                     + (f"; tile subset {subset} ({len(indices)} tiles)" if indices is not None else ""))
+    report.heading("Summary (medians over pairs; score = mean of the four)")
+    report.table(overview)
+    report.heading("Figures")
+    report.pictures(figures, folder)
+    report.heading("All statistics")
+    report.table(results)
+    qc = _qc_pictures(embeddings, folder)
+    if qc:
+        report.heading("QC pictures of the registration and tiling stages")
+        report.pictures(qc, folder, width_px=420)
+    page = report.write(folder)
+    create_markdown_artifact(overview.to_markdown(floatfmt=".4f"), key="robustness-summary",
+                             description=f"PLISM robustness report: {page}")
+    for model, score in scores.items():
+        logger.info("%s: summary score %.4f", model, score)
+    print(f"report: {page}")
+    return scores
+
+
+def _overview(pairs_by_model: dict[str, pd.DataFrame], scores: dict[str, float]) -> pd.DataFrame:
+    """Model × (score, median cosine over all pairs, median top-k of each inter-group)."""
+    rows = []
+    for model, pairs in pairs_by_model.items():
+        summary = summarise(pairs.drop(columns="model"))
+        row = {"model": model, "score": scores[model]}
+        for column in summary.columns:
+            for group in summary.index.get_level_values("group").unique():
+                row[f"{column} [{group}]"] = summary.loc[(group, "median"), column]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model").sort_values("score", ascending=False)
+
+
+def _file_name(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)
