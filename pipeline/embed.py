@@ -18,6 +18,7 @@ or through the Prefect flow ``python -m flows.embed`` (one process, or Dask work
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -93,24 +94,28 @@ def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int
     started = time.perf_counter()
     source = open_tile_source(tiles)
     device = torch.device(settings.device)
-    model = build_model(settings.model, settings.weights, device=str(device)).eval()
     store = EmbeddingStore(out)
     units = pending_units(store, source, rank, world)
     on_cuda = device.type == "cuda"
-    if on_cuda:
-        model = model.to(memory_format=torch.channels_last)
     # Loader workers start from a clean "forkserver" process: a plain fork would copy this process's
     # thread pools (the JPEG codec's, zarr's event loop) without their threads, and hang on first use.
+    # The server imports torch and the readers once; the workers start while the model is built.
+    if settings.loader_workers:
+        multiprocessing.set_forkserver_preload(["torch", "storage.tile_units", "pipeline.embed"])
     loader = DataLoader(
         _UnitBatches(source, units, settings.batch_size), batch_size=None, num_workers=settings.loader_workers,
         pin_memory=on_cuda, prefetch_factor=4 if settings.loader_workers else None,
         multiprocessing_context="forkserver" if settings.loader_workers else None,
     )
+    batches = iter(loader)
+    model = build_model(settings.model, settings.weights, device=str(device)).eval()
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)
     results: dict[int, np.ndarray] = {}
     filled: dict[int, int] = {}
     n_tiles = 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-        for index, offset, batch in loader:
+        for index, offset, batch in batches:
             vectors = embed(model, batch.to(device, non_blocking=True), settings.pooling).float().cpu().numpy()
             unit = units[index]
             results.setdefault(index, np.empty((unit.count, vectors.shape[1]), np.float32))
