@@ -82,14 +82,15 @@ class Objective(nn.Module):
             n_global = len(teacher.cls)
             value = regression(student.cls[:n_global], student.patches, teacher.cls, teacher.patches)
             return {"loss": value, "regression_loss": value.detach()}
-        n_global = len(teacher.dino)
-        batch = n_global // 2
-        teacher_dino = self.dino.teacher_probabilities(teacher.dino.float(), teacher_temp)
-        teacher_ibot = self.ibot.teacher_probabilities(teacher.ibot.float(), teacher_temp)
+        batch = len(teacher.dino) // 2
+        # float32 once: at 131,072 prototypes a bf16 -> fp32 copy of the iBOT logits is gigabytes.
+        dino_logits, ibot_logits = teacher.dino.float(), teacher.ibot.float()
+        teacher_dino = self.dino.teacher_probabilities(dino_logits, teacher_temp)
+        teacher_ibot = self.ibot.teacher_probabilities(ibot_logits, teacher_temp)
         dino = self.dino(list(student.dino.float().split(batch)), list(teacher_dino.split(batch)))
         ibot = self.ibot(student.ibot.float(), teacher_ibot)
-        self.dino.update_center(teacher.dino.float())
-        self.ibot.update_center(teacher.ibot.float())
+        self.dino.update_center(dino_logits)
+        self.ibot.update_center(ibot_logits)
         return {"loss": self.dino_weight * dino + self.ibot_weight * ibot,
                 "dino_loss": dino.detach(), "ibot_loss": ibot.detach()}
 
