@@ -67,11 +67,10 @@ def _results(pairs_by_model: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _qc_pictures(stores: list[str], out: Path) -> list[Path]:
-    """Copy the registration and tiling QC pictures of the stores' source into ``out/qc``."""
+def _qc_pictures(sources: list[Path], out: Path) -> list[Path]:
+    """Copy the QC pictures of the given stores (registration, tiling) into ``out/qc``."""
     copied = []
-    for store in stores:
-        source = Path(str(open_embeddings(store).attrs.get("source", "")))
+    for source in sources:
         for picture in sorted((source / "qc").glob("*.png")) if source.is_dir() else []:
             target = out / "qc" / picture.name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +81,13 @@ def _qc_pictures(stores: list[str], out: Path) -> list[Path]:
 
 
 @flow(name="robustness", log_prints=True)
-def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS, subset: str | None = None) -> dict:
-    """Score each PLISM embedding store and write the report into ``out``; return ``{model: summary score}``."""
+def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS, subset: str | None = None,
+               qc_from: list[str] | None = None) -> dict:
+    """Score each PLISM embedding store and write the report into ``out``; return ``{model: summary score}``.
+
+    The report shows the QC pictures of the aligned tile stores the embeddings come from, and of any
+    other store in ``qc_from`` (a tile store, say).
+    """
     logger = get_run_logger()
     folder = Path(out)
     for sub in ("pairs", "matrices", "figures"):
@@ -122,7 +126,8 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
     report.pictures(figures, folder)
     report.heading("All statistics")
     report.table(results)
-    qc = _qc_pictures(embeddings, folder)
+    sources = [Path(str(open_embeddings(store).attrs.get("source", ""))) for store in embeddings]
+    qc = _qc_pictures([*dict.fromkeys(sources), *map(Path, qc_from or [])], folder)
     if qc:
         report.heading("QC pictures of the registration and tiling stages")
         report.pictures(qc, folder, width_px=420)
