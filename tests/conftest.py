@@ -55,6 +55,18 @@ def slide_025_single_level(tmp_path_factory, slide_025) -> Path:
     return write_tiff(tmp_path_factory.mktemp("flat25") / "flat-025.tif", rgb, 0.25, pyramid=False)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Single-threaded torch: the same sums in every run, and no thread thrash on two busy cores
+    (tiny crops run ~15x slower with two threads fighting for them, as a loader worker never does)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shipped_tile_store(tmp_path_factory) -> Path:
     """A tile store of both shipped slides (53 real tiles) in shards of 16, made without Prefect."""

@@ -24,13 +24,7 @@ QUIET = dict(global_crop_size=TILE, global_crops_scale=(1.0, 1.0), local_crops_n
 SMALL = MultiCropConfig(global_crop_size=28, local_crop_size=14, local_crops_number=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Work on one thread, as in a loader worker: on two busy cores, threads make tiny crops ~15× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_store(root, slides: dict[str, int], seed: int, tiles_per_shard: int = 8):

@@ -38,13 +38,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded maths: the same sums in every run, and no thread thrash on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +70,12 @@ def _metrics(run, stage="distill") -> list[dict]:
 def fitted_run(tmp_path_factory, shipped_tile_store, teacher_weights):
     """Teacher heads fitted for 10 iterations, then 50 iterations of DINO + iBOT."""
     run = tmp_path_factory.mktemp("runs") / "fit"
-    torch.set_num_threads(1)
-    train(_config(teacher_weights), [str(shipped_tile_store)], run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test here: the resume test compares sums bit for bit
+    try:
+        train(_config(teacher_weights), [str(shipped_tile_store)], run)
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
