@@ -40,6 +40,12 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    import dask
+
+    # Dask starts worker processes as daemons, and a daemon may not have children: the embedding
+    # loader's reader processes would fail. (Workers of an existing cluster need
+    # DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment; see docs/operations.md.)
+    dask.config.set({"distributed.worker.daemon": False})
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={

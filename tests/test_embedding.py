@@ -133,10 +133,10 @@ def test_an_aligned_store_gives_condition_by_tile_embeddings(weights, tmp_path, 
                                rtol=2e-3)
 
 
-def test_cli_splits_the_shards_over_two_processes(tile_store, weights, tmp_path, prefect_api):
+def test_cli_splits_the_shards_over_two_dask_processes_each_with_a_reader_process(tile_store, weights, tmp_path, prefect_api):
     out = tmp_path / "emb.zarr"
     process = run_cli("--tiles", str(tile_store), "--out", str(out), "--model", "tiny-student", "--weights",
-                      str(weights), "--device", "cpu", "--partitions", "2", "--loader-workers", "0",
+                      str(weights), "--device", "cpu", "--partitions", "2", "--loader-workers", "1",
                       api_url=prefect_api, module="flows.embed")
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output

@@ -1,0 +1,297 @@
+"""The flows as Prefect deployments: one thin wrapper flow per command line, with plain parameters.
+
+A deployment's parameters are what the Prefect UI shows as a form and what
+``prefect deployment run --param`` and ``run_deployment`` accept, so each
+wrapper takes the options of its command line (``python -m flows.<cli>``):
+paths as strings, the task runner as ``workers`` / ``dask_address`` (the
+task runner of a served flow is otherwise fixed when it is served), and the
+typed configs (``TilingConfig``, ``RegistrationConfig``) with their defaults,
+so that a run needs only its paths. ``EmbeddingSettings`` and
+``ProbeSettings``, dataclasses with a required field or a device resolved at
+run time, become flat fields.
+
+Each wrapper runs the real flow as a child run, with the task runner its
+parameters ask for: the child is the same run the command line makes, with
+its logs, progress and summary artifacts. Wrappers import their flow inside
+the run, so serving needs neither torch nor the other model dependencies.
+Their docstrings are Google-style because Prefect reads the ``Args:``
+section into the descriptions of the UI's parameter form.
+
+Deployments are named after their command line: ``tile-tcga/tile-tcga``,
+``plism/register-plism``, ``plism/extract-plism``, ``embed/embed``,
+``distill/distill``, ``robustness/robustness``, ``evaluate/evaluate``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.flows import Flow
+from prefect.schedules import Cron
+
+from registration.config import RegistrationConfig
+from registration.layout import DEFAULT_PATTERN
+from tiling.config import TilingConfig
+
+_DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) // 2)
+
+
+def _task_runner(workers: int, dask_address: str | None):
+    from flows.runners import make_task_runner, quiet_dask_logging
+
+    quiet_dask_logging()
+    logger = get_run_logger()
+    if dask_address:
+        logger.info("tasks run on the Dask cluster at %s", dask_address)
+    elif workers > 1:
+        logger.info("tasks run on a local Dask cluster of %d worker processes", workers)
+    return make_task_runner(workers, dask_address)
+
+
+@flow(name="tile-tcga", log_prints=True)
+def tile_tcga_deployment(
+    slides: str,
+    out: str,
+    config: TilingConfig = TilingConfig(),
+    mpp_override_um: float | None = None,
+    overwrite: bool = False,
+    workers: int = _DEFAULT_WORKERS,
+    dask_address: str | None = None,
+) -> dict:
+    """Tile a folder or CSV of slides into a tile store (``python -m flows.tile_tcga``).
+
+    Args:
+        slides: folder of slides, or CSV with columns path[,slide_id,mpp], as seen by this machine.
+        out: tile store (a zarr folder) to create or resume.
+        config: every tiling parameter (tile size, µm/px, tissue detection, tile QC).
+        mpp_override_um: µm/px for slides whose files record none.
+        overwrite: delete the store and redo every slide.
+        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
+        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+    """
+    from flows.tiling_flow import tile_tcga
+
+    return tile_tcga.with_options(task_runner=_task_runner(workers, dask_address))(
+        slides=slides, out=out, config=config, mpp_override_um=mpp_override_um, overwrite=overwrite,
+    )
+
+
+@flow(name="plism", log_prints=True)
+def plism_deployment(
+    slides: str,
+    out: str,
+    stage: Literal["register", "all"] = "all",
+    registration: RegistrationConfig = RegistrationConfig(),
+    tiling: TilingConfig = TilingConfig(),
+    refine: bool = False,
+    refinement: dict[str, Any] | None = None,
+    reference_staining: str = "GMH",
+    reference_scanner: str = "S60",
+    pattern: str = DEFAULT_PATTERN,
+    stainings: list[str] | None = None,
+    overwrite: bool = False,
+    workers: int = _DEFAULT_WORKERS,
+    dask_address: str | None = None,
+) -> dict:
+    """Register a PLISM-style study and cut its aligned tiles (``python -m flows.extract_plism``).
+
+    Args:
+        slides: folder of the study's slides, named {staining}_{scanner}.
+        out: aligned tile store (a zarr folder) to create or resume.
+        stage: register only, or register and extract the aligned tiles (all).
+        registration: how each condition is registered to the reference.
+        tiling: tile size, µm/px and tissue detection of the reference's tiles.
+        refine: refine each registration at high resolution near the tiles.
+        refinement: fields of registration.refine.RefinementConfig (implies refine).
+        reference_staining: staining of the reference condition.
+        reference_scanner: scanner of the reference condition.
+        pattern: regular expression with groups staining and scanner for file names.
+        stainings: keep only these stainings (the reference's is always kept).
+        overwrite: delete the store and redo every condition.
+        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
+        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+    """
+    from flows.plism_flow import plism
+
+    return plism.with_options(task_runner=_task_runner(workers, dask_address))(
+        slides=slides, out=out, registration=registration, tiling=tiling,
+        refinement=(refinement or {}) if (refine or refinement is not None) else None,
+        pattern=pattern, reference=(reference_staining, reference_scanner), stainings=stainings, stage=stage,
+        overwrite=overwrite,
+    )
+
+
+@flow(name="embed", log_prints=True)
+def embed_deployment(
+    tiles: str,
+    out: str,
+    model: str = "h0-mini",
+    weights: str | None = None,
+    pooling: Literal["cls+mean", "cls"] = "cls+mean",
+    dtype: Literal["float16", "float32"] = "float16",
+    device: str = "auto",
+    batch_size: int | None = None,
+    loader_workers: int | None = None,
+    partitions: int = 1,
+    dask_address: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Embed a tile store with a model (``python -m flows.embed``).
+
+    Args:
+        tiles: tile store or aligned tile store to read.
+        out: embedding store to create or resume.
+        model: h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm model name.
+        weights: local weights file (safetensors or torch checkpoint); none gives a random model.
+        pooling: class token and mean patch token, or the class token only.
+        dtype: stored precision.
+        device: cpu, cuda, cuda:N, or auto (CUDA when available).
+        batch_size: tiles per forward pass (default 256 on CUDA, 32 on CPU).
+        loader_workers: processes decoding tiles (default 4 on CUDA, 0 on CPU).
+        partitions: processes splitting the shards, one GPU each (a local Dask cluster when > 1).
+        dask_address: scheduler of an existing Dask cluster with one GPU per worker.
+        overwrite: delete the embedding store and start again.
+    """
+    import torch
+
+    from flows.embedding_flow import embed_tiles
+    from pipeline.embed import EmbeddingSettings
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    on_gpu = device.startswith("cuda")
+    settings = EmbeddingSettings(
+        model=model, weights=weights, pooling=pooling, dtype=dtype,
+        batch_size=batch_size or (256 if on_gpu else 32), device=device,
+        loader_workers=loader_workers if loader_workers is not None else 4 * on_gpu,
+    )
+    return embed_tiles.with_options(task_runner=_task_runner(partitions, dask_address))(
+        tiles=tiles, out=out, settings=settings, partitions=partitions, overwrite=overwrite,
+    )
+
+
+@flow(name="distill", log_prints=True)
+def distill_deployment(
+    config: str, tiles: list[str], out: str, processes: int = 1, device: Literal["cpu", "cuda"] = "cpu",
+) -> dict:
+    """Distil a teacher into a student on tile stores (``python -m flows.distill``).
+
+    Args:
+        config: distillation config (YAML), e.g. configs/distill/h0-mini.yaml.
+        tiles: tile stores to train on.
+        out: run directory to create or resume.
+        processes: training processes (torchrun when > 1, one per GPU with device cuda).
+        device: cpu or cuda.
+    """
+    from flows.distill_flow import distill
+
+    return distill(config=config, tiles=tiles, out=out, processes=processes, device=device)
+
+
+@flow(name="robustness", log_prints=True)
+def robustness_deployment(
+    embeddings: list[str], out: str, ks: list[int] | None = None, subset: str | None = None,
+) -> dict:
+    """Score PLISM embedding stores of one or several models into a report (``python -m flows.robustness``).
+
+    Args:
+        embeddings: one PLISM embedding store per model.
+        out: report folder.
+        ks: k of the top-k accuracies (default 1, 3, 5, 10).
+        subset: .npy file of the tile indices to score.
+    """
+    from flows.robustness_flow import robustness
+
+    options = {"ks": tuple(ks)} if ks else {}
+    return robustness(embeddings=embeddings, out=out, subset=subset, **options)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_deployment(
+    embeddings: str,
+    labels: str,
+    out: str,
+    task: Literal["regression", "classification"] = "regression",
+    level: Literal["slide", "tile"] = "slide",
+    folds_column: str = "fold",
+    targets: list[str] | None = None,
+) -> dict[str, float]:
+    """Probe an embedding store against a labels CSV (``python -m flows.evaluate``).
+
+    Args:
+        embeddings: embedding store of a per-slide tile store.
+        labels: CSV with slide_id [, tile | x, y], the folds column and the targets.
+        out: folder for results.csv and results.md.
+        task: HEST-style ridge regression or linear-probe classification.
+        level: one sample per slide (mean of its tiles) or per tile.
+        folds_column: column giving each sample's test fold.
+        targets: target columns (default: every other column).
+    """
+    from flows.evaluate_flow import evaluate_embeddings
+    from pipeline.probes import ProbeSettings
+
+    settings = ProbeSettings(task=task, level=level, folds_column=folds_column, targets=tuple(targets or ()))
+    return evaluate_embeddings(embeddings=embeddings, labels=labels, out=out, settings=settings)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: its name (the command line's), its wrapper flow, and parameters preset for it."""
+
+    name: str
+    flow: Flow
+    preset: dict[str, Any]
+    dask: bool  # takes ``dask_address``
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow.name}/{self.name}"
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True),
+    DeploymentSpec("register-plism", plism_deployment, {"stage": "register"}, dask=True),
+    DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True),
+    DeploymentSpec("embed", embed_deployment, {}, dask=True),
+    DeploymentSpec("distill", distill_deployment, {}, dask=False),
+    DeploymentSpec("robustness", robustness_deployment, {}, dask=False),
+    DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False),
+)
+
+
+def deployment_spec(name: str) -> DeploymentSpec:
+    for spec in DEPLOYMENTS:
+        if name in (spec.name, spec.full_name):
+            return spec
+    raise ValueError(f"no deployment {name!r}; there are {', '.join(s.name for s in DEPLOYMENTS)}")
+
+
+def required_parameters(spec: DeploymentSpec) -> list[str]:
+    return list(spec.flow.parameters.required or [])
+
+
+def build_deployment(
+    spec: DeploymentSpec, parameters: dict[str, Any] | None = None, cron: str | None = None,
+    timezone: str | None = None, dask_address: str | None = None, tags: list[str] | None = None,
+) -> RunnerDeployment:
+    """The runner deployment of ``spec``: its preset, then ``dask_address``, then ``parameters`` as defaults.
+
+    Default parameters are editable in the UI for each run; a ``cron``
+    schedule runs with them. Unknown parameter names raise ``ValueError``.
+    """
+    defaults = {**spec.preset, **({"dask_address": dask_address} if spec.dask and dask_address else {}),
+                **(parameters or {})}
+    unknown = set(defaults) - set(spec.flow.parameters.properties)
+    if unknown:
+        raise ValueError(f"{spec.full_name} has no parameter {', '.join(sorted(unknown))}; "
+                         f"it takes {', '.join(spec.flow.parameters.properties)}")
+    return spec.flow.to_deployment(
+        name=spec.name,
+        parameters=defaults,
+        schedules=[Cron(cron, timezone=timezone)] if cron else None,
+        tags=["distillpath", *(tags or [])],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
