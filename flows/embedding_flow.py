@@ -14,6 +14,7 @@ import time
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
 from tqdm import tqdm
 
 from flows.runners import is_transient_io_error
@@ -57,9 +58,8 @@ def embed_tiles(
         futures = embed_partition_task.map(list(range(partitions)), world=unmapped(partitions), tiles=unmapped(tiles),
                                            out=unmapped(str(store.root)), settings=unmapped(settings))
         with tqdm(total=len(todo), unit="shard", disable=not progress_bar, file=sys.stderr) as bar:
-            while not all(future.state.is_final() for future in futures):
+            while wait(futures, timeout=_POLL_S).not_done:  # returns as soon as the last partition ends
                 bar.update(len(todo) - len(pending_units(store, source, 0, 1)) - bar.n)
-                time.sleep(_POLL_S)
             bar.update(len(todo) - len(pending_units(store, source, 0, 1)) - bar.n)
         results = [future.result() for future in futures]
     finally:
