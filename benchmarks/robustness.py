@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.robustness import Condition, robustness_table  # noqa: E402
+from pipeline.robustness.ranking import TileBuffer  # noqa: E402
 
 PLISM_TILES = 16_278
 STAININGS = ("GIVH", "GMH", "MY")
@@ -116,6 +117,33 @@ class PeakMemory:
         raise KeyError(field)
 
 
+class ProductTimer:
+    """Time and FLOPs spent inside the similarity products of :mod:`pipeline.robustness.ranking`, while active.
+
+    The issue's second goal is about the matrix products themselves; the run also compares and counts
+    every element, which is not GEMM work.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self.flop, self.calls = device, 0.0, 0, 0
+
+    def __enter__(self) -> ProductTimer:
+        self.original = TileBuffer.similarities
+
+        def similarities(buffer: TileBuffer, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            seconds, result = timed(self.device, lambda: self.original(buffer, rows, cols))
+            self.seconds += seconds
+            self.flop += 2 * rows.shape[0] * cols.shape[0] * rows.shape[1]
+            self.calls += 1
+            return result
+
+        TileBuffer.similarities = similarities
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        TileBuffer.similarities = self.original
+
+
 def timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object]:
     """Wall seconds of ``fn()`` (device work included) and its result."""
     if device.type == "cuda":
@@ -168,7 +196,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     block_flop = 2 * n * n * dim
 
     robustness_table(embeddings[:2, :64], conditions[:2], KS, device=device, block=args.block)  # BLAS warm-up
-    with PeakMemory(device) as ours_memory:
+    products = ProductTimer(device)
+    with PeakMemory(device) as ours_memory, products:
         ours_s, table = timed(device, lambda: robustness_table(embeddings, conditions, KS, device=device,
                                                                block=args.block))
     print(f"  ours: {ours_s:.1f} s for {n_pairs} pairs", file=sys.stderr, flush=True)
@@ -193,6 +222,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     naive_gflops = 4 * block_flop / naive_pair_s / 1e9
     fraction_time = ours_s / naive_s
     fraction_gemm = ours_gflops / tile_gflops
+    products_gflops = products.flop / products.seconds / 1e9
+    fraction_products = products_gflops / tile_gflops
     verdict = {True: "**met**", False: "**not met**"}
     return [
         Row("ours: C within-slide + 1 cross block a pair", n, n_pairs, ours_s, ours_s * scale, ours_gflops,
@@ -207,9 +238,12 @@ def run(args: argparse.Namespace) -> list[Row]:
             notes="best of 2; the shape of the pair-by-pair product"),
         Row(f"goal: ≤ {GOAL_TIME_FRACTION:.0%} of the pair-by-pair time", seconds=None,
             notes=f"{fraction_time:.1%}: {verdict[fraction_time <= GOAL_TIME_FRACTION]}"),
+        Row("ours: its matrix products alone", n, n_pairs, products.seconds, products.seconds * scale,
+            products_gflops, notes=f"{products.calls:,} tile products timed inside the run ({products.flop / 1e12:.2f} "
+            "TFLOP); the rest of ours is comparisons and counts"),
         Row(f"goal: products ≥ {GOAL_GEMM_FRACTION:.0%} of plain GEMM rate",
-            notes=f"{fraction_gemm:.1%} of the tile GEMM rate (whole run counted): "
-                  f"{verdict[fraction_gemm >= GOAL_GEMM_FRACTION]}"),
+            notes=f"{fraction_products:.1%} of the tile GEMM rate: {verdict[fraction_products >= GOAL_GEMM_FRACTION]} "
+                  f"(whole run counted as product time: {fraction_gemm:.1%})"),
     ]
 
 
