@@ -35,6 +35,14 @@ def study(tmp_path_factory):
     return folder, {c.name: c for c in conditions}
 
 
+def _some_conditions(folder, names, target):
+    """A study folder holding only ``names`` (links to the generated slides)."""
+    target.mkdir()
+    for name in names:
+        (target / f"{name}.tif").symlink_to(folder / f"{name}.tif")
+    return target
+
+
 def _run(slides, out, **options):
     runner = ThreadPoolTaskRunner(max_workers=2)
     return plism.with_options(task_runner=runner)(slides=str(slides), out=str(out), registration=REGISTRATION, **options)
@@ -106,10 +114,7 @@ def test_a_rerun_redoes_only_what_a_killed_run_left_unfinished(study, extracted,
 def test_refinement_near_the_tiles_improves_a_coarse_registration(study, tmp_path, prefect_api):
     """Registered coarsely (16 µm/px, affine), the elastic part of another cut is left over; anchors fix most of it."""
     folder, truth = study
-    slides = tmp_path / "pair"
-    slides.mkdir()
-    for name in ("GMH_S60", "GIVH_S60"):
-        (slides / f"{name}.tif").symlink_to(folder / f"{name}.tif")
+    slides = _some_conditions(folder, ("GMH_S60", "GIVH_S60"), tmp_path / "pair")
     out = tmp_path / "refined.zarr"
     coarse = RegistrationConfig(view_mpp_um=16.0, stages=("rigid", "affine"))
     refinement = {"anchor_spacing_um": 250.0, "patch_size_um": 150.0, "interpolation_sigma_um": 125.0}
@@ -121,17 +126,13 @@ def test_refinement_near_the_tiles_improves_a_coarse_registration(study, tmp_pat
     true_xy = truth["GIVH_S60"].truth.map_points(coords[0])
     error_refined = np.median(np.linalg.norm(coords[1] - true_xy, axis=1))
     error_global = np.median(np.linalg.norm(refined.base.map_points(coords[0]) - true_xy, axis=1))
-    # Measured: 2.6 µm median from the global transform alone, 2.0 µm refined (the synthetic cut's warp has
-    # wavelengths down to 300 µm, barely above the 250 µm anchor spacing).
+    # Measured at tile corners: 2.7 µm median from the global transform alone, 2.0 µm refined (the synthetic
+    # cut's warp has wavelengths down to 300 µm, near the 250 µm anchor spacing). Compared in level-0 px.
     assert error_refined < 0.85 * error_global
 
 
 def test_cli_registers_on_a_local_dask_cluster(study, tmp_path, prefect_api):
-    folder, _ = study
-    slides = tmp_path / "pair"
-    slides.mkdir()
-    for name in ("GMH_S60", "GMH_AT2"):
-        (slides / f"{name}.tif").symlink_to(folder / f"{name}.tif")
+    slides = _some_conditions(study[0], ("GMH_S60", "GMH_AT2"), tmp_path / "pair")
     config = tmp_path / "plism.yaml"
     config.write_text("registration:\n  view_mpp_um: 4.0\n  stages: [rigid, affine]\n")
     process = run_cli("--slides", str(slides), "--out", str(tmp_path / "pair.zarr"), "--config", str(config),
