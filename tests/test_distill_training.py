@@ -186,3 +186,29 @@ def test_the_shipped_configs_hold_table_4_and_a_cpu_demo():
     assert (paper.loss.student_temp, paper.loss.center_momentum) == (0.1, 0.9)
     tiny = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
     assert (tiny.models.teacher, tiny.models.student, tiny.train.precision) == ("tiny-teacher", "tiny-student", "fp32")
+
+
+def test_prototypes_hold_still_during_the_first_epoch(shipped_tile_store, teacher_weights):
+    from pipeline.distill.networks import make_heads
+    from pipeline.distill.train import DISTILL, Stage
+
+    config = _config(teacher_weights, heads={"teacher_heads": "checkpoint", "teacher_heads_path": "unused"},
+                     train={"iterations_per_epoch": 2, "iterations": 4}, optim={"freeze_prototypes_epochs": 1})
+    teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True)
+    stage = Stage(DISTILL, config, teacher, torch.device("cpu"), make_heads(teacher.embed_dim, config.heads))
+    stream = TileStream([str(shipped_tile_store)], seed=0, global_batch=8, rank=0, world=1,
+                        transform=MultiCrop(config.crops))
+
+    def prototypes() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in stage.student.named_parameters() if "last_layer" in n}
+
+    def others() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in stage.student.named_parameters() if "last_layer" not in n}
+
+    start, start_others = prototypes(), others()
+    for step in range(2):
+        stage.train_step(stream.batch(step))
+    assert all(torch.equal(start[n], p) for n, p in prototypes().items())  # epoch 1: held still
+    assert any(not torch.equal(start_others[n], p) for n, p in others().items())  # the rest learns
+    stage.train_step(stream.batch(2))
+    assert any(not torch.equal(start[n], p) for n, p in prototypes().items())  # epoch 2: they learn

@@ -63,6 +63,9 @@ class OptimConfig(_Frozen):
     weight_decay_end: float = Field(0.4, ge=0)
     clip_grad: float = Field(3.0, gt=0)
     ema_momentum: float = Field(0.994, ge=0, le=1, description="EMA of the student, rising to 1 by the end")
+    freeze_prototypes_epochs: int = Field(
+        1, ge=0, description="epochs during which the heads' prototype layers do not learn (DINOv2)"
+    )
     betas: tuple[float, float] = (0.9, 0.999)
 
 

@@ -52,14 +52,16 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _param_groups(module: nn.Module) -> list[dict]:
-    """AdamW groups: biases, norms, tokens and position embeddings get no weight decay (DINOv2)."""
-    decay, no_decay = [], []
+    """AdamW groups: biases, norms, tokens and position embeddings get no weight decay (DINOv2), and the
+    heads' prototype layers are apart so that their learning rate can be held at 0 at first."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, parameter in module.named_parameters():
         if not parameter.requires_grad:
             continue
         exempt = parameter.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
-        (no_decay if exempt else decay).append(parameter)
-    return [{"params": decay, "wd_multiplier": 1.0}, {"params": no_decay, "wd_multiplier": 0.0}]
+        groups.setdefault((0.0 if exempt else 1.0, "last_layer" in name), []).append(parameter)
+    return [{"params": params, "wd_multiplier": wd, "prototypes": prototypes}
+            for (wd, prototypes), params in sorted(groups.items())]
 
 
 class Objective(nn.Module):
@@ -125,6 +127,8 @@ class Stage:
         self.teacher = TeacherSide(teacher_backbone, fixed_heads if with_heads else None)
         self.objective = Objective(config, backbone.embed_dim, teacher_dim, with_heads).to(device)
         self.iterations = config.heads.fit_iterations if name == HEADS else config.train.iterations
+        # DINOv2 holds the prototypes still during the first epoch(s), while the rest settles.
+        self.freeze_prototypes_iterations = config.optim.freeze_prototypes_epochs * config.train.iterations_per_epoch
         self.schedules = Schedules.from_config(config, self.iterations)
         self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=0.0, betas=config.optim.betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
@@ -156,8 +160,9 @@ class Stage:
     def train_step(self, batch: dict) -> dict[str, float]:
         """One optimisation step on this process's slice of the global batch."""
         step, schedules = self.step, self.schedules
+        frozen_prototypes = step < self.freeze_prototypes_iterations
         for group in self.optimizer.param_groups:
-            group["lr"] = float(schedules.lr[step])
+            group["lr"] = 0.0 if group["prototypes"] and frozen_prototypes else float(schedules.lr[step])
             group["weight_decay"] = float(schedules.weight_decay[step]) * group["wd_multiplier"]
         global_crops = batch["global_crops"].flatten(0, 1).to(self.device, non_blocking=True)
         local_crops = batch["local_crops"].flatten(0, 1).to(self.device, non_blocking=True)
