@@ -52,8 +52,8 @@ import torch  # noqa: E402
 
 
 def _load_cpu_benchmark():
-    """``benchmarks/distillation.py`` as a module (the folder is not a package and is off sys.path)."""
-    spec = importlib.util.spec_from_file_location("benchmark_distillation", _HERE / "distillation.py")
+    """``benchmarks/distillation_steps.py`` as a module (the folder is not a package and is off sys.path)."""
+    spec = importlib.util.spec_from_file_location("benchmark_distillation_steps", _HERE / "distillation_steps.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
