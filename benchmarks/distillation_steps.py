@@ -1,9 +1,6 @@
 """The measuring half of the distillation benchmarks: a real ``Stage``, timers around its step, memory.
 
-Shared by ``benchmarks/distillation.py`` (CPU, small models, real tiles) and
-``benchmarks/distillation_gpu.py`` (the real models on a GPU), which load it
-by path: the folder is not a package, and Python's own entry for it is dropped
-because ``benchmarks/tiling.py`` would shadow the ``tiling`` package.
+Loaded by path by ``benchmarks/distillation.py`` (CPU) and ``benchmarks/distillation_gpu.py`` (GPU).
 """
 
 from __future__ import annotations
