@@ -176,6 +176,7 @@ def embed_deployment(
 @flow(name="distill", log_prints=True)
 def distill_deployment(
     config: str, tiles: list[str], out: str, processes: int = 1, device: Literal["cpu", "cuda"] = "cpu",
+    sharding: Literal["ddp", "fsdp"] = "ddp",
 ) -> dict:
     """Distil a teacher into a student on tile stores (``python -m flows.distill``).
 
@@ -185,10 +186,11 @@ def distill_deployment(
         out: run directory to create or resume.
         processes: training processes (torchrun when > 1, one per GPU with device cuda).
         device: cpu or cuda.
+        sharding: with several processes, whole networks in each (ddp) or parameters sharded (fsdp).
     """
     from flows.distill_flow import distill
 
-    return distill(config=config, tiles=tiles, out=out, processes=processes, device=device)
+    return distill(config=config, tiles=tiles, out=out, processes=processes, device=device, sharding=sharding)
 
 
 @flow(name="robustness", log_prints=True)

@@ -6,7 +6,9 @@
 directory ``--out`` holds ``metrics.jsonl``, the checkpoints and
 ``student.safetensors``; rerunning the same command resumes from the latest
 checkpoint. ``--processes N`` trains with N processes under torchrun (one per
-GPU with ``--device cuda``).
+GPU with ``--device cuda``), each holding whole networks (``--sharding ddp``)
+or a share of every network's parameters (``--sharding fsdp``, for a teacher
+too large to sit beside the student on one GPU).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="run directory to create or resume")
     parser.add_argument("--processes", type=int, default=1, help="training processes (torchrun when > 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--sharding", choices=("ddp", "fsdp"), default="ddp",
+                        help="with several processes: whole networks in each (ddp) or parameters sharded (fsdp)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.distill_flow import distill
 
         distill(config=str(args.config), tiles=[str(t) for t in args.tiles], out=str(args.out),
-                processes=args.processes, device=args.device, progress_bar=not args.no_progress)
+                processes=args.processes, device=args.device, sharding=args.sharding,
+                progress_bar=not args.no_progress)
 
     return run_flow_command("python -m flows.distill", "flows.distill_flow", run)
 

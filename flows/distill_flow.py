@@ -31,7 +31,7 @@ def _records(metrics: Path, seen: int) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()[seen:]]
 
 
-def _launch(config_path: Path, stores: list[str], out: Path, processes: int, device: str):
+def _launch(config_path: Path, stores: list[str], out: Path, processes: int, device: str, sharding: str):
     """Start the training; returns ``(is_running, wait)``."""
     if processes <= 1:
         from pipeline.distill.train import train
@@ -55,7 +55,7 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
         return thread.is_alive, wait
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "pipeline.distill.train", "--config", str(config_path), "--tiles", *stores, "--out", str(out),
-               "--device", device]
+               "--device", device, "--sharding", sharding]
     process = subprocess.Popen(command)
 
     def wait() -> None:
@@ -67,14 +67,17 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
 
 @flow(name="distill", log_prints=True)
 def distill(config: str, tiles: list[str], out: str, processes: int = 1, device: str = "cpu",
-            progress_bar: bool = False) -> dict:
-    """Distil the configured teacher into the student on the tile stores ``tiles``; return the last metrics."""
+            sharding: str = "ddp", progress_bar: bool = False) -> dict:
+    """Distil the configured teacher into the student on the tile stores ``tiles``; return the last metrics.
+
+    ``sharding`` (``ddp`` or ``fsdp``) chooses how several processes hold the networks.
+    """
     logger = get_run_logger()
     settings = DistillConfig.from_yaml(config)
     run = Path(out)
     total = settings.train.iterations + (settings.heads.fit_iterations if settings.heads.teacher_heads == "fit" else 0)
     progress = create_progress_artifact(progress=0.0, key="distill-progress", description=f"distillation into {run}")
-    is_running, wait = _launch(Path(config), [str(Path(t)) for t in tiles], run, processes, device)
+    is_running, wait = _launch(Path(config), [str(Path(t)) for t in tiles], run, processes, device, sharding)
     seen, last = 0, {}
     with tqdm(total=total, unit="step", disable=not progress_bar, file=sys.stderr) as bar:
         while True:

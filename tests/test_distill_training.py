@@ -141,26 +141,64 @@ def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, 
     assert all(np.isfinite(r["dino_loss"]) and np.isfinite(r["ibot_loss"]) for r in _metrics(loaded))
 
 
-@pytest.mark.slow
-def test_two_ddp_processes_compute_what_one_process_does(shipped_tile_store, teacher_weights, tmp_path):
-    config = _config(teacher_weights, heads={"fit_iterations": 3}, train={"iterations": 6})
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    single = tmp_path / "one"
-    train(config, [str(shipped_tile_store)], single)
-    double = tmp_path / "two"
+def _torchrun(config_path, store, out, *options) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "pipeline.distill.train", "--config", str(config_path), "--tiles", str(shipped_tile_store),
-               "--out", str(double), "--device", "cpu"]
+               "-m", "pipeline.distill.train", "--config", str(config_path), "--tiles", str(store),
+               "--out", str(out), "--device", "cpu", *options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def _assert_same_training(one, two) -> None:
     for stage in ("heads", "distill"):
-        one, two = _metrics(single, stage), _metrics(double, stage)
-        np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-4)
-    original, distributed = load_file(single / "student.safetensors"), load_file(double / "student.safetensors")
+        np.testing.assert_allclose([r["loss"] for r in _metrics(two, stage)], [r["loss"] for r in _metrics(one, stage)],
+                                   rtol=1e-4)
+    original, distributed = load_file(one / "student.safetensors"), load_file(two / "student.safetensors")
+    assert original.keys() == distributed.keys()
     for name in original:
         torch.testing.assert_close(distributed[name], original[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, shipped_tile_store, teacher_weights):
+    """One process, then two processes with DDP and with FSDP, on the same config (6 + 3 iterations)."""
+    root = tmp_path_factory.mktemp("distributed")
+    config = _config(teacher_weights, heads={"fit_iterations": 3}, train={"iterations": 6, "checkpoint_every": 3})
+    config_path = root / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, [str(shipped_tile_store)], root / "one")
+    finally:
+        torch.set_num_threads(threads)
+    for sharding in ("ddp", "fsdp"):
+        _torchrun(config_path, shipped_tile_store, root / sharding, "--sharding", sharding)
+    return root, config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_compute_what_one_process_does(two_process_runs, sharding):
+    root, _ = two_process_runs
+    _assert_same_training(root / "one", root / sharding)
+
+
+@pytest.mark.slow
+def test_a_sharded_run_leaves_whole_checkpoints_that_one_process_resumes(two_process_runs, shipped_tile_store,
+                                                                        tmp_path):
+    root, config = two_process_runs
+    resumed = tmp_path / "resumed"
+    shutil.copytree(root / "fsdp", resumed)
+    (resumed / "checkpoints" / "distill-0000006.pt").unlink()
+    (resumed / "student.safetensors").unlink()
+    checkpoint = torch.load(resumed / "checkpoints" / "distill-0000003.pt", weights_only=False)
+    student = build_model("tiny-student")
+    assert checkpoint["student"]["backbone.pos_embed"].shape == student.pos_embed.shape  # whole, not a shard
+    assert all(isinstance(key, str) for key in checkpoint["optimizer"]["state"])  # keyed by parameter name
+    train(config, [str(shipped_tile_store)], resumed)  # one process, from the 2-process FSDP checkpoint
+    _assert_same_training(root / "fsdp", resumed)
 
 
 def test_the_command_line_flow_trains_exports_and_reports(shipped_tile_store, teacher_weights, tmp_path, prefect_api):

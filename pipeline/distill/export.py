@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import save_file
-from torch import nn
 
 from pipeline.distill.config import DistillConfig
 from storage.atomic import write_bytes_atomic
 
 
-def export_student(backbone: nn.Module, config: DistillConfig, stores: list[str], steps: int, path: Path) -> Path:
-    """Write ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``."""
-    tensors = {name: value.detach().cpu().contiguous() for name, value in backbone.state_dict().items()}
+def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores: list[str], steps: int,
+                   path: Path) -> Path:
+    """Write the backbone ``state`` to ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
     temporary = path.with_suffix(".tmp")
     save_file(tensors, temporary, metadata={"model": config.models.student, "steps": str(steps)})
     temporary.replace(path)

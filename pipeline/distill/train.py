@@ -5,8 +5,9 @@ from its latest checkpoint. With the teacher-head mode ``fit`` it first runs
 a head stage (student = the frozen teacher backbone with trainable heads,
 teacher = their EMA), whose EMA heads then serve as the teacher's heads.
 Under ``torchrun`` each process takes its slice of every global batch
-(:class:`~pipeline.distill.data.TileStream`) and DDP averages the gradients,
-so N processes compute what one process with the same global batch would.
+(:class:`~pipeline.distill.data.TileStream`) and DDP or FSDP averages the
+gradients (:mod:`pipeline.distill.sharding`), so N processes compute what one
+process with the same global batch would.
 
 Run directory::
 
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.device_mesh import DeviceMesh
 
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
@@ -41,6 +42,18 @@ from pipeline.distill.export import export_student
 from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
 from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, make_heads
 from pipeline.distill.schedules import Schedules
+from pipeline.distill.sharding import (
+    SHARDINGS,
+    Sharding,
+    distributed_wrapper,
+    load_whole_optimizer_state,
+    load_whole_state,
+    shard,
+    shard_each,
+    shard_mesh,
+    whole_optimizer_state,
+    whole_state,
+)
 from pipeline.models import build_model
 from storage.atomic import write_bytes_atomic
 
@@ -101,7 +114,7 @@ class Stage:
     """One training stage: its networks, optimiser, EMA, objective and schedules, and how to save them."""
 
     def __init__(self, name: str, config: DistillConfig, teacher_backbone: nn.Module, device: torch.device,
-                 teacher_heads: nn.ModuleDict | None) -> None:
+                 teacher_heads: nn.ModuleDict | None, mesh: DeviceMesh | None = None) -> None:
         self.name, self.config, self.device = name, config, device
         torch.manual_seed(config.train.seed)  # the same initial student and heads in every process
         teacher_dim = teacher_backbone.embed_dim
@@ -120,11 +133,16 @@ class Stage:
         # The EMA shares a frozen backbone instead of copying it (a ViT-g copy would be 4.5 GB for nothing).
         ema_backbone = copy.deepcopy(backbone) if train_backbone else backbone
         self.ema = StudentSide(ema_backbone, copy.deepcopy(heads).requires_grad_(False), train_backbone=False)
+        fixed_heads = self.ema.heads if name == HEADS else teacher_heads
+        self.teacher = TeacherSide(teacher_backbone, fixed_heads if with_heads else None)
+        if mesh is not None:  # the EMA is sharded like the student, so that its update stays shard by shard
+            for side in (self.student, self.ema):
+                shard(side.backbone, mesh)
+                shard_each(side.heads, mesh)
+            shard_each(self.teacher.heads, mesh)
         ema_parameters = dict(self.ema.named_parameters())
         self._ema_pairs = [(ema_parameters[name], parameter) for name, parameter in self.student.named_parameters()
                            if parameter.requires_grad]
-        fixed_heads = self.ema.heads if name == HEADS else teacher_heads
-        self.teacher = TeacherSide(teacher_backbone, fixed_heads if with_heads else None)
         self.objective = Objective(config, backbone.embed_dim, teacher_dim, with_heads).to(device)
         self.iterations = config.heads.fit_iterations if name == HEADS else config.train.iterations
         # DINOv2 holds the prototypes still during the first epoch(s), while the rest settles.
@@ -132,7 +150,7 @@ class Stage:
         self.schedules = Schedules.from_config(config, self.iterations)
         self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=0.0, betas=config.optim.betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-        self.model = DistributedDataParallel(self.student) if dist.is_initialized() else self.student
+        self.model = distributed_wrapper(self.student, mesh)
         self.step = 0
 
     def _learned(self, side: StudentSide) -> nn.Module:
@@ -140,15 +158,17 @@ class Stage:
         return side if side.train_backbone or side is self.ema and self.student.train_backbone else side.heads
 
     def state_dict(self) -> dict:
-        return {"stage": self.name, "step": self.step, "student": self._learned(self.student).state_dict(),
-                "ema": self._learned(self.ema).state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Whole tensors under parameter names, on rank 0 only when sharded: every process must call it."""
+        return {"stage": self.name, "step": self.step, "student": whole_state(self._learned(self.student)),
+                "ema": whole_state(self._learned(self.ema)),
+                "optimizer": whole_optimizer_state(self.student, self.optimizer),
                 "scaler": self.scaler.state_dict(), "objective": self.objective.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
-        self._learned(self.student).load_state_dict(state["student"])
-        self._learned(self.ema).load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_whole_state(self._learned(self.student), state["student"])
+        load_whole_state(self._learned(self.ema), state["ema"])
+        load_whole_optimizer_state(self.student, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.objective.load_state_dict(state["objective"])
 
@@ -212,11 +232,13 @@ class RunDirectory:
         return found[-1] if found else None
 
     def save_checkpoint(self, stage: Stage) -> Path:
-        """One consolidated file per checkpoint, written atomically."""
+        """One consolidated file per checkpoint, written atomically by rank 0; every process must call it."""
         path = self.checkpoints / f"{stage.name}-{stage.step:07d}.pt"
-        temporary = path.with_suffix(".tmp")
-        torch.save(stage.state_dict(), temporary)
-        os.replace(temporary, path)
+        state = stage.state_dict()
+        if _rank_world()[0] == 0:
+            temporary = path.with_suffix(".tmp")
+            torch.save(state, temporary)
+            os.replace(temporary, path)
         return path
 
     def log(self, record: dict) -> None:
@@ -254,7 +276,7 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
     rank, _ = _rank_world()
     checkpoint = run.latest_checkpoint(stage.name)
     if checkpoint is not None:
-        stage.load_state_dict(torch.load(checkpoint, map_location=stage.device, weights_only=False))
+        stage.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
     if rank == 0:
         run.truncate_metrics(stage.name, stage.step)
     if stage.step >= stage.iterations:
@@ -274,15 +296,15 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
                          "teacher_temp": float(stage.schedules.teacher_temp[stage.step - 1]),
                          "images_per_s": round(rate, 2),
                          "eta_s": round((stage.iterations - stage.step) * config.batch_size_total / max(rate, 1e-9), 1)})
-        if rank == 0 and (stage.step % config.checkpoint_every == 0 or stage.step == stage.iterations):
+        if stage.step % config.checkpoint_every == 0 or stage.step == stage.iterations:
             run.save_checkpoint(stage)
         if stage.step >= stage.iterations:
             break
 
 
 def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module, device: torch.device,
-                   stores: list[str]) -> nn.ModuleDict | None:
-    """The fixed teacher heads of the distillation stage, by the configured mode."""
+                   stores: list[str], mesh: DeviceMesh | None) -> nn.ModuleDict | None:
+    """The fixed teacher heads of the distillation stage, by the configured mode (whole, not yet sharded)."""
     mode = config.heads.teacher_heads
     if mode == "none":
         return None
@@ -291,16 +313,20 @@ def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module,
         state = torch.load(config.heads.teacher_heads_path, map_location=device, weights_only=True)
         heads.load_state_dict(state)
         return heads
-    stage = Stage(HEADS, config, teacher, device, None)
+    stage = Stage(HEADS, config, teacher, device, None, mesh)
     run_stage(stage, run, stores)
-    heads.load_state_dict(stage.ema.heads.state_dict())
+    heads.load_state_dict(whole_state(stage.ema.heads, on_every_rank=True))
     if _rank_world()[0] == 0:
         torch.save(heads.state_dict(), run.teacher_heads)
     return heads
 
 
-def train(config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu") -> Path:
-    """Run (or resume) a distillation to its end and export the EMA student; returns the exported file."""
+def train(config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu",
+          sharding: Sharding = "ddp") -> Path:
+    """Run (or resume) a distillation to its end and export the EMA student; returns the exported file.
+
+    ``sharding`` matters only with several processes (see :mod:`pipeline.distill.sharding`).
+    """
     run = RunDirectory(out)
     rank, _ = _rank_world()
     if rank == 0:
@@ -308,13 +334,17 @@ def train(config: DistillConfig, stores: list[str], out: Path | str, device: str
     if dist.is_initialized():
         dist.barrier()
     target = torch.device(device)
+    mesh = shard_mesh(sharding, target)
     teacher = build_model(config.models.teacher, config.models.teacher_weights, device=str(target),
                           dynamic_img_size=True)
-    heads = _teacher_heads(config, run, teacher, target, stores)
-    stage = Stage(DISTILL, config, teacher, target, heads)
+    if mesh is not None:
+        shard(teacher, mesh)
+    heads = _teacher_heads(config, run, teacher, target, stores, mesh)
+    stage = Stage(DISTILL, config, teacher, target, heads, mesh)
     run_stage(stage, run, stores)
+    student = whole_state(stage.ema.backbone)
     if rank == 0:
-        export_student(stage.ema.backbone, config, stores, stage.step, run.student)
+        export_student(student, config, stores, stage.step, run.student)
     if dist.is_initialized():
         dist.barrier()
     return run.student
@@ -327,13 +357,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiles", required=True, nargs="+")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto; under torchrun each rank takes cuda:LOCAL_RANK")
+    parser.add_argument("--sharding", choices=SHARDINGS, default="ddp",
+                        help="ddp: every process holds whole networks; fsdp: parameters sharded across processes")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if cuda else "gloo")
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
     try:
-        train(DistillConfig.from_yaml(args.config), args.tiles, args.out, device)
+        train(DistillConfig.from_yaml(args.config), args.tiles, args.out, device, args.sharding)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
