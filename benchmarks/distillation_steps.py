@@ -20,6 +20,7 @@ import psutil
 import torch
 from torch import nn
 
+from pipeline.cpu_memory import keep_freed_memory_for_reuse
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.networks import make_heads, tokens
 from pipeline.distill.train import DISTILL, Stage
@@ -85,6 +86,8 @@ def register_bench_models() -> None:
 def build_stage(setup: Setup, device: torch.device) -> Stage:
     """A distillation Stage with a random, informative teacher (LayerScale 1) and random fixed teacher heads."""
     config = setup.config()
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()  # as pipeline.distill.train.train does on a CPU
     torch.manual_seed(1)
     teacher = build_model(setup.teacher, device=device, dynamic_img_size=True)
     with torch.no_grad():

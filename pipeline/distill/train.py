@@ -35,6 +35,7 @@ import yaml
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from pipeline.cpu_memory import keep_freed_memory_for_reuse
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.data import TileStream, make_loader
@@ -334,6 +335,8 @@ def train(config: DistillConfig, stores: list[str], out: Path | str, device: str
     if dist.is_initialized():
         dist.barrier()
     target = torch.device(device)
+    if target.type == "cpu":
+        keep_freed_memory_for_reuse()  # the losses' large tensors would page-fault anew every step
     mesh = shard_mesh(sharding, target)
     teacher = build_model(config.models.teacher, config.models.teacher_weights, device=str(target),
                           dynamic_img_size=True)
