@@ -106,7 +106,8 @@ def tile_store(workdir: Path) -> Path:
 def batch_seconds(config: DistillConfig, store: Path, repeats: int = 3) -> float:
     """Seconds to make one batch in this process, as a loader worker makes it (the stream's first steps)."""
     stream = TileStream([str(store)], seed=config.train.seed, global_batch=config.train.batch_size_total, rank=0,
-                        world=1, transform=MultiCrop(config.crops), window_shards=config.train.window_shards)
+                        world=1, transform=MultiCrop(config.crops), piece_tiles=config.train.piece_tiles,
+                        window_tiles=config.train.window_tiles)
     seconds = []
     for step in range(repeats):
         start = time.perf_counter()

@@ -61,7 +61,7 @@ class Setup:
             # Random fixed teacher heads are passed to the Stage directly (as mode "checkpoint" would load them).
             "heads": {"prototypes": self.prototypes, "hidden_dim": self.hidden_dim, "teacher_heads": "fit"},
             "train": {"batch_size_total": self.batch, "iterations": 100_000, "precision": self.precision,
-                      "loader_workers": self.loader_workers, "window_shards": 2},
+                      "loader_workers": self.loader_workers, "piece_tiles": 16, "window_tiles": 64},
             "crops": {"global_crop_size": self.global_px, "local_crop_size": self.local_px,
                       "local_crops_number": self.local_crops},
         })

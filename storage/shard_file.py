@@ -87,12 +87,14 @@ def write_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple
 
 
 def read_shard_encoded(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int,
-                       ) -> list[bytes]:
-    """The JPEG bytes of the first ``count`` images of one shard of the local ``array``, not decoded.
+                       *, start: int = 0) -> list[bytes]:
+    """The JPEG bytes of images ``[start, start + count)`` of one shard of the local ``array``, not decoded.
 
-    One file read and the index parsed. A training stream keeps a window of
-    shards in memory in this form (~27 kB a 224-px tile, a sixth of the
-    decoded size) and decodes a tile only when a step uses it.
+    Two reads: the index (checked against its CRC32C), then the one byte
+    range that holds those images (consecutive images are stored back to
+    back). A training stream keeps windows of such pieces in memory in this
+    form (~27 kB a 224-px tile, a sixth of the decoded size) and decodes a
+    tile only when a step uses it.
 
     Raises
     ------
@@ -101,15 +103,26 @@ def read_shard_encoded(array_path: Path, array: zarr.Array, shard_position: int 
     """
     jpeg_codec_of(array)
     key = _shard_key(array_path, array, shard_position)
-    data = key.read_bytes()
     chunks_per_shard = _chunks_per_shard(array)
-    index_bytes = data[-(16 * chunks_per_shard + 4) : -4]
-    if google_crc32c.value(index_bytes).to_bytes(4, "little") != data[-4:]:
-        raise ValueError(f"{key}: shard index checksum mismatch")
-    index = np.frombuffer(index_bytes, dtype="<u8").reshape(chunks_per_shard, 2)[:count]
-    if (index == _ABSENT).any():
-        raise ValueError(f"{key}: shard holds fewer than {count} images")
-    return [data[offset : offset + length] for offset, length in index.tolist()]
+    if start < 0 or count < 0 or start + count > chunks_per_shard:
+        raise ValueError(f"{key}: images [{start}, {start + count}) are outside a shard of {chunks_per_shard}")
+    index_length = 16 * chunks_per_shard + 4
+    with key.open("rb") as file:
+        file.seek(-index_length, 2)
+        tail = file.read(index_length)
+        if len(tail) != index_length or google_crc32c.value(tail[:-4]).to_bytes(4, "little") != tail[-4:]:
+            raise ValueError(f"{key}: shard index checksum mismatch")
+        index = np.frombuffer(tail[:-4], dtype="<u8").reshape(chunks_per_shard, 2)[start : start + count]
+        if (index == _ABSENT).any():
+            raise ValueError(f"{key}: shard holds fewer than {start + count} images")
+        if not count:
+            return []
+        first, end = int(index[:, 0].min()), int((index[:, 0] + index[:, 1]).max())
+        file.seek(first)
+        data = file.read(end - first)
+    if len(data) != end - first:
+        raise ValueError(f"{key}: shard is truncated")
+    return [data[offset - first : offset - first + length] for offset, length in index.tolist()]
 
 
 def read_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int) -> np.ndarray:

@@ -89,10 +89,14 @@ class TileSource:
         path = self.tiles_path(unit.group)
         return read_shard(path, zarr.open_array(path, mode="r"), unit.position, unit.count)
 
-    def read_encoded(self, unit: TileUnit) -> list[bytes]:
-        """The unit's tiles as stored, one JPEG byte string each, in tile order; decoding is left to the caller."""
+    def read_encoded(self, unit: TileUnit, start: int = 0, count: int | None = None) -> list[bytes]:
+        """Tiles ``[start, start + count)`` of the unit (all by default) as stored, one JPEG byte string each,
+        in tile order; decoding is left to the caller."""
         path = self.tiles_path(unit.group)
-        return read_shard_encoded(path, zarr.open_array(path, mode="r"), unit.position, unit.count)
+        count = unit.count - start if count is None else count
+        if start < 0 or count < 0 or start + count > unit.count:
+            raise ValueError(f"tiles [{start}, {start + count}) are not in unit {unit.key} of {unit.count}")
+        return read_shard_encoded(path, zarr.open_array(path, mode="r"), unit.position, count, start=start)
 
 
 def open_tile_source(path: Path | str) -> TileSource:

@@ -49,7 +49,8 @@ def stores(tmp_path_factory) -> list[str]:
 
 
 def _stream(stores, **changes) -> TileStream:
-    arguments = dict(seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(SMALL), window_shards=2)
+    arguments = dict(seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(SMALL), piece_tiles=4,
+                     window_tiles=8)
     return TileStream(stores, **(arguments | changes))
 
 
@@ -156,14 +157,37 @@ def test_starting_at_a_step_reads_only_its_windows_and_gives_the_same_batches(st
     expected = [fresh.batch(step) for step in (13, 14)]  # pass 2 starts at position 88 = step 11
     read = []
     original = TileSource.read_encoded
-    monkeypatch.setattr(TileSource, "read_encoded", lambda self, unit: read.append(unit) or original(self, unit))
+
+    def recording(self, unit, start=0, count=None):
+        read.append((unit, start))
+        return original(self, unit, start, count)
+
+    monkeypatch.setattr(TileSource, "read_encoded", recording)
     resumed = _stream(stores, start_step=13)
     items = list(itertools.islice(resumed, 2))
     assert [step for step, _ in items] == [13, 14]
     assert all(_equal(batch, want) for (_, batch), want in zip(items, expected))
-    needed = {resumed.tile_at(position).unit for step in (13, 14) for position in resumed.positions(step)}
-    # the whole windows holding steps 13 and 14 (at most three), each unit once; not the 13 windows before them
-    assert needed <= set(read) and len(read) == len(set(read)) <= 3 * resumed.window_shards
+    needed = {(ref.unit, ref.tile - ref.tile % 4) for ref in
+              (resumed.tile_at(position) for step in (13, 14) for position in resumed.positions(step))}
+    # the whole windows holding steps 13 and 14 (at most three), each piece once; not the 13 windows before them
+    assert needed <= set(read) and len(read) == len(set(read)) <= 3 * resumed.window_pieces
+
+
+def test_pieces_of_shards_mix_many_slides_into_each_batch(tmp_path):
+    """16 slides of one 32-tile shard each: whole-shard windows give a batch of 16 one or two slides, pieces of
+    4 tiles in windows of 64 give it many, and every tile still comes once a pass."""
+    store = str(_write_store(tmp_path / "many.zarr", {f"slide-{i:02d}": 32 for i in range(16)}, seed=2,
+                             tiles_per_shard=32))
+
+    def slides_per_batch(**layout) -> list[int]:
+        stream = _stream([store], global_batch=16, **layout)
+        refs = [[stream.tile_at(p) for p in stream.positions(step)] for step in range(32)]
+        assert len({(r.unit, r.tile) for batch in refs for r in batch}) == 512  # a pass: every tile once
+        return [len({r.unit.group for r in batch}) for batch in refs]
+
+    assert max(slides_per_batch(piece_tiles=32, window_tiles=32)) == 1
+    mixed = slides_per_batch(piece_tiles=4, window_tiles=64)
+    assert min(mixed) >= 5 and np.median(mixed) >= 8
 
 
 def test_two_ranks_together_see_what_one_rank_sees(stores):

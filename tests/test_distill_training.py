@@ -33,7 +33,7 @@ SMALL = {
     "loss": {"teacher_temp_warmup_epochs": 0},
     "optim": {"base_lr": 0.05, "warmup_epochs": 0},
     "train": {"batch_size_total": 8, "iterations": 50, "iterations_per_epoch": 10, "precision": "fp32",
-              "log_every": 1, "checkpoint_every": 10, "loader_workers": 0, "window_shards": 2},
+              "log_every": 1, "checkpoint_every": 10, "loader_workers": 0, "piece_tiles": 8, "window_tiles": 32},
     "crops": {"global_crop_size": 56, "local_crop_size": 28, "local_crops_number": 2},
 }
 

@@ -7,7 +7,13 @@ import pytest
 import zarr
 
 from storage.jpeg_codec import JpegCodec
-from storage.shard_file import UnsupportedShardLayoutError, jpeg_codec_of, read_shard, write_shard
+from storage.shard_file import (
+    UnsupportedShardLayoutError,
+    jpeg_codec_of,
+    read_shard,
+    read_shard_encoded,
+    write_shard,
+)
 from tests.conftest import cmu_rgb
 
 
@@ -49,6 +55,18 @@ def test_read_shard_gives_what_zarr_reads_in_two_and_three_dimensional_layouts(t
     np.testing.assert_array_equal(read_shard(tmp_path / "conditions", per_condition, (1, 2), 44), expected)
     with pytest.raises(ValueError, match="fewer than 45 images"):
         read_shard(tmp_path / "flat", flat, 2, 45)
+
+
+def test_a_piece_of_a_shard_reads_as_that_slice_of_the_whole(tmp_path):
+    flat = _array(tmp_path / "flat", (300, 224, 224, 3))
+    flat[:] = _tiles(300)
+    whole = read_shard_encoded(tmp_path / "flat", flat, 1, 128)
+    assert read_shard_encoded(tmp_path / "flat", flat, 1, 16, start=40) == whole[40:56]
+    assert read_shard_encoded(tmp_path / "flat", flat, 2, 4, start=40) == read_shard_encoded(tmp_path / "flat", flat, 2, 44)[40:]
+    with pytest.raises(ValueError, match="fewer than 45 images"):
+        read_shard_encoded(tmp_path / "flat", flat, 2, 5, start=40)
+    with pytest.raises(ValueError, match="outside a shard of 128"):
+        read_shard_encoded(tmp_path / "flat", flat, 1, 16, start=120)
 
 
 def test_other_layouts_are_refused(tmp_path):

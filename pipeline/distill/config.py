@@ -78,7 +78,9 @@ class TrainConfig(_Frozen):
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(2_500, gt=0)
     loader_workers: int = Field(8, ge=0)
-    window_shards: int = Field(4, gt=0, description="shards shuffled together (bounded memory)")
+    piece_tiles: int = Field(64, gt=0, description="consecutive tiles of one shard read together (one read)")
+    window_tiles: int = Field(8192, gt=0, description="tiles shuffled together, from window_tiles / piece_tiles "
+                              "pieces of as many slides; bounds each loader worker's memory (~27 kB a tile)")
 
 
 class DistillConfig(_Frozen):

@@ -1,11 +1,15 @@
 """The training stream: an endless, seeded sequence of multi-crop batches, the same however it is split.
 
-The global stream is a function of the seed alone. Pass ``p`` visits every
-shard unit of every store in a seeded random order, cut into windows of
-``window_shards`` consecutive units; within a window the tiles come in a
-seeded random order. Memory is bounded by one window of JPEG bytes (~27 kB a
-224-px tile, ~220 MB for four 2,048-tile shards); a tile is decoded only when
-a step uses it. Passes repeat forever, each with new orders.
+The global stream is a function of the seed alone. Every shard of every
+store is cut into pieces of ``piece_tiles`` consecutive tiles (one contiguous
+read each). Pass ``p`` visits every piece in a seeded random order, cut into
+windows of ``window_tiles // piece_tiles`` consecutive pieces; within a window
+the tiles come in a seeded random order. A window therefore mixes tiles of as
+many slides as it has pieces (128 with the defaults), where whole-shard
+windows would give every batch the tiles of a handful of slides. Memory is
+bounded by one window of JPEG bytes (~27 kB a 224-px tile, ~220 MB for 8,192
+tiles); a tile is decoded only when a step uses it. Passes repeat forever,
+each with new orders.
 
 Global step ``s`` takes stream positions ``[s·G, (s+1)·G)`` and rank ``r`` of
 ``W`` the contiguous ``G/W`` of them at ``s·G + r·G/W``; sample ``q``'s crops
@@ -32,7 +36,7 @@ from pipeline.distill.augment import MultiCrop
 from storage.tile_units import TileUnit, open_tile_source
 
 # Distinct streams of randomness derived from one seed.
-_UNIT_ORDER, _TILE_ORDER, _CROPS = 0, 1, 2
+_PIECE_ORDER, _TILE_ORDER, _CROPS = 0, 1, 2
 
 
 def derive_seed(*parts: int) -> int:
@@ -52,9 +56,9 @@ class TileRef:
 
 @dataclass(frozen=True)
 class _PassLayout:
-    """One pass: units in visiting order, and the stream offset at which each window starts."""
+    """One pass: pieces in visiting order, and the stream offset at which each window starts."""
 
-    unit_order: np.ndarray  # int64 [unit]: indices into TileStream._units
+    piece_order: np.ndarray  # int64 [piece]: indices into TileStream's pieces
     window_starts: np.ndarray  # int64 [window + 1]: first offset of each window within the pass, then the pass length
 
 
@@ -72,25 +76,33 @@ class TileStream(IterableDataset):
     ------
     ValueError
         When ``global_batch`` is not a multiple of ``world``, ``rank`` is out
-        of range, or the stores hold no tile.
+        of range, ``piece_tiles`` or ``window_tiles`` is not positive, or the
+        stores hold no tile.
     """
 
     def __init__(self, stores: list[str | Path], *, seed: int, global_batch: int, rank: int, world: int,
-                 transform: MultiCrop, start_step: int = 0, window_shards: int = 4) -> None:
+                 transform: MultiCrop, start_step: int = 0, piece_tiles: int = 64, window_tiles: int = 8192) -> None:
         if global_batch <= 0 or global_batch % world:
             raise ValueError(f"global_batch {global_batch} must be a positive multiple of world {world}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        if start_step < 0 or window_shards < 1:
-            raise ValueError(f"start_step ({start_step}) must be >= 0 and window_shards ({window_shards}) >= 1")
+        if start_step < 0 or piece_tiles < 1 or window_tiles < 1:
+            raise ValueError(f"start_step ({start_step}) must be >= 0, piece_tiles ({piece_tiles}) and "
+                             f"window_tiles ({window_tiles}) >= 1")
         self.sources = [open_tile_source(store) for store in stores]
         self._units = [(index, unit) for index, source in enumerate(self.sources) for unit in source.units()]
-        self._counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
+        unit_counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
+        # Piece i: tiles [_piece_start[i], _piece_start[i] + _counts[i]) of unit _piece_unit[i].
+        self._piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
+        self._piece_start = np.concatenate([np.arange(0, count, piece_tiles) for count in unit_counts.tolist()]
+                                           or [np.zeros(0, dtype=np.int64)])
+        self._counts = np.minimum(piece_tiles, unit_counts[self._piece_unit] - self._piece_start)
         self.tiles_per_pass = int(self._counts.sum())
         if not self.tiles_per_pass:
             raise ValueError(f"no complete tiles in {[str(source.root) for source in self.sources]}")
         self.seed, self.global_batch, self.rank, self.world = seed, global_batch, rank, world
-        self.transform, self.start_step, self.window_shards = transform, start_step, window_shards
+        self.transform, self.start_step = transform, start_step
+        self.window_pieces = max(1, window_tiles // piece_tiles)
         self._layout: tuple[int, _PassLayout] | None = None
         self._window: tuple[tuple[int, int], list[bytes]] | None = None
 
@@ -109,18 +121,18 @@ class TileStream(IterableDataset):
 
     def _pass_layout(self, pass_index: int) -> _PassLayout:
         if self._layout is None or self._layout[0] != pass_index:
-            order = np.random.default_rng(derive_seed(self.seed, _UNIT_ORDER, pass_index)).permutation(len(self._units))
-            sizes = np.add.reduceat(self._counts[order], np.arange(0, len(order), self.window_shards))
+            order = np.random.default_rng(derive_seed(self.seed, _PIECE_ORDER, pass_index)).permutation(len(self._counts))
+            sizes = np.add.reduceat(self._counts[order], np.arange(0, len(order), self.window_pieces))
             self._layout = (pass_index, _PassLayout(order, np.concatenate([[0], np.cumsum(sizes)])))
         return self._layout[1]
 
-    def _window_units(self, pass_index: int, window: int) -> np.ndarray:
-        """Indices of the window's units, in the order their tiles are concatenated."""
-        return self._pass_layout(pass_index).unit_order[window * self.window_shards : (window + 1) * self.window_shards]
+    def _window_pieces(self, pass_index: int, window: int) -> np.ndarray:
+        """Indices of the window's pieces, in the order their tiles are concatenated."""
+        return self._pass_layout(pass_index).piece_order[window * self.window_pieces : (window + 1) * self.window_pieces]
 
     def _window_tile_order(self, pass_index: int, window: int) -> np.ndarray:
         """The window's concatenated tiles, in the order the stream visits them."""
-        n_tiles = int(self._counts[self._window_units(pass_index, window)].sum())
+        n_tiles = int(self._counts[self._window_pieces(pass_index, window)].sum())
         return np.random.default_rng(derive_seed(self.seed, _TILE_ORDER, pass_index, window)).permutation(n_tiles)
 
     def _locate(self, position: int) -> tuple[int, int, int]:
@@ -133,18 +145,22 @@ class TileStream(IterableDataset):
     def tile_at(self, position: int) -> TileRef:
         """The tile at a stream position, found without reading anything."""
         pass_index, window, offset = self._locate(position)
-        units = self._window_units(pass_index, window)
+        pieces = self._window_pieces(pass_index, window)
         tile = int(self._window_tile_order(pass_index, window)[offset])
-        unit_starts = np.cumsum(self._counts[units]) - self._counts[units]
-        local = int(np.searchsorted(unit_starts, tile, side="right")) - 1
-        store, unit = self._units[units[local]]
-        return TileRef(store, unit, tile - int(unit_starts[local]))
+        piece_starts = np.cumsum(self._counts[pieces]) - self._counts[pieces]
+        local = int(np.searchsorted(piece_starts, tile, side="right")) - 1
+        piece = pieces[local]
+        store, unit = self._units[self._piece_unit[piece]]
+        return TileRef(store, unit, int(self._piece_start[piece]) + tile - int(piece_starts[local]))
+
+    def _read_piece(self, piece: int) -> list[bytes]:
+        store, unit = self._units[self._piece_unit[piece]]
+        return self.sources[store].read_encoded(unit, int(self._piece_start[piece]), int(self._counts[piece]))
 
     def _encoded(self, pass_index: int, window: int) -> list[bytes]:
         """The window's JPEGs in visiting order; the last window read is kept (each worker's steps only advance)."""
         if self._window is None or self._window[0] != (pass_index, window):
-            encoded = [data for unit_index in self._window_units(pass_index, window)
-                       for data in self.sources[self._units[unit_index][0]].read_encoded(self._units[unit_index][1])]
+            encoded = [data for piece in self._window_pieces(pass_index, window) for data in self._read_piece(piece)]
             self._window = ((pass_index, window), [encoded[i] for i in self._window_tile_order(pass_index, window)])
         return self._window[1]
 

@@ -259,7 +259,7 @@ def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Itera
     rank, world = _rank_world()
     stream = TileStream(stores, seed=config.train.seed, global_batch=config.train.batch_size_total, rank=rank,
                         world=world, transform=MultiCrop(config.crops), start_step=start_step,
-                        window_shards=config.train.window_shards)
+                        piece_tiles=config.train.piece_tiles, window_tiles=config.train.window_tiles)
     for _, batch in make_loader(stream, config.train.loader_workers):
         yield batch
 
