@@ -1,9 +1,19 @@
-"""Shared fixtures: the shipped real slides, and slides generated from them."""
+"""Shared fixtures: the shipped real slides, and slides generated from them; a Prefect of the tests' own."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
+
+# The tests run flows against temporary Prefect servers. Before anything imports Prefect, point it at a
+# home of its own (database and profiles), so that a developer's ~/.prefect history, or a server their
+# environment or profile names, never receives test runs. Removed at the end of the session.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="distillpath-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH"):
+    os.environ.pop(_name, None)
 
 import numpy as np
 import openslide
@@ -99,3 +109,7 @@ def prefect_api() -> str:
 
     with prefect_api() as api_url:
         yield api_url
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
