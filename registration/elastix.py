@@ -244,16 +244,23 @@ def transform_points_um(transform_maps: Sequence[ParameterMap], xy_um: np.ndarra
     return np.array([row.split() for row in moved], dtype=np.float64).reshape(-1, 2)
 
 
-def deformation_um(transform_maps: Sequence[ParameterMap]) -> np.ndarray:
-    """``[H, W, 2]`` (x, y) displacement (µm) from each fixed-view pixel centre to its moving point.
+def deformation_um(transform_maps: Sequence[ParameterMap], shape: tuple[int, int],
+                   spacing_um: tuple[float, float]) -> np.ndarray:
+    """``[H, W, 2]`` (x, y) displacement (µm) from each pixel centre of a fixed grid to its moving point.
 
-    The grid is the fixed view the maps were registered on (their ``Size``,
-    ``Spacing`` and ``Origin``); one transformix call, fast for any size.
-    Transformix also writes the field to its output folder (the working
-    directory unless told), so it is given a temporary one.
+    The grid has ``[H, W]`` pixels of ``spacing_um`` from the fixed slide's
+    corner, whatever grid the maps were registered on (transformix lays out
+    its output by the maps' ``Size``, ``Spacing`` and ``Origin``, which are
+    replaced): checks made on a grid coarser than a fine registration view
+    need only its points. One transformix call. Transformix also writes the
+    field to its output folder (the working directory unless told), so it is
+    given a temporary one.
     """
     itk = loaded_itk()
 
+    grid = {"Size": [str(shape[1]), str(shape[0])], "Index": ["0", "0"],
+            "Spacing": [repr(float(v)) for v in spacing_um], "Origin": [repr(float(v) / 2) for v in spacing_um]}
+    transform_maps = [{**m, **grid} for m in transform_maps]
     with tempfile.TemporaryDirectory(prefix="transformix-") as folder:
         transformix = _transformix(transform_maps)
         transformix.ComputeDeformationFieldOn()

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from registration.config import RegistrationConfig
 from registration.elastix import deformation_um, itk_image, run_elastix, stage_map
 from registration.errors import RegistrationError
-from registration.geometry import pixel_centres_um, sample_view
+from registration.geometry import pixel_centres_um, resize_view, sample_view
 from registration.initial import initial_transform_map
 from registration.qc import render_registration_qc
 from registration.quality import RegistrationQuality, measure_quality
 from registration.result import RegistrationResult
-from registration.views import SlideView, render_view
+from registration.views import SlideView, dilate_px, render_view
 
 
 def _moving_on_fixed_grid(fixed: SlideView, moving: SlideView, moving_um: np.ndarray):
@@ -36,9 +35,22 @@ def _moving_on_fixed_grid(fixed: SlideView, moving: SlideView, moving_um: np.nda
 
 def _metric_mask(view: SlideView, dilation_um: float) -> np.ndarray:
     """uint8 mask of tissue plus a margin of glass, where elastix samples its metric."""
-    radius = round(dilation_um / min(view.spacing_um))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(view.tissue_mask.astype(np.uint8), kernel)
+    return dilate_px(view.tissue_mask, dilation_um / min(view.spacing_um)).astype(np.uint8)
+
+
+def _check_mpp_um(view: SlideView, max_pixels: int) -> float:
+    """µm/px at which ``view`` has at most ``max_pixels`` pixels (its own spacing if it already has)."""
+    return min(view.spacing_um) * max(1.0, (view.intensity.size / max_pixels) ** 0.5)
+
+
+def _coarsened(view: SlideView, mpp_um: float) -> SlideView:
+    """``view`` area-resampled to ``mpp_um`` when that is coarser, for checks that need no finer grid."""
+    if min(view.spacing_um) >= mpp_um * 0.999:
+        return view
+    rgb, spacing = resize_view(view.rgb, view.spacing_um, mpp_um)
+    intensity, _ = resize_view(view.intensity, view.spacing_um, mpp_um)
+    mask = resize_view(view.tissue_mask.astype(np.float32), view.spacing_um, mpp_um)[0] > 0.5
+    return SlideView(view.path, rgb, intensity, mask, spacing, view.mpp_level0_um, view.dimensions_level0)
 
 
 def _implausible(quality: RegistrationQuality, config: RegistrationConfig) -> str | None:
@@ -86,12 +98,17 @@ def register_slides(
     qc_path = Path(qc_path) if qc_path is not None else None
     fixed = render_view(fixed_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.fixed_mpp_um)
     moving = render_view(moving_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.moving_mpp_um)
-    grid_um = pixel_centres_um(fixed.intensity.shape, fixed.spacing_um)
-    before = _moving_on_fixed_grid(fixed, moving, grid_um)
+    # Quality, refusals and the QC picture on the fixed view's grid, shrunk to check_max_pixels.
+    check_mpp_um = _check_mpp_um(fixed, config.check_max_pixels)
+    fixed_check, moving_check = _coarsened(fixed, check_mpp_um), _coarsened(moving, check_mpp_um)
+    check_shape = fixed_check.intensity.shape
+    grid_um = pixel_centres_um(check_shape, fixed_check.spacing_um)
+    before = _moving_on_fixed_grid(fixed_check, moving_check, grid_um)
     panels = [("as scanned", before[0], before[2])]
     for view in (fixed, moving):
         if not view.tissue_mask.any():
-            raise _fail(fixed, moving, f"no tissue found in {view.path} at {config.view_mpp_um} um/px", panels, qc_path)
+            raise _fail(fixed_check, moving, f"no tissue found in {view.path} at {config.view_mpp_um} um/px", panels,
+                        qc_path)
 
     initial_map = initial_transform_map(fixed, moving, config.initial_mpp_um, config.rotation_step_deg)
     stage_maps = [stage_map(stage, config.bspline_grid_spacing_um) for stage in config.stages]
@@ -105,16 +122,17 @@ def register_slides(
             config.number_of_threads,
         )
     except RuntimeError as error:
-        raise _fail(fixed, moving, str(error), panels, qc_path) from error
+        raise _fail(fixed_check, moving, str(error), panels, qc_path) from error
 
-    after = _moving_on_fixed_grid(fixed, moving, grid_um + deformation_um(transform_maps).reshape(-1, 2))
-    quality = measure_quality(fixed.intensity, fixed.tissue_mask, before[1:], after[1:])
+    displacement = deformation_um(transform_maps, check_shape, fixed_check.spacing_um)
+    after = _moving_on_fixed_grid(fixed_check, moving_check, grid_um + displacement.reshape(-1, 2))
+    quality = measure_quality(fixed_check.intensity, fixed_check.tissue_mask, before[1:], after[1:])
     problem = _implausible(quality, config)
     caption = f"registered: NCC {quality.ncc_after:.2f}, tissue Dice {quality.dice_after:.2f}"
     panels.append((f"refused, {caption}" if problem else caption, after[0], after[2]))
     if problem:
-        raise _fail(fixed, moving, problem, panels, qc_path)
-    qc_png = render_registration_qc(fixed.rgb, fixed.tissue_mask, panels)
+        raise _fail(fixed_check, moving, problem, panels, qc_path)
+    qc_png = render_registration_qc(fixed_check.rgb, fixed_check.tissue_mask, panels)
     if qc_path is not None:
         qc_path.write_bytes(qc_png)
     return RegistrationResult(

@@ -47,7 +47,7 @@ import numpy as np
 import pyvips
 
 from registration.ground_truth import MARGIN_UM, ElasticWave, GroundTruth, Placement
-from registration.stains import STAINS_OD, UNMIX
+from registration.stains import OD_OF_UINT8, STAINS_OD, UNMIX
 from tiling.errors import MissingMppError
 from tiling.slide import opened_slide, read_region
 
@@ -56,7 +56,6 @@ SCANNER_MPP_UM = {"AT2": 0.2527, "GT450": 0.263, "P": 0.25, "S210": 0.2208, "S36
 # Real 40× pixels would make a 0.5 µm/px source 4× larger and blurrier than it is; 2× keeps slides near its size.
 DEFAULT_MPP_SCALE = 2.0
 REFERENCE_JPEG_QUALITY = 90
-_OD_LUT = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)  # uint8 → optical density, 0 for white
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Appearance:
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """Recolour and blur ``[H, W, 3]`` uint8 RGB; white (optical density 0) stays white."""
-        negative_od = cv2.transform(cv2.LUT(rgb, _OD_LUT), -np.asarray(self.od_matrix, dtype=np.float32).T)
+        negative_od = cv2.transform(cv2.LUT(rgb, OD_OF_UINT8), -np.asarray(self.od_matrix, dtype=np.float32).T)
         recoloured = cv2.convertScaleAbs(cv2.exp(np.minimum(negative_od, 0.0)), alpha=256.0, beta=-1.0)
         if self.blur_sigma_px > 0:
             recoloured = cv2.GaussianBlur(recoloured, (0, 0), self.blur_sigma_px)

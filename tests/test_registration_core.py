@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from registration import RegistrationError, RegistrationResult, register_slides
+from registration.elastix import deformation_um, transform_points_um
+from registration.geometry import pixel_centres_um
 from tests.conftest import CMU_SVS, write_tiff
 from tiling.config import TissueConfig
 from tiling.tissue import Thumbnail, detect_tissue
@@ -148,6 +150,25 @@ def test_qc_picture_shows_the_pair_before_and_after(registered):
     picture = cv2.imdecode(np.frombuffer(registered.qc_png, np.uint8), cv2.IMREAD_COLOR)
     assert picture is not None
     assert picture.shape[1] > 2 * 277  # two panels of the 277-px-wide fixed view
+
+
+def test_the_deformation_on_any_grid_is_the_transform_at_its_pixel_centres(registered):
+    """The checks of a fine view run on a coarser grid: its field must be the transform itself there."""
+    shape, spacing_um = (7, 9), (37.0, 41.0)
+    field = deformation_um(list(registered.transform_maps), shape, spacing_um)
+    assert field.shape == (7, 9, 2)
+    centres = pixel_centres_um(shape, spacing_um)
+    np.testing.assert_allclose(centres + field.reshape(-1, 2),
+                               transform_points_um(registered.transform_maps, centres), atol=1e-3)
+
+
+def test_checks_on_a_coarser_grid_give_the_same_verdict_and_a_smaller_picture(registered, warped_slide):
+    coarse = register_slides(CMU_SVS, warped_slide, check_max_pixels=20_000, **OPTIONS)
+    assert coarse.transform_maps == registered.transform_maps  # the registration itself is untouched
+    assert abs(coarse.quality.ncc_after - registered.quality.ncc_after) < 0.05
+    assert coarse.quality.dice_after > 0.9
+    width = cv2.imdecode(np.frombuffer(coarse.qc_png, np.uint8), cv2.IMREAD_COLOR).shape[1]
+    assert width < cv2.imdecode(np.frombuffer(registered.qc_png, np.uint8), cv2.IMREAD_COLOR).shape[1]
 
 
 def test_a_large_rotation_is_found_by_the_initial_search(tmp_path, cmu_pixels):
