@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 
 from tiling.config import TissueConfig
-from tiling.slide import open_backend
+from tiling.slide import open_backend, opened_slide
 from tiling.tissue import Thumbnail, detect_tissue, read_thumbnail
-from tests.conftest import CMU_SVS
+from tests.conftest import CMU_SVS, write_tiff
 
 
 def _cmu_thumbnail() -> Thumbnail:
@@ -54,3 +54,26 @@ def test_green_and_blue_marker_ink_is_suppressed():
     # the ink does not change what is found on the tissue (it would raise the Otsu threshold)
     assert clean[70:130, 125:175].mean() > 0.5
     assert (with_suppression[70:130, 125:175] == clean[70:130, 125:175]).mean() > 0.97
+
+
+def test_a_thumbnail_keeps_one_exact_scale_across_its_blocks(tmp_path):
+    """Dark bands every 500 level-0 px land where the thumbnail's extent says, in every block.
+
+    At 0.6 µm/px from 0.25 µm/px a 1,024-px block spans 2,457.6 level pixels; rounding each block's
+    footprint to whole pixels shifted and stretched blocks by up to 0.2 thumbnail px.
+    """
+    width, centres = 7000, np.arange(250, 7000, 500)  # band edges at centre ± 12 level-0 px
+    image = np.full((600, width, 3), 235, np.uint8)
+    for centre in centres:
+        image[:, centre - 12 : centre + 12] = 20
+    with opened_slide(write_tiff(tmp_path / "bands.tif", image, 0.25, pyramid=False)) as backend:
+        thumbnail = read_thumbnail(backend, 0.25, 0.6)
+    assert thumbnail.rgb.shape[1] > 2 * 1024  # three blocks across
+    darkness = 255.0 - thumbnail.rgb[50:-50].mean(axis=(0, 2))
+    darkness -= np.median(darkness)
+    px_per_level0 = thumbnail.rgb.shape[1] / thumbnail.covered_level0_px[0]
+    for centre in centres:
+        expected = centre * px_per_level0 - 0.5  # thumbnail pixel (i) has its centre at i + 0.5
+        window = np.arange(int(expected) - 8, int(expected) + 9)
+        found = float((darkness[window] * window).sum() / darkness[window].sum())
+        assert abs(found - expected) < 0.05, (centre, found, expected)
