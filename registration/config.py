@@ -22,8 +22,8 @@ class RegistrationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # A 10 mm slide pair (benchmarks/registration_whole_slide.py): 8 µm/px registers in 13 s to 1.4 µm at the tiles,
-    # 4 µm/px in 17 s to 1.2 µm, 2 µm/px in 25 s to 0.4 µm, as close as per-tile refinement gets in 3 minutes.
+    # A 10 mm slide pair (benchmarks/registration_whole_slide.py): 8 µm/px registers in 15 s to 1.2 µm at the tiles,
+    # 4 µm/px in 18 s to 1.1 µm, 2 µm/px in 29 s to 0.35 µm, closer than per-tile refinement gets in 3 minutes.
     view_mpp_um: float = Field(2.0, gt=0, description="µm/px of the low-resolution views that are registered")
     channel: Literal["od", "haematoxylin"] = Field(
         "od", description="stain-robust intensity: optical density summed over RGB, or haematoxylin by deconvolution"
