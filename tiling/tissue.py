@@ -8,6 +8,8 @@ removed by hue: green and strongly saturated blue are never H&E stains.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import cv2
@@ -61,13 +63,16 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
     thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
     for out_y in range(0, out_height, _OUTPUT_BLOCK_PX):
         for out_x in range(0, out_width, _OUTPUT_BLOCK_PX):
+            rows, cols = min(_OUTPUT_BLOCK_PX, out_height - out_y), min(_OUTPUT_BLOCK_PX, out_width - out_x)
             x0, y0 = out_x // _OUTPUT_BLOCK_PX * block_level_px, out_y // _OUTPUT_BLOCK_PX * block_level_px
-            block = np.full((block_level_px, block_level_px, 3), 255, dtype=np.uint8)
-            width, height = min(block_level_px, level_width - x0), min(block_level_px, level_height - y0)
+            # The level pixels these output pixels cover (edge blocks: up to a pixel of glass past the slide).
+            need_w, need_h = min(block_level_px, math.ceil(cols / scale)), min(block_level_px, math.ceil(rows / scale))
+            block = np.full((need_h, need_w, 3), 255, dtype=np.uint8)
+            width, height = min(need_w, level_width - x0), min(need_h, level_height - y0)
             if width > 0 and height > 0:
                 block[:height, :width] = read_region(backend, level, (x0, y0, width, height))
-            shrunk = cv2.resize(block, (_OUTPUT_BLOCK_PX, _OUTPUT_BLOCK_PX), interpolation=cv2.INTER_AREA)
-            rows, cols = min(_OUTPUT_BLOCK_PX, out_height - out_y), min(_OUTPUT_BLOCK_PX, out_width - out_x)
+            # fx/fy, not a target size, so that OpenCV maps with exactly this scale in every block.
+            shrunk = cv2.resize(block, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             thumbnail[out_y : out_y + rows, out_x : out_x + cols] = shrunk[:rows, :cols]
     downsample = backend.level_downsamples[level]
     covered = (out_width / scale * downsample, out_height / scale * downsample)
