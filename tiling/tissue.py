@@ -49,9 +49,9 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
     thumbnail: rounding each block's footprint to whole level pixels instead
     would shift and stretch blocks by up to half a level pixel each (about a
     micrometre at 4 µm/px, which registration on such views would inherit).
-    That scale differs from the one asked for by under 0.05 %;
-    ``covered_level0_px`` gives the exact extent. Beyond the slide's edge the
-    last blocks are glass.
+    That scale differs from the one asked for by at most half a level pixel
+    per block (under 0.05 % when shrinking); ``covered_level0_px`` gives the
+    exact extent. Beyond the slide's edge the last blocks are glass.
     """
     level_mpps = [mpp_level0_um * d for d in backend.level_downsamples]
     usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= thumbnail_mpp_um]
