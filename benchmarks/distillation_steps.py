@@ -5,16 +5,15 @@ Loaded by path by ``benchmarks/distillation.py`` (CPU) and ``benchmarks/distilla
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import contextlib
 import statistics
+import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
@@ -86,16 +85,15 @@ def register_bench_models() -> None:
 def build_stage(setup: Setup, device: torch.device) -> Stage:
     """A distillation Stage with a random, informative teacher (LayerScale 1) and random fixed teacher heads."""
     config = setup.config()
-    if device.type == "cpu":
-        keep_freed_memory_for_reuse()  # as pipeline.distill.train.train does on a CPU
+    if device.type == "cpu":  # as pipeline.distill.train.train does on a CPU
+        keep_freed_memory_for_reuse()
     torch.manual_seed(1)
     teacher = build_model(setup.teacher, device=device, dynamic_img_size=True)
     with torch.no_grad():
         for name, parameter in teacher.named_parameters():
             if name.endswith(".gamma"):
                 parameter.fill_(1.0)
-    heads = make_heads(teacher.embed_dim, config.heads).to(device)
-    return Stage(DISTILL, config, teacher, device, heads)
+    return Stage(DISTILL, config, teacher, device, make_heads(teacher.embed_dim, config.heads).to(device))
 
 
 # --- timers ----------------------------------------------------------------------------------------------------
@@ -223,9 +221,8 @@ class PeakMemory:
             self._thread.start()
 
     def current(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device)
-        return self._process.memory_info().rss
+        cuda = self.device.type == "cuda"
+        return torch.cuda.memory_allocated(self.device) if cuda else self._process.memory_info().rss
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -276,8 +273,7 @@ def measure_steps(stage: Stage, batches: Iterator[dict], steps: int, warmup: int
             else:
                 with memory.phase("bare step"):
                     bare_step(stage, batch, clock)
-        record = clock.take()
-        record["loader wait"] = waited
+        record = {**clock.take(), "loader wait": waited}
         if index >= warmup:
             records.append(record)
         print(f"  step {index}{' (warm-up)' if index < warmup else ''}: {record['step']:.2f} s, bare "
@@ -328,8 +324,7 @@ def macs_per_sample(setup: Setup) -> dict[str, float]:
     config = setup.config()
     with torch.device("meta"):
         teacher, student = (build_model(name, device="meta") for name in (setup.teacher, setup.student))
-        teacher_heads = make_heads(teacher.embed_dim, config.heads)
-        student_heads = make_heads(student.embed_dim, config.heads)
+        teacher_heads, student_heads = (make_heads(model.embed_dim, config.heads) for model in (teacher, student))
 
     def weights(module: nn.Module) -> int:
         return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d))
@@ -385,9 +380,7 @@ def table(times: dict[str, float], memory: PeakMemory, before_bytes: int, built_
         *(row(part, times[part]) for part in parts),
         row("**`Stage.train_step`, whole**", step, notes=f"{setup.batch / step:,.1f} samples/s without the loader"
             + (f", {setup.batch / (step + wait):,.1f} with it" if loader else "")),
-        row("bare: teacher backbone forward", times["bare: teacher backbone forward"], of_step=False),
-        row("bare: student backbone forward", times["bare: student backbone forward"], of_step=False),
-        row("bare: student backbone backward", times["bare: student backbone backward"], of_step=False),
+        *(row(part, times[part], of_step=False) for part in times if part.startswith("bare: ")),
         row("**bare step** (no heads, losses, optimizer, EMA)", bare, of_step=False,
             notes="teacher forward + student forward/backward on the same batch"),
         row("heads + losses + optimizer + EMA, inside the step", times["heads + losses + optimizer + EMA"],
@@ -397,8 +390,7 @@ def table(times: dict[str, float], memory: PeakMemory, before_bytes: int, built_
             notes="the process: Python, torch, the loader's imports" if unit == "RSS" else ""),
         row(f"{unit} after building the Stage", mib=built_bytes / MIB,
             notes="teacher, student, EMA, heads, schedules; before the first step (AdamW state comes after)"),
-        row(f"peak {unit}, full steps", mib=memory.peaks["full step"] / MIB),
-        row(f"peak {unit}, bare steps", mib=memory.peaks["bare step"] / MIB),
+        *(row(f"peak {unit}, {phase}s", mib=memory.peaks[phase] / MIB) for phase in ("full step", "bare step")),
         *extra_rows,
         row(f"goal: step ≤ bare × {1 + GOAL_OVERHEAD:.2f} (overhead ≤ {GOAL_OVERHEAD:.0%})",
             notes=f"overhead {overhead:.1%}" + (f" without the loader wait, {with_data:.1%} with it" if loader else "")
