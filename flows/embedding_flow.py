@@ -3,7 +3,9 @@
 Partitions split the source's shards by rank (see :mod:`pipeline.embed`); on
 a Dask cluster each task runs in its own worker process, on device
 ``cuda:<rank % GPUs>`` when the device is CUDA. Progress is the count of
-finished shards, which the flow polls from the store while the tasks run.
+finished shards, which the flow polls while the tasks run: one listing of
+the store's ``done/`` folder against the unit list fixed at preparation
+(milliseconds at 6,093 slides), never a walk of the stores.
 """
 
 from __future__ import annotations
@@ -51,22 +53,27 @@ def embed_tiles(
     store = prepare_store(out, settings, source, overwrite=overwrite)
     store.acquire_run_lock()
     try:
-        units = source.units()
-        todo = pending_units(store, source, 0, 1)
+        units = store.read_units()
+        todo = pending_units(store, units)
+        todo_keys = {unit.key for unit in todo}
+
+        def finished() -> int:
+            return len(todo_keys & store.done_keys())
+
         logger.info("%s: %d shards, %d to embed with %s on %s in %d partition(s)",
                     source.root, len(units), len(todo), settings.model, settings.device, partitions)
         futures = embed_partition_task.map(list(range(partitions)), world=unmapped(partitions), tiles=unmapped(tiles),
                                            out=unmapped(str(store.root)), settings=unmapped(settings))
         with tqdm(total=len(todo), unit="shard", disable=not progress_bar, file=sys.stderr) as bar:
             while wait(futures, timeout=_POLL_S).not_done:  # returns as soon as the last partition ends
-                bar.update(len(todo) - len(pending_units(store, source, 0, 1)) - bar.n)
-            bar.update(len(todo) - len(pending_units(store, source, 0, 1)) - bar.n)
+                bar.update(finished() - bar.n)
+            bar.update(finished() - bar.n)
         results = [future.result() for future in futures]
     finally:
         store.release_run_lock()
     tiles_done = sum(r["tiles"] for r in results)
     seconds = time.perf_counter() - started
-    left = len(pending_units(store, source, 0, 1))
+    left = len(pending_units(store, units))
     summary = {"shards": len(units), "embedded_now": len(todo) - left, "left": left, "tiles": tiles_done,
                "seconds": round(seconds, 2), "tiles_per_second": round(tiles_done / seconds, 1)}
     create_markdown_artifact(

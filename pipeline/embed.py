@@ -1,8 +1,11 @@
 """Embed every tile of a tile store into an embedding store, one process per device.
 
 Work is split by source shard (a :class:`~storage.tile_units.TileUnit`):
-process ``rank`` of ``world`` takes every ``world``-th unit not yet done, so
-GPUs never share a shard and need not talk to each other. Within a process,
+the preparation (rank 0, or the flow) fixes the run's unit list in the
+embedding store, and process ``rank`` of ``world`` takes every ``world``-th
+unit of that list not yet done, so GPUs never share a shard and need not
+talk to each other, and a slide the tiler publishes meanwhile waits for the
+next run instead of being taken twice or by nobody. Within a process,
 a torch ``DataLoader`` reads and decodes shards in worker processes while the
 model runs; tiles travel as uint8 (4× less than float32) through pinned
 memory and are normalised on the device. On CUDA the model runs in bf16
@@ -76,17 +79,21 @@ class _UnitBatches(IterableDataset):
 
 
 def prepare_store(out: Path | str, settings: EmbeddingSettings, source: TileSource, *, overwrite: bool = False,
-                  ) -> EmbeddingStore:
-    """Create or reopen the embedding store for ``settings`` and lay out its arrays; once, before any partition."""
+                  threads: int = 8) -> EmbeddingStore:
+    """Create or reopen the embedding store for ``settings``, lay out its arrays and fix the run's unit list.
+
+    Once per run, in one process, before any partition starts.
+    """
     dim = embedding_dim(build_model(settings.model, device="meta"), settings.pooling)
     store = EmbeddingStore.create_or_open(out, settings.store_parameters(dim, source), overwrite=overwrite)
-    store.prepare(source, dim, settings.dtype)
+    store.prepare(source, dim, settings.dtype, threads=threads)
     return store
 
 
-def pending_units(store: EmbeddingStore, source: TileSource, rank: int, world: int) -> list[TileUnit]:
-    """This rank's share of the units not yet done."""
-    return [unit for unit in source.units()[rank::world] if not store.is_done(unit)]
+def pending_units(store: EmbeddingStore, units: list[TileUnit], rank: int = 0, world: int = 1) -> list[TileUnit]:
+    """Rank ``rank``'s share of ``units`` (the prepared list), less those already done (one listing of ``done/``)."""
+    done = store.done_keys()
+    return [unit for unit in units[rank::world] if unit.key not in done]
 
 
 def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int = 0, world: int = 1) -> dict:
@@ -95,7 +102,7 @@ def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int
     source = open_tile_source(tiles)
     device = torch.device(settings.device)
     store = EmbeddingStore(out)
-    units = pending_units(store, source, rank, world)
+    units = pending_units(store, store.read_units(), rank, world)
     on_cuda = device.type == "cuda"
     # Loader workers start from a clean "forkserver" process: a plain fork would copy this process's
     # thread pools (the JPEG codec's, zarr's event loop) without their threads, and hang on first use.

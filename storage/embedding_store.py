@@ -7,30 +7,43 @@ Layout (see ``docs/storage.md``)::
     STORE/slides/<slide_id>/          from a tile store: embeddings [tile, dim], coords, tissue_fraction
     STORE/embeddings                  from an aligned tile store: [condition, tile, dim] (+ coords, grid)
     STORE/done/<unit>                 an empty marker per source shard whose embeddings are written
+    STORE/index/index.json            slide ids, tile counts, chunk lengths, source stamps (see store_index)
+    STORE/index/units.json            the unit list fixed by the last preparation, read by every rank
     STORE/staging/                    slide groups being created; run.lock
 
 Embeddings are chunked exactly like the source's tile shards, so each unit
 of work (one shard) writes one chunk, then its marker: a killed job loses at
 most the chunks without markers, which the next run recomputes. Slide
 groups appear by rename, so readers never see half a group.
+
+Preparation lays out every group before any unit runs, from the tile
+store's index, in parallel threads, and then fixes the run's unit list in
+``units.json``: every rank embeds its share of that list, so a slide the
+tiler publishes meanwhile is neither taken twice nor half-prepared; the next
+run's preparation picks it up.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from storage.atomic import write_bytes_atomic, write_zarr_group_atomic
-from storage.tile_store import RunStore, StoreError
-from storage.tile_units import TileSource, TileUnit
+from storage.atomic import write_bytes_atomic, write_json_atomic, write_zarr_group_atomic
+from storage.store_index import StoreIndex, indexed_entries, published_names
+from storage.tile_store import RunStore, StoreError, TileStore, utc_now
+from storage.tile_units import TileSource, TileUnit, slide_units
 
 LAYOUT_NAME = "distillpath.embedding-store"
 _COPIED_PER_SLIDE = ("coords", "tissue_fraction")
 _COPIED_ALIGNED = ("coords", "tissue_fraction", "grid")
+_ALIGNED_MARKER = re.compile(r"\d+\.\d+")
 
 
 class EmbeddingStore(RunStore):
@@ -39,81 +52,144 @@ class EmbeddingStore(RunStore):
     LAYOUT_NAME = LAYOUT_NAME
     KIND = "embedding store"
     PARAMETERS_KEY = "embedding"
-    FOLDERS = {"done": "one empty marker file per source shard whose embeddings are written"}
+    FOLDERS = {"done": "one empty marker file per source shard whose embeddings are written",
+               "index": "consolidated index of the slides and the prepared unit list (JSON, docs/storage.md)"}
+
+    def __init__(self, root: Path | str) -> None:
+        super().__init__(root)
+        self.slides_dir = self.root / "slides"
+        self.done_dir = self.root / "done"
+        self.index = StoreIndex(self.root / "index")
+        self.units_path = self.root / "index" / "units.json"
 
     def array_path(self, group: str) -> Path:
-        return self.root / "slides" / group / "embeddings" if group else self.root / "embeddings"
+        return self.slides_dir / group / "embeddings" if group else self.root / "embeddings"
+
+    def done_keys(self) -> set[str]:
+        """Keys of the units whose embeddings are written: one listing of ``done/``."""
+        return set(published_names(self.done_dir))
 
     def is_done(self, unit: TileUnit) -> bool:
-        return (self.root / "done" / unit.key).is_file()
+        return (self.done_dir / unit.key).is_file()
 
     def write_unit(self, unit: TileUnit, embeddings: np.ndarray) -> None:
         """Store ``[count, dim]`` embeddings of ``unit`` (one whole chunk), then mark the unit done."""
         array = zarr.open_array(self.array_path(unit.group), mode="r+")
         rows = slice(unit.start, unit.start + unit.count)
         array[(*unit.position[:-1], rows)] = embeddings.astype(array.dtype)
-        write_bytes_atomic(self.root / "done" / unit.key, b"")
+        write_bytes_atomic(self.done_dir / unit.key, b"")
 
-    def prepare(self, source: TileSource, dim: int, dtype: str) -> None:
-        """Create the arrays for every group of ``source`` (keeping those already right), before any unit runs.
+    def slide_entries(self) -> dict[str, dict]:
+        """``{slide_id: {"n_tiles", "chunk", "source_stamp"}}`` of every slide group, from the index."""
+        return indexed_entries(self.index, published_names(self.slides_dir),
+                               lambda s: _embedding_entry(self.slides_dir / s), "slides")
 
-        A group whose source changed since (a slide tiled again, an aligned
-        store planned anew) is recreated and its markers dropped.
+    def read_units(self) -> list[TileUnit]:
+        """The unit list fixed by the last :meth:`prepare`.
+
+        Raises
+        ------
+        StoreError
+            When the store was never prepared.
         """
-        for group in source.groups():
-            source_group = source.tiles_path(group).parent
-            stamp = _source_stamp(source_group)
-            target = self.array_path(group).parent
-            if _read_attributes(target).get("source_stamp") == stamp:
-                continue
-            for marker in (self.root / "done").glob(f"{group}.*" if group else "[0-9]*"):
-                marker.unlink()
-            if group:
-                self._create_slide_group(source_group, group, stamp, dim, dtype)
-            else:
-                self._create_aligned_arrays(source_group, stamp, dim, dtype)
+        try:
+            rows = json.loads(self.units_path.read_bytes())["rows"]
+        except FileNotFoundError:
+            raise StoreError(f"{self.root} has no unit list: prepare the store first") from None
+        return [TileUnit(group, (*leading, index), start, min(shard, n_tiles - start))
+                for group, leading, n_tiles, shard in rows
+                for index, start in enumerate(range(0, n_tiles, shard))]
 
-    def _create_slide_group(self, source_group: Path, slide_id: str, stamp: str, dim: int, dtype: str) -> None:
+    def prepare(self, source: TileSource, dim: int, dtype: str, *, threads: int = 8) -> list[TileUnit]:
+        """Lay out the arrays for every complete group of ``source``, then fix and return the run's unit list.
+
+        Groups already right are kept; a group whose source changed since (a
+        slide tiled again, an aligned store planned anew) is recreated and its
+        markers dropped. New slide groups are made by ``threads`` threads
+        (the work is file creation, which releases the GIL). Call once, in one
+        process, before any rank embeds: ranks read the list with
+        :meth:`read_units`.
+        """
+        if source.layout == "distillpath.tile-store":
+            rows = self._prepare_slides(source, dim, dtype, threads)
+        else:
+            rows = self._prepare_aligned(source, dim, dtype)
+        write_json_atomic(self.units_path, {"prepared_at": utc_now(), "source": str(source.root), "rows": rows})
+        return self.read_units()
+
+    def _prepare_slides(self, source: TileSource, dim: int, dtype: str, threads: int) -> list[list]:
+        wanted = TileStore(source.root).slide_entries()
+        have = self.slide_entries()
+        stale = [s for s, e in wanted.items() if have.get(s, {}).get("source_stamp") != _stamp_of(e)]
+        stale_set = set(stale)
+        for key in published_names(self.done_dir):
+            if key.rpartition(".")[0] in stale_set:  # exactly "<slide_id>.<shard>", not "<slide_id>.x.<shard>"
+                (self.done_dir / key).unlink(missing_ok=True)
+        if stale:
+            if not (self.slides_dir / "zarr.json").exists():
+                write_zarr_group_atomic(self.slides_dir, {"description": "embeddings of each slide"})
+            template = _embeddings_template(dim, dtype)
+            with ThreadPoolExecutor(max(1, threads)) as pool:
+                made = dict(pool.map(lambda s: (s, self._create_slide_group(source, s, wanted[s], template)), stale))
+            self.index.add_many(made)
+        return [[s, [], e["n_tiles"], e["tiles_per_shard"]] for s, e in wanted.items()]
+
+    def _create_slide_group(self, source: TileSource, slide_id: str, tiles: dict, template: dict) -> dict:
+        """Make one slide's group in staging and publish it; return its index entry."""
+        source_group = source.tiles_path(slide_id).parent
+        entry = {"n_tiles": tiles["n_tiles"], "chunk": max(1, tiles["tiles_per_shard"]), "source_stamp": _stamp_of(tiles)}
         staging = self.new_staging_path(slide_id)
-        tiles = zarr.open_array(source_group / "tiles", mode="r")
-        group = zarr.open_group(staging, mode="w")
-        _create_embeddings(group, tiles, dim, dtype, ("tile", "feature"))
-        _copy_arrays(source_group, group, _COPIED_PER_SLIDE)
-        group.attrs.update({"slide_id": slide_id, "source_stamp": stamp, "source_group": str(source_group)})
-        (self.root / "slides").mkdir(exist_ok=True)
-        if not (self.root / "slides" / "zarr.json").exists():
-            write_zarr_group_atomic(self.root / "slides", {"description": "embeddings of each slide"})
-        self.publish_folder(staging, self.root / "slides" / slide_id)
+        write_zarr_group_atomic(staging, {"slide_id": slide_id, "source_stamp": entry["source_stamp"],
+                                          "source_group": str(source_group)})
+        metadata = {**template, "shape": [entry["n_tiles"], template["shape"][1]]}
+        metadata["chunk_grid"] = {"name": "regular",
+                                  "configuration": {"chunk_shape": [entry["chunk"], template["shape"][1]]}}
+        write_bytes_atomic(staging / "embeddings" / "zarr.json", json.dumps(metadata, indent=2).encode())
+        for name in _COPIED_PER_SLIDE:  # small per-tile arrays, so the embeddings are usable without the tiles
+            shutil.copytree(source_group / name, staging / name)
+        self.publish_folder(staging, self.slides_dir / slide_id)
+        return entry
+
+    def _prepare_aligned(self, source: TileSource, dim: int, dtype: str) -> list[list]:
+        units = source.units()
+        if source.groups():
+            stamp = _read_attributes(source.root)["plan"]["plan_id"]
+            if _read_attributes(self.root).get("source_stamp") != stamp:
+                for key in published_names(self.done_dir):
+                    if _ALIGNED_MARKER.fullmatch(key):
+                        (self.done_dir / key).unlink(missing_ok=True)
+                self._create_aligned_arrays(source.root, stamp, dim, dtype)
+        rows: dict[int, list] = {}
+        for unit in units:  # one row per ready condition: its shards are consecutive
+            row = rows.setdefault(unit.position[0], ["", [unit.position[0]], 0, unit.count])
+            row[2] += unit.count
+        return list(rows.values())
 
     def _create_aligned_arrays(self, source_root: Path, stamp: str, dim: int, dtype: str) -> None:
         for name in ("embeddings", *_COPIED_ALIGNED):
             shutil.rmtree(self.root / name, ignore_errors=True)
         group = zarr.open_group(self.root, mode="r+")
         tiles = zarr.open_array(source_root / "tiles", mode="r")
-        _create_embeddings(group, tiles, dim, dtype, ("condition", "tile", "feature"))
-        _copy_arrays(source_root, group, _COPIED_ALIGNED)
+        chunks = (1, max(1, tiles.shards[1]), dim)
+        group.create_array("embeddings", shape=(*tiles.shape[:2], dim), chunks=chunks, dtype=dtype,
+                           fill_value=np.nan, dimension_names=("condition", "tile", "feature"))
+        for name in _COPIED_ALIGNED:
+            shutil.copytree(source_root / name, self.root / name)
         plan = zarr.open_group(source_root, mode="r").attrs["plan"]
         group.attrs.update({"source_stamp": stamp, "conditions": plan["conditions"], "condition_table": plan["table"]})
 
 
-def _create_embeddings(group: zarr.Group, tiles: zarr.Array, dim: int, dtype: str, dims: tuple[str, ...]) -> None:
-    """``embeddings`` shaped like ``tiles`` minus the image axes plus a feature axis, one chunk per tile shard."""
-    leading = tiles.shape[:-3]
-    shard = tiles.shards[len(leading) - 1]
-    chunks = (*[1] * (len(leading) - 1), max(1, shard), dim)
-    group.create_array("embeddings", shape=(*leading, dim), chunks=chunks, dtype=dtype, fill_value=np.nan,
-                       dimension_names=dims)
+def _embeddings_template(dim: int, dtype: str) -> dict:
+    """zarr's own metadata for an ``embeddings [tile, feature]`` array (NaN fill), to be given a shape per slide.
 
-
-def _copy_arrays(source: Path, target: zarr.Group, names: tuple[str, ...]) -> None:
-    """Copy small per-tile arrays so that the embeddings can be used without the tile store."""
-    for name in names:
-        array = zarr.open_array(source / name, mode="r")
-        copy = target.create_array(name, shape=array.shape, dtype=array.dtype,
-                                   chunks=tuple(max(1, n) for n in array.shape),
-                                   dimension_names=array.metadata.dimension_names)
-        copy[...] = array[...]
-        copy.attrs.update(dict(array.attrs))
+    Writing the metadata file from a template costs a tenth of zarr's
+    ``create_array`` per slide; zarr writes the template itself, so the
+    format stays zarr's.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        zarr.create_array(Path(folder) / "a", shape=(1, dim), chunks=(1, dim), dtype=dtype, fill_value=np.nan,
+                          dimension_names=("tile", "feature"))
+        return json.loads((Path(folder) / "a" / "zarr.json").read_bytes())
 
 
 def _read_attributes(path: Path) -> dict:
@@ -123,12 +199,16 @@ def _read_attributes(path: Path) -> dict:
         return {}
 
 
-def _source_stamp(source_group: Path) -> str:
-    """What identifies this version of the source's tiles: the slide's creation time or the aligned plan's id."""
-    attributes = _read_attributes(source_group)
-    if "plan" in attributes:
-        return attributes["plan"]["plan_id"]
-    return f"{attributes.get('created_at')}/{attributes.get('n_tiles')}"
+def _stamp_of(tile_entry: dict) -> str:
+    """What identifies this version of a source slide's tiles: its creation time and tile count."""
+    return f"{tile_entry.get('created_at')}/{tile_entry.get('n_tiles')}"
+
+
+def _embedding_entry(group: Path) -> dict:
+    """A slide group's index entry, read from the group itself (when the index lacks it)."""
+    array = json.loads((group / "embeddings" / "zarr.json").read_bytes())
+    return {"n_tiles": int(array["shape"][0]), "chunk": int(array["chunk_grid"]["configuration"]["chunk_shape"][0]),
+            "source_stamp": _read_attributes(group).get("source_stamp")}
 
 
 def open_embedding_store(path: Path | str) -> EmbeddingStore:
@@ -138,17 +218,11 @@ def open_embedding_store(path: Path | str) -> EmbeddingStore:
     return store
 
 
-def _complete_rows(store: EmbeddingStore, array: zarr.Array, group: str) -> np.ndarray:
-    """``[leading...]`` bool: which rows (a slide: one; an aligned store: one per condition) have every chunk marked done."""
-    leading, (n_tiles, chunk) = array.shape[:-2], (array.shape[-2], array.chunks[-2])
-    n_chunks = -(-n_tiles // chunk)
-    complete = np.zeros(leading, dtype=bool)
-    for row in np.ndindex(*leading):
-        prefix = [group] if group else []
-        complete[row] = all(
-            (store.root / "done" / ".".join([*prefix, *map(str, row), str(k)])).is_file() for k in range(n_chunks)
-        )
-    return complete
+def _complete_rows(done: set[str], array: zarr.Array) -> np.ndarray:
+    """``[condition]`` bool: which conditions of the aligned embeddings have every chunk marked done."""
+    n_conditions, (n_tiles, chunk) = array.shape[0], (array.shape[1], array.chunks[1])
+    return np.array([all(f"{c}.{k}" in done for k in range(-(-n_tiles // chunk))) for c in range(n_conditions)],
+                    dtype=bool)
 
 
 def open_embeddings(path: Path | str):
@@ -158,48 +232,44 @@ def open_embeddings(path: Path | str):
     ``slide_index [tile]`` over the slides whose embeddings are complete
     (coordinate ``slide_id``). From an aligned tile store:
     ``embeddings [condition, tile, feature]`` with ``complete [condition]``.
+    Slides and their sizes come from the index and completeness from one
+    listing of ``done/``: no slide group is opened until its data is computed.
     """
     import dask.array as da
     import xarray as xr
 
+    from storage.lazy_arrays import concatenated_rows, repeated_values
+
     store = open_embedding_store(path)
     parameters = store.read_attributes()["embedding"]
     attrs = {"store": str(store.root), **{k: v for k, v in parameters.items() if v is not None}}
+    done = store.done_keys()
     if (store.root / "embeddings").exists():
         group = zarr.open_group(store.root, mode="r")
         embeddings = group["embeddings"]
-        names = group.attrs["conditions"]
         return xr.Dataset(
             {
                 "embeddings": (("condition", "tile", "feature"), da.from_zarr(embeddings)),
                 "coords": (("condition", "tile", "xy"), da.from_zarr(group["coords"])),
                 "grid": (("tile", "colrow"), da.from_zarr(group["grid"])),
-                "complete": (("condition",), _complete_rows(store, embeddings, "")),
+                "complete": (("condition",), _complete_rows(done, embeddings)),
             },
-            coords={"condition": names, "xy": ["x", "y"], "colrow": ["col", "row"]},
+            coords={"condition": group.attrs["conditions"], "xy": ["x", "y"], "colrow": ["col", "row"]},
             attrs=attrs,
         )
-    slides_dir = store.root / "slides"
-    ids = sorted(p.name for p in slides_dir.iterdir() if (p / "zarr.json").is_file()) if slides_dir.is_dir() else []
-    parts, coords, slide_index, kept = [], [], [], []
-    for slide_id in ids:
-        group = zarr.open_group(slides_dir / slide_id, mode="r")
-        if group["embeddings"].shape[0] == 0 or not _complete_rows(store, group["embeddings"], slide_id).all():
-            continue
-        parts.append(da.from_zarr(group["embeddings"]))
-        coords.append(da.from_zarr(group["coords"]))
-        slide_index.append(da.full(group["embeddings"].shape[0], len(kept), dtype=np.int32))
-        kept.append(slide_id)
-    if not parts:
-        dim = parameters["dim"]
-        parts, coords = [da.zeros((0, dim), dtype=parameters["dtype"])], [da.zeros((0, 2), dtype=np.int64)]
-        slide_index = [da.zeros(0, dtype=np.int32)]
+    kept = {slide_id: entry for slide_id, entry in store.slide_entries().items()
+            if entry["n_tiles"] and all(unit.key in done for unit in slide_units(slide_id, entry["n_tiles"], entry["chunk"]))}
+    paths = [str(store.slides_dir / slide_id) for slide_id in kept]
+    counts, chunks = [e["n_tiles"] for e in kept.values()], [e["chunk"] for e in kept.values()]
     return xr.Dataset(
         {
-            "embeddings": (("tile", "feature"), da.concatenate(parts)),
-            "coords": (("tile", "xy"), da.concatenate(coords)),
-            "slide_index": (("tile",), da.concatenate(slide_index)),
+            "embeddings": (("tile", "feature"), concatenated_rows(
+                "embeddings", [(f"{p}/embeddings", n, k) for p, n, k in zip(paths, counts, chunks)],
+                (parameters["dim"],), parameters["dtype"])),
+            "coords": (("tile", "xy"), concatenated_rows(
+                "coords", [(f"{p}/coords", n, n) for p, n in zip(paths, counts)], (2,), np.int64)),
+            "slide_index": (("tile",), repeated_values("slide-index", counts, list(range(len(kept))), chunks, np.int32)),
         },
-        coords={"slide_id": ("slide", kept), "xy": ["x", "y"]},
+        coords={"slide_id": ("slide", list(kept)), "xy": ["x", "y"]},
         attrs=attrs,
     )

@@ -1,18 +1,20 @@
 """Read a tile store: lazy xarray/dask views for analysts, random access for training.
 
 Both see only complete slides (those published into ``slides/``), so a store
-that is still being written can be read safely.
+that is still being written can be read safely. Both take the slides' sizes
+from the store's index (one file), so opening a 6,093-slide store does not
+read 6,093 slide groups.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 
+from storage.lazy_arrays import concatenated_rows, repeated_values
 from storage.tile_store import StoreError, TileStore
 
 
@@ -33,6 +35,17 @@ def _selected_ids(store: TileStore, slide_ids: list[str] | None) -> list[str]:
     return list(slide_ids)
 
 
+def _selected_entries(store: TileStore, slide_ids: list[str] | None) -> dict[str, dict]:
+    """Index entries of the chosen slides (all complete ones by default), in the order asked."""
+    entries = store.slide_entries()
+    if slide_ids is None:
+        return entries
+    missing = sorted(set(slide_ids) - set(entries))
+    if missing:
+        raise KeyError(f"{store.root} has no complete slide {', '.join(missing)}")
+    return {slide_id: entries[slide_id] for slide_id in slide_ids}
+
+
 def open_slide_group(store: TileStore | Path | str, slide_id: str) -> zarr.Group:
     """The zarr group of one complete slide (arrays ``tiles``, ``coords``, ``tissue_fraction``, ``tissue_mask``)."""
     store = _open_store(store)
@@ -48,30 +61,27 @@ def open_tiles(store: TileStore | Path | str, slide_ids: list[str] | None = None
     follow the zarr shards, so a computation reads each shard file once.
     """
     store = _open_store(store)
-    ids = _selected_ids(store, slide_ids)
-    tiles, coords, fractions, slide_index = [], [], [], []
-    for index, slide_id in enumerate(ids):
-        group = zarr.open_group(store.slide_path(slide_id), mode="r")
-        array = group["tiles"]
-        if array.shape[0] == 0:
-            continue
-        shard = array.shards[0] if array.shards else array.chunks[0]
-        tiles.append(da.from_zarr(array, chunks=(shard, *array.shape[1:])))
-        coords.append(da.from_zarr(group["coords"]))
-        fractions.append(da.from_zarr(group["tissue_fraction"]))
-        slide_index.append(da.full(array.shape[0], index, dtype=np.int32, chunks=shard))
+    entries = _selected_entries(store, slide_ids)
+    ids = list(entries)
     attributes = store.read_attributes()
-    if not tiles:
-        size = attributes["tiling"]["tile_size_px"]
-        tiles = [da.zeros((0, size, size, 3), dtype=np.uint8)]
-        coords, fractions = [da.zeros((0, 2), dtype=np.int64)], [da.zeros(0, dtype=np.float32)]
-        slide_index = [da.zeros(0, dtype=np.int32)]
+    size = attributes["tiling"]["tile_size_px"]
+    paths = [str(store.slide_path(slide_id)) for slide_id in ids]
+    counts = [entries[s]["n_tiles"] for s in ids]
+    shards = [entries[s]["tiles_per_shard"] for s in ids]
+    # Blocks: the tiles' shards (one file each); the per-tile arrays are one chunk per slide.
+    tiles = concatenated_rows("tiles", [(f"{p}/tiles", n, k) for p, n, k in zip(paths, counts, shards)],
+                              (size, size, 3), np.uint8)
+    coords = concatenated_rows("coords", [(f"{p}/coords", n, max(1, n)) for p, n in zip(paths, counts)],
+                               (2,), np.int64)
+    fractions = concatenated_rows("tissue-fraction", [(f"{p}/tissue_fraction", n, max(1, n))
+                                                      for p, n in zip(paths, counts)], (), np.float32)
+    slide_index = repeated_values("slide-index", counts, list(range(len(ids))), shards, np.int32)
     return xr.Dataset(
         {
-            "tiles": (("tile", "y", "x", "channel"), da.concatenate(tiles)),
-            "coords": (("tile", "xy"), da.concatenate(coords)),
-            "tissue_fraction": (("tile",), da.concatenate(fractions)),
-            "slide_index": (("tile",), da.concatenate(slide_index)),
+            "tiles": (("tile", "y", "x", "channel"), tiles),
+            "coords": (("tile", "xy"), coords),
+            "tissue_fraction": (("tile",), fractions),
+            "slide_index": (("tile",), slide_index),
         },
         coords={"slide_id": ("slide", ids), "xy": ["x", "y"]},
         attrs={"store": str(store.root), "tiling": attributes["tiling"]},
@@ -88,8 +98,9 @@ class TileReader:
 
     def __init__(self, store: TileStore | Path | str, slide_ids: list[str] | None = None) -> None:
         self.store = _open_store(store)
-        self.slide_ids = _selected_ids(self.store, slide_ids)
-        counts = [zarr.open_array(self.store.slide_path(s) / "tiles", mode="r").shape[0] for s in self.slide_ids]
+        entries = _selected_entries(self.store, slide_ids)
+        self.slide_ids = list(entries)
+        counts = [entries[s]["n_tiles"] for s in self.slide_ids]
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._arrays: dict[str, zarr.Array] = {}
 

@@ -94,8 +94,12 @@ class SlideWriter:
         tissue_mask: np.ndarray,
         tissue_mask_mpp_um: float,
         attributes: dict,
-    ) -> None:
-        """Write the last shard and the per-tile arrays, then publish the slide atomically."""
+    ) -> bool:
+        """Write the last shard and the per-tile arrays, then publish the slide atomically.
+
+        Returns False when the slide was already published (by a duplicate
+        task): that copy is kept and this one deleted.
+        """
         self._flush()
         if len(coords_level0) != self.written or len(tissue_fraction) != self.written:
             raise ValueError(
@@ -121,7 +125,7 @@ class SlideWriter:
         mask[...] = tissue_mask.astype(np.uint8)
         mask.attrs.update({"mpp_um": tissue_mask_mpp_um, "frame": "slide scaled to mpp_um, origin at level-0 (0, 0)"})
         self.group.attrs.update({**attributes, "n_tiles": self.written})
-        self.store.publish(self.path, self.slide_id)
+        return self.store.publish(self.path, self.slide_id)
 
     def abort(self) -> None:
         """Remove the staging group of a slide that failed."""

@@ -7,14 +7,21 @@ Layout (see ``docs/storage.md``)::
     STORE/status/<slide_id>/       the slide's latest run record (done / failed), as group attributes
     STORE/qc/<slide_id>.png        thumbnail with tissue mask and tile grid
     STORE/staging/<slide_id>.<id>/ a slide being written; renamed into slides/ when complete
+    STORE/index/                   the consolidated index: slide ids, tile counts, shard sizes
 
 A slide is written in ``staging/`` and renamed into ``slides/`` in one
 ``rename``: readers and reruns see either the whole slide or none of it, and a
-killed run leaves only staging debris, removed by the next run.
+killed run leaves only staging debris, removed by the next run. A published
+slide is never replaced: a second copy (a task run twice by Dask after a lost
+worker, a retry racing its first attempt) finds the slide there and is
+dropped, so the slide never disappears and its ``created_at`` (the embedding
+store's stamp of it) never changes.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import socket
@@ -27,6 +34,7 @@ from typing import ClassVar, Self
 import zarr
 
 from storage.atomic import write_bytes_atomic, write_zarr_group_atomic
+from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
 LAYOUT_VERSION = 1
@@ -133,8 +141,31 @@ class RunStore:
         """A fresh folder name for writing ``item``; retries never collide."""
         return self.staging_dir / f"{item}.{uuid.uuid4().hex[:12]}"
 
+    def publish_folder_once(self, staging_path: Path, target: Path) -> bool:
+        """Move a finished folder from staging to ``target`` in one ``rename``, unless ``target`` exists.
+
+        ``rename(2)`` refuses to replace a non-empty folder, which makes it a
+        compare-and-swap: of two processes publishing the same item at once,
+        exactly one succeeds. Returns whether this call published; when it did
+        not, the staging copy is deleted.
+        """
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staging_path, target)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(staging_path, ignore_errors=True)
+            return False
+        return True
+
     def publish_folder(self, staging_path: Path, target: Path) -> None:
-        """Move a finished folder from staging to ``target`` atomically, replacing an older copy."""
+        """Move a finished folder from staging to ``target``, replacing an older copy.
+
+        Two renames: between them ``target`` is briefly absent. For items that
+        are replaced on purpose (a registration redone, embeddings of a slide
+        tiled anew), never for tile-store slides (see :meth:`publish_folder_once`).
+        """
         if target.exists():
             retired = self.staging_dir / f"{target.name}.retired.{uuid.uuid4().hex[:12]}"
             os.rename(target, retired)
@@ -179,11 +210,12 @@ class TileStore(RunStore):
     LAYOUT_NAME = LAYOUT_NAME
     KIND = "tile store"
     PARAMETERS_KEY = "tiling"
-    FOLDERS = {"slides": "complete slides"}
+    FOLDERS = {"slides": "complete slides", "index": "consolidated index of the slides (JSON, docs/storage.md)"}
 
     def __init__(self, root: Path | str) -> None:
         super().__init__(root)
         self.slides_dir = self.root / "slides"
+        self.index = StoreIndex(self.root / "index")
 
     def slide_path(self, slide_id: str) -> Path:
         return self.slides_dir / slide_id
@@ -193,14 +225,38 @@ class TileStore(RunStore):
         return (self.slide_path(slide_id) / "zarr.json").is_file()
 
     def complete_slide_ids(self) -> list[str]:
-        """Ids of complete slides, sorted."""
-        if not self.slides_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.slides_dir.iterdir() if (p / "zarr.json").is_file())
+        """Ids of complete slides, sorted: one listing of ``slides/`` (only whole slides are ever renamed there)."""
+        return published_names(self.slides_dir)
 
-    def publish(self, staging_path: Path, slide_id: str) -> None:
-        """Move a finished slide from staging into ``slides/`` atomically, replacing an older copy."""
-        self.publish_folder(staging_path, self.slide_path(slide_id))
+    def slide_entries(self) -> dict[str, dict]:
+        """``{slide_id: {"n_tiles", "tiles_per_shard", "created_at"}}`` of every complete slide, sorted by id.
+
+        Read from the index (one file), checked against the listing of
+        ``slides/``; slides the index lacks are read from their groups.
+        """
+        return indexed_entries(self.index, self.complete_slide_ids(), lambda s: slide_entry(self.slide_path(s)),
+                               "slides")
+
+    def publish(self, staging_path: Path, slide_id: str) -> bool:
+        """Move a finished slide from staging into ``slides/`` atomically and index it.
+
+        Returns False, deleting the staging copy, when the slide is already
+        published: the published copy stays as it is.
+        """
+        entry = slide_entry(staging_path)
+        if not self.publish_folder_once(staging_path, self.slide_path(slide_id)):
+            return False
+        self.index.add(slide_id, entry)
+        return True
+
+
+def slide_entry(group: Path) -> dict:
+    """A slide's index entry, read from its group: tile count, tiles per shard, creation time."""
+    attributes = json.loads((group / "zarr.json").read_bytes())["attributes"]
+    tiles = json.loads((group / "tiles" / "zarr.json").read_bytes())
+    shard = tiles["chunk_grid"]["configuration"]["chunk_shape"][0]  # the outer chunk: a whole shard
+    return {"n_tiles": int(tiles["shape"][0]), "tiles_per_shard": int(shard),
+            "created_at": attributes.get("created_at")}
 
 
 def _process_alive(pid: int) -> bool:

@@ -5,7 +5,8 @@ A unit is the natural piece of work for a job that reads every tile once
 Both store layouts are covered: the tile store (one ``tiles [tile, …]`` array
 per slide) and the aligned tile store (one ``tiles [condition, tile, …]``
 array). Units are listed in a fixed order, so that processes can split them
-by rank without talking to each other.
+by rank without talking to each other. A tile store's units come from its
+index (one file), not from opening every slide's array.
 """
 
 from __future__ import annotations
@@ -71,18 +72,17 @@ class TileSource:
 
     def units(self) -> list[TileUnit]:
         """Every unit of the store whose tiles are complete, in a fixed order."""
-        units = []
-        for group in self.groups():
-            array = zarr.open_array(self.tiles_path(group), mode="r")
-            tile_axis = array.ndim - 4
-            shard, n_tiles = array.shards[tile_axis], array.shape[tile_axis]
-            ready = self._ready_conditions() if self.layout == ALIGNED_LAYOUT else None
-            for leading in np.ndindex(*array.shape[:tile_axis]):
-                if ready is not None and leading[0] not in ready:
-                    continue
-                for index, start in enumerate(range(0, n_tiles, shard)):
-                    units.append(TileUnit(group, (*leading, index), start, min(shard, n_tiles - start)))
-        return units
+        if self.layout == TILE_LAYOUT:
+            entries = TileStore(self.root).slide_entries()
+            return [unit for slide_id, entry in entries.items()
+                    for unit in slide_units(slide_id, entry["n_tiles"], entry["tiles_per_shard"])]
+        if not self.groups():
+            return []
+        array = zarr.open_array(self.tiles_path(""), mode="r")  # [condition, tile, y, x, channel]
+        shard, n_tiles = array.shards[1], array.shape[1]
+        return [TileUnit("", (condition, index), start, min(shard, n_tiles - start))
+                for condition in sorted(self._ready_conditions())
+                for index, start in enumerate(range(0, n_tiles, shard))]
 
     def read(self, unit: TileUnit) -> np.ndarray:
         """The unit's tiles, ``[count, H, W, 3]`` uint8."""
@@ -97,6 +97,12 @@ class TileSource:
         if start < 0 or count < 0 or start + count > unit.count:
             raise ValueError(f"tiles [{start}, {start + count}) are not in unit {unit.key} of {unit.count}")
         return read_shard_encoded(path, zarr.open_array(path, mode="r"), unit.position, count, start=start)
+
+
+def slide_units(slide_id: str, n_tiles: int, tiles_per_shard: int) -> list[TileUnit]:
+    """The units of one slide of ``n_tiles`` tiles in shards of ``tiles_per_shard``."""
+    return [TileUnit(slide_id, (index,), start, min(tiles_per_shard, n_tiles - start))
+            for index, start in enumerate(range(0, n_tiles, tiles_per_shard))]
 
 
 def open_tile_source(path: Path | str) -> TileSource:
