@@ -55,10 +55,10 @@ def embed_tiles(
     try:
         units = store.read_units()
         todo = pending_units(store, units)
-        todo_keys = {unit.key for unit in todo}
+        done_before = store.count_done()
 
-        def finished() -> int:
-            return len(todo_keys & store.done_keys())
+        def finished() -> int:  # markers are only added while the partitions run
+            return store.count_done() - done_before
 
         logger.info("%s: %d shards, %d to embed with %s on %s in %d partition(s)",
                     source.root, len(units), len(todo), settings.model, settings.device, partitions)

@@ -26,6 +26,7 @@ run's preparation picks it up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ import zarr
 from storage.atomic import write_bytes_atomic, write_json_atomic, write_zarr_group_atomic
 from storage.store_index import StoreIndex, indexed_entries, published_names
 from storage.tile_store import RunStore, StoreError, TileStore, utc_now
-from storage.tile_units import TileSource, TileUnit, slide_units
+from storage.tile_units import TileSource, TileUnit
 
 LAYOUT_NAME = "distillpath.embedding-store"
 _COPIED_PER_SLIDE = ("coords", "tissue_fraction")
@@ -67,7 +68,17 @@ class EmbeddingStore(RunStore):
 
     def done_keys(self) -> set[str]:
         """Keys of the units whose embeddings are written: one listing of ``done/``."""
-        return set(published_names(self.done_dir))
+        try:
+            return {name for name in os.listdir(self.done_dir) if not name.startswith(".") and name != "zarr.json"}
+        except FileNotFoundError:
+            return set()
+
+    def count_done(self) -> int:
+        """How many units are marked done, all runs together: one listing, no set (the flow's progress poll)."""
+        try:
+            return sum(1 for name in os.listdir(self.done_dir) if name[0] != "." and name != "zarr.json")
+        except FileNotFoundError:
+            return 0
 
     def is_done(self, unit: TileUnit) -> bool:
         return (self.done_dir / unit.key).is_file()
@@ -258,8 +269,8 @@ def open_embeddings(path: Path | str):
             attrs=attrs,
         )
     kept = {slide_id: entry for slide_id, entry in store.slide_entries().items()
-            if entry["n_tiles"] and all(unit.key in done for unit in slide_units(slide_id, entry["n_tiles"], entry["chunk"]))}
-    paths = [str(store.slides_dir / slide_id) for slide_id in kept]
+            if entry["n_tiles"] and all(f"{slide_id}.{k}" in done for k in range(-(-entry["n_tiles"] // entry["chunk"])))}
+    paths = [f"{store.slides_dir}/{slide_id}" for slide_id in kept]
     counts, chunks = [e["n_tiles"] for e in kept.values()], [e["chunk"] for e in kept.values()]
     return xr.Dataset(
         {

@@ -65,7 +65,7 @@ def open_tiles(store: TileStore | Path | str, slide_ids: list[str] | None = None
     ids = list(entries)
     attributes = store.read_attributes()
     size = attributes["tiling"]["tile_size_px"]
-    paths = [str(store.slide_path(slide_id)) for slide_id in ids]
+    paths = [f"{store.slides_dir}/{slide_id}" for slide_id in ids]
     counts = [entries[s]["n_tiles"] for s in ids]
     shards = [entries[s]["tiles_per_shard"] for s in ids]
     # Blocks: the tiles' shards (one file each); the per-tile arrays are one chunk per slide.

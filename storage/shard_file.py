@@ -29,6 +29,7 @@ from storage.atomic import write_bytes_atomic
 from storage.jpeg_codec import JpegCodec
 
 _ABSENT = np.iinfo(np.uint64).max
+_INDEX_GAP = 256  # images apart whose index entries are still read in one go (4 kB)
 
 
 class UnsupportedShardLayoutError(ValueError):
@@ -123,6 +124,71 @@ def read_shard_encoded(array_path: Path, array: zarr.Array, shard_position: int 
     if len(data) != end - first:
         raise ValueError(f"{key}: shard is truncated")
     return [data[offset - first : offset - first + length] for offset, length in index.tolist()]
+
+
+def _read_at(file, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset``: every read of :func:`read_shard_images` goes through here (tests count them)."""
+    file.seek(offset)
+    return file.read(size)
+
+
+def read_shard_images(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...],
+                      images: Sequence[int]) -> list[bytes]:
+    """The JPEG bytes of the images ``images`` (indices within the shard, any order) of one shard, not decoded.
+
+    Reads only what those images need: their index entries (16 bytes an
+    image; entries of images close together in one read), then each run of
+    consecutive images in one read. A training step that uses a few tiles of a shard thus reads
+    about their own bytes, where :func:`read_shard_encoded` reads the whole
+    index (32 kB for 2,048 tiles) and every image between the first and the
+    last. The price: the index's CRC32C cannot be checked without the whole
+    index; a corrupt entry shows as a range outside the file or a JPEG that
+    does not decode.
+
+    Raises
+    ------
+    ValueError
+        When an image is outside the shard, absent, or its bytes lie outside the file.
+    """
+    jpeg_codec_of(array)
+    key = _shard_key(array_path, array, shard_position)
+    chunks_per_shard = _chunks_per_shard(array)
+    wanted = sorted(set(images))
+    if not wanted:
+        return []
+    if wanted[0] < 0 or wanted[-1] >= chunks_per_shard:
+        raise ValueError(f"{key}: images {wanted[0]}..{wanted[-1]} are outside a shard of {chunks_per_shard}")
+    found: dict[int, bytes] = {}
+    with key.open("rb") as file:
+        index_start = file.seek(0, 2) - (16 * chunks_per_shard + 4)
+        if index_start < 0:
+            raise ValueError(f"{key}: shard is shorter than its index")
+        entries = np.empty((len(wanted), 2), dtype="<u8")
+        first = 0
+        while first < len(wanted):  # one read of the entries of images near each other (gaps under 4 kB)
+            last = first
+            while last + 1 < len(wanted) and wanted[last + 1] - wanted[last] <= _INDEX_GAP:
+                last += 1
+            block = _read_at(file, index_start + 16 * wanted[first], 16 * (wanted[last] - wanted[first] + 1))
+            rows = np.frombuffer(block, dtype="<u8").reshape(-1, 2)
+            entries[first : last + 1] = rows[np.array(wanted[first : last + 1]) - wanted[first]]
+            first = last + 1
+        if (entries == _ABSENT).any() or (entries[:, 0] + entries[:, 1] > index_start).any():
+            raise ValueError(f"{key}: shard holds no valid bytes for some of images {wanted[0]}..{wanted[-1]}")
+        run = [0]  # positions in ``wanted`` of a run of images stored back to back
+        for position in range(1, len(wanted) + 1):
+            if position < len(wanted) and entries[position, 0] == entries[position - 1].sum():
+                run.append(position)
+                continue
+            start, end = int(entries[run[0], 0]), int(entries[run[-1]].sum())
+            data = _read_at(file, start, end - start)
+            if len(data) != end - start:
+                raise ValueError(f"{key}: shard is truncated")
+            for i in run:
+                offset = int(entries[i, 0]) - start
+                found[wanted[i]] = data[offset : offset + int(entries[i, 1])]
+            run = [position]
+    return [found[image] for image in images]
 
 
 def read_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int) -> np.ndarray:

@@ -12,6 +12,7 @@ index (one file), not from opening every slide's array.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,15 @@ import zarr
 
 from storage.aligned_store import AlignedTileStore
 from storage.aligned_store import LAYOUT_NAME as ALIGNED_LAYOUT
-from storage.shard_file import read_shard, read_shard_encoded
+from storage.shard_file import read_shard, read_shard_encoded, read_shard_images
 from storage.tile_store import LAYOUT_NAME as TILE_LAYOUT
 from storage.tile_store import StoreError, TileStore
+
+
+@lru_cache(maxsize=256)
+def _open_array(path: str) -> zarr.Array:
+    """A tiles array's metadata, read once per process: a training step reads from ~100 units."""
+    return zarr.open_array(path, mode="r")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,14 @@ class TileSource:
         if start < 0 or count < 0 or start + count > unit.count:
             raise ValueError(f"tiles [{start}, {start + count}) are not in unit {unit.key} of {unit.count}")
         return read_shard_encoded(path, zarr.open_array(path, mode="r"), unit.position, count, start=start)
+
+    def read_tiles(self, unit: TileUnit, tiles: list[int]) -> list[bytes]:
+        """Tiles ``tiles`` (indices within the unit, any order) as stored, one JPEG byte string each, reading
+        only their index entries and bytes (see :func:`storage.shard_file.read_shard_images`)."""
+        if any(not 0 <= tile < unit.count for tile in tiles):
+            raise ValueError(f"tiles {sorted(tiles)} are not all in unit {unit.key} of {unit.count}")
+        path = self.tiles_path(unit.group)
+        return read_shard_images(path, _open_array(str(path)), unit.position, tiles)
 
 
 def slide_units(slide_id: str, n_tiles: int, tiles_per_shard: int) -> list[TileUnit]:

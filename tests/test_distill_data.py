@@ -152,25 +152,62 @@ def test_the_seed_alone_decides_the_stream(stores):
     assert not any(torch.equal(a[1]["global_crops"], b[1]["global_crops"]) for a, b in zip(first, other))
 
 
-def test_starting_at_a_step_reads_only_its_windows_and_gives_the_same_batches(stores, monkeypatch):
+def test_starting_at_a_step_reads_only_its_tiles_and_gives_the_same_batches(stores, monkeypatch):
     fresh = _stream(stores)
     expected = [fresh.batch(step) for step in (13, 14)]  # pass 2 starts at position 88 = step 11
     read = []
-    original = TileSource.read_encoded
+    original = TileSource.read_tiles
 
-    def recording(self, unit, start=0, count=None):
-        read.append((unit, start))
-        return original(self, unit, start, count)
+    def recording(self, unit, tiles):
+        read.extend((unit, tile) for tile in tiles)
+        return original(self, unit, tiles)
 
-    monkeypatch.setattr(TileSource, "read_encoded", recording)
+    monkeypatch.setattr(TileSource, "read_tiles", recording)
     resumed = _stream(stores, start_step=13)
     items = list(itertools.islice(resumed, 2))
     assert [step for step, _ in items] == [13, 14]
     assert all(_equal(batch, want) for (_, batch), want in zip(items, expected))
-    needed = {(ref.unit, ref.tile - ref.tile % 4) for ref in
-              (resumed.tile_at(position) for step in (13, 14) for position in resumed.positions(step))}
-    # the whole windows holding steps 13 and 14 (at most three), each piece once; not the 13 windows before them
-    assert needed <= set(read) and len(read) == len(set(read)) <= 3 * resumed.window_pieces
+    needed = [(ref.unit, ref.tile) for ref in
+              (resumed.tile_at(position) for step in (13, 14) for position in resumed.positions(step))]
+    assert sorted(read, key=str) == sorted(needed, key=str)  # those 16 tiles, each once; nothing of steps 0-12
+
+
+def _counting_reads(monkeypatch) -> list[int]:
+    """Patch the shard reader's one read function to record the size of every read."""
+    from storage import shard_file
+
+    sizes, original = [], shard_file._read_at
+
+    def counting(file, offset, size):
+        data = original(file, offset, size)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(shard_file, "_read_at", counting)
+    return sizes
+
+
+def test_each_loader_worker_of_each_rank_reads_only_the_bytes_of_its_own_steps(tmp_path, monkeypatch):
+    """4 ranks x 3 loader workers, windows of 4 global batches (the production ratio): every worker reads its
+    own tiles' JPEG bytes and their index entries, within 1.1x of the bytes it uses."""
+    store = str(_write_store(tmp_path / "s.zarr", {f"slide-{i}": 40 for i in range(6)}, seed=3, tiles_per_shard=16))
+    source = open_tile_source(store)
+    world, workers, steps = 4, 3, 12
+    streams = [_stream([store], global_batch=16, rank=rank, world=world, piece_tiles=4, window_tiles=64)
+               for rank in range(world)]
+    used = {}  # bytes of the tiles each (rank, worker) uses, measured without the stream
+    for rank, stream in enumerate(streams):
+        for worker in range(workers):
+            refs = [stream.tile_at(p) for step in range(worker, steps, workers) for p in stream.positions(step)]
+            used[rank, worker] = sum(len(source.read_encoded(ref.unit, ref.tile, 1)[0]) for ref in refs)
+    sizes = _counting_reads(monkeypatch)
+    for rank, stream in enumerate(streams):
+        for worker in range(workers):  # what DataLoader worker ``worker`` of ``workers`` does: its steps only
+            read_before = sum(sizes)
+            for step in range(worker, steps, workers):
+                stream.batch(step)
+            read = sum(sizes) - read_before
+            assert used[rank, worker] <= read <= 1.1 * used[rank, worker], (rank, worker, read, used[rank, worker])
 
 
 def test_pieces_of_shards_mix_many_slides_into_each_batch(tmp_path):

@@ -12,6 +12,7 @@ from storage.shard_file import (
     jpeg_codec_of,
     read_shard,
     read_shard_encoded,
+    read_shard_images,
     write_shard,
 )
 from tests.conftest import cmu_rgb
@@ -67,6 +68,19 @@ def test_a_piece_of_a_shard_reads_as_that_slice_of_the_whole(tmp_path):
         read_shard_encoded(tmp_path / "flat", flat, 2, 5, start=40)
     with pytest.raises(ValueError, match="outside a shard of 128"):
         read_shard_encoded(tmp_path / "flat", flat, 1, 16, start=120)
+
+
+def test_chosen_images_read_as_those_of_the_whole_shard_in_the_order_asked(tmp_path):
+    flat = _array(tmp_path / "flat", (300, 224, 224, 3))
+    flat[:] = _tiles(300)
+    whole = read_shard_encoded(tmp_path / "flat", flat, 1, 128)
+    chosen = [5, 127, 6, 0, 7, 5, 60]  # runs, a repeat, images far apart
+    assert read_shard_images(tmp_path / "flat", flat, 1, chosen) == [whole[i] for i in chosen]
+    assert read_shard_images(tmp_path / "flat", flat, 1, []) == []
+    with pytest.raises(ValueError, match="no valid bytes"):
+        read_shard_images(tmp_path / "flat", flat, 2, [43, 44])  # the last shard holds 44 images
+    with pytest.raises(ValueError, match="outside a shard of 128"):
+        read_shard_images(tmp_path / "flat", flat, 1, [128])
 
 
 def test_other_layouts_are_refused(tmp_path):

@@ -6,10 +6,16 @@ read each). Pass ``p`` visits every piece in a seeded random order, cut into
 windows of ``window_tiles // piece_tiles`` consecutive pieces; within a window
 the tiles come in a seeded random order. A window therefore mixes tiles of as
 many slides as it has pieces (128 with the defaults), where whole-shard
-windows would give every batch the tiles of a handful of slides. Memory is
-bounded by one window of JPEG bytes (~27 kB a 224-px tile, ~220 MB for 8,192
-tiles); a tile is decoded only when a step uses it. Passes repeat forever,
-each with new orders.
+windows would give every batch the tiles of a handful of slides. Passes
+repeat forever, each with new orders.
+
+Where a tile sits is arithmetic on the store's index; nothing is read to
+find it. A batch then reads exactly its own tiles' JPEG bytes (~27 kB a
+224-px tile), one read per run of consecutive tiles of a shard, plus their
+16-byte shard index entries (:meth:`~storage.tile_units.TileSource.read_tiles`).
+Every loader worker of every rank therefore reads only what its steps use:
+about 1.01× the bytes used, where reading whole windows and keeping a
+share read 32× with 8 ranks × 8 workers and a window of 4 batches.
 
 Global step ``s`` takes stream positions ``[s·G, (s+1)·G)`` and rank ``r`` of
 ``W`` the contiguous ``G/W`` of them at ``s·G + r·G/W``; sample ``q``'s crops
@@ -104,11 +110,7 @@ class TileStream(IterableDataset):
         self.transform, self.start_step = transform, start_step
         self.window_pieces = max(1, window_tiles // piece_tiles)
         self._layout: tuple[int, _PassLayout] | None = None
-        self._window: tuple[tuple[int, int], list[bytes]] | None = None
-
-    def __getstate__(self) -> dict:
-        # Loader workers get the recipe, not a window of JPEG bytes the main process may have cached.
-        return {**self.__dict__, "_window": None}
+        self._window_cache: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     @property
     def local_batch(self) -> int:
@@ -126,14 +128,17 @@ class TileStream(IterableDataset):
             self._layout = (pass_index, _PassLayout(order, np.concatenate([[0], np.cumsum(sizes)])))
         return self._layout[1]
 
-    def _window_pieces(self, pass_index: int, window: int) -> np.ndarray:
-        """Indices of the window's pieces, in the order their tiles are concatenated."""
-        return self._pass_layout(pass_index).piece_order[window * self.window_pieces : (window + 1) * self.window_pieces]
-
-    def _window_tile_order(self, pass_index: int, window: int) -> np.ndarray:
-        """The window's concatenated tiles, in the order the stream visits them."""
-        n_tiles = int(self._counts[self._window_pieces(pass_index, window)].sum())
-        return np.random.default_rng(derive_seed(self.seed, _TILE_ORDER, pass_index, window)).permutation(n_tiles)
+    def _window(self, pass_index: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window's pieces (in concatenation order), the order the stream visits its concatenated tiles, and
+        where each piece starts in the concatenation; kept for the last window (a step rarely spans two)."""
+        if self._window_cache is None or self._window_cache[0] != (pass_index, window):
+            pieces = self._pass_layout(pass_index).piece_order[
+                window * self.window_pieces : (window + 1) * self.window_pieces]
+            counts = self._counts[pieces]
+            order = np.random.default_rng(derive_seed(self.seed, _TILE_ORDER, pass_index, window)).permutation(
+                int(counts.sum()))
+            self._window_cache = ((pass_index, window), (pieces, order, np.cumsum(counts) - counts))
+        return self._window_cache[1]
 
     def _locate(self, position: int) -> tuple[int, int, int]:
         """``(pass, window, offset in window)`` of a stream position."""
@@ -145,35 +150,33 @@ class TileStream(IterableDataset):
     def tile_at(self, position: int) -> TileRef:
         """The tile at a stream position, found without reading anything."""
         pass_index, window, offset = self._locate(position)
-        pieces = self._window_pieces(pass_index, window)
-        tile = int(self._window_tile_order(pass_index, window)[offset])
-        piece_starts = np.cumsum(self._counts[pieces]) - self._counts[pieces]
+        pieces, order, piece_starts = self._window(pass_index, window)
+        tile = int(order[offset])
         local = int(np.searchsorted(piece_starts, tile, side="right")) - 1
         piece = pieces[local]
         store, unit = self._units[self._piece_unit[piece]]
         return TileRef(store, unit, int(self._piece_start[piece]) + tile - int(piece_starts[local]))
 
-    def _read_piece(self, piece: int) -> list[bytes]:
-        store, unit = self._units[self._piece_unit[piece]]
-        return self.sources[store].read_encoded(unit, int(self._piece_start[piece]), int(self._counts[piece]))
+    def _encoded(self, refs: list[TileRef]) -> list[bytes]:
+        """The JPEG bytes of ``refs``, in order: one read of only the tiles needed per unit."""
+        wanted: dict[tuple[int, TileUnit], list[int]] = {}
+        for ref in refs:
+            wanted.setdefault((ref.store, ref.unit), []).append(ref.tile)
+        found = {}
+        for (store, unit), tiles in wanted.items():
+            for tile, data in zip(tiles, self.sources[store].read_tiles(unit, tiles)):
+                found[store, unit, tile] = data
+        return [found[ref.store, ref.unit, ref.tile] for ref in refs]
 
-    def _encoded(self, pass_index: int, window: int) -> list[bytes]:
-        """The window's JPEGs in visiting order; the last window read is kept (each worker's steps only advance)."""
-        if self._window is None or self._window[0] != (pass_index, window):
-            encoded = [data for piece in self._window_pieces(pass_index, window) for data in self._read_piece(piece)]
-            self._window = ((pass_index, window), [encoded[i] for i in self._window_tile_order(pass_index, window)])
-        return self._window[1]
-
-    def sample(self, position: int) -> dict[str, list[torch.Tensor]]:
-        """The crops of the sample at a stream position."""
-        pass_index, window, offset = self._locate(position)
-        tile = torch.from_numpy(imagecodecs.jpeg8_decode(self._encoded(pass_index, window)[offset]))
+    def _crops(self, position: int, encoded: bytes) -> dict[str, list[torch.Tensor]]:
+        tile = torch.from_numpy(imagecodecs.jpeg8_decode(encoded))
         return self.transform(tile, torch.Generator().manual_seed(derive_seed(self.seed, _CROPS, position)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """This rank's batch of global step ``step``."""
         positions = self.positions(step)
-        samples = [self.sample(position) for position in positions]
+        encoded = self._encoded([self.tile_at(position) for position in positions])
+        samples = [self._crops(position, data) for position, data in zip(positions, encoded)]
         if self.transform.config.local_crops_number:
             local_crops = torch.stack([torch.stack(s["local_crops"]) for s in samples], dim=1)
         else:
