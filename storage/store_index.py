@@ -55,12 +55,19 @@ class StoreIndex:
         return self.path.is_file()
 
     def read(self) -> dict[str, dict]:
-        """Every entry, merged and pending (later entries override earlier ones); ``{}`` without an index."""
-        try:
-            items = json.loads(self.path.read_bytes())["items"]
-        except FileNotFoundError:
-            items = {}
-        for _, record in self._pending():
+        """Every entry, merged and pending (later entries override earlier ones); ``{}`` without an index.
+
+        The pending files are listed before ``index.json`` is read, and a
+        compaction renames ``index.json`` before it deletes what it merged: so
+        an entry is in the index read, or in a pending file still there, or
+        its file vanished, which means a newer ``index.json`` holds it (read again).
+        """
+        names = self._pending_names()
+        items = self._merged()
+        pending, vanished = self._read_pending(names)
+        if vanished:
+            items = self._merged()
+        for _, record in pending:
             items[record["item"]] = record["entry"]
         return items
 
@@ -81,11 +88,8 @@ class StoreIndex:
         if not self._take_lock():
             return False
         try:
-            try:
-                items = json.loads(self.path.read_bytes())["items"]
-            except FileNotFoundError:
-                items = {}
-            merged = self._pending()
+            items = self._merged()
+            merged, _ = self._read_pending(self._pending_names())
             for _, record in merged:
                 items[record["item"]] = record["entry"]
             write_bytes_atomic(self.path, json.dumps({"items": items}, separators=(",", ":")).encode())
@@ -95,33 +99,40 @@ class StoreIndex:
             self._lock_path.unlink(missing_ok=True)
         return True
 
+    def _merged(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.path.read_bytes())["items"]
+        except FileNotFoundError:
+            return {}
+
     def _write_pending(self, entries) -> None:
         records = [{"item": item, "entry": entry} for item, entry in entries]
         # One file for a batch: names sort by time, so a later entry for an item overrides an earlier one.
         name = f"{time.time_ns():020d}.{uuid.uuid4().hex[:12]}.json"
         write_bytes_atomic(self.pending_dir / name, json.dumps(records, separators=(",", ":")).encode())
 
-    def _count_pending(self) -> int:
+    def _pending_names(self) -> list[str]:
+        """Names of the pending files, oldest first."""
         try:
-            return sum(1 for name in os.listdir(self.pending_dir) if name.endswith(".json"))
-        except FileNotFoundError:
-            return 0
-
-    def _pending(self) -> list[tuple[Path, dict]]:
-        """``(file, record)`` of every pending entry, oldest first; files merged meanwhile are skipped."""
-        try:
-            names = sorted(name for name in os.listdir(self.pending_dir) if name.endswith(".json"))
+            return sorted(name for name in os.listdir(self.pending_dir) if name.endswith(".json"))
         except FileNotFoundError:
             return []
-        found = []
+
+    def _count_pending(self) -> int:
+        return len(self._pending_names())
+
+    def _read_pending(self, names: list[str]) -> tuple[list[tuple[Path, dict]], bool]:
+        """``(file, record)`` of the pending entries ``names``, and whether any file was merged away meanwhile."""
+        found, vanished = [], False
         for name in names:
             path = self.pending_dir / name
             try:
                 records = json.loads(path.read_bytes())
-            except FileNotFoundError:  # merged by a compaction since the listing: index.json has it
+            except FileNotFoundError:
+                vanished = True
                 continue
             found.extend((path, record) for record in records)
-        return found
+        return found, vanished
 
     def _take_lock(self) -> bool:
         self.folder.mkdir(parents=True, exist_ok=True)
