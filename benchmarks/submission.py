@@ -47,6 +47,7 @@ from tiling.slide_list import SlideSpec  # noqa: E402
 WORK_S = 0.005
 WINDOW = 8
 KIB = 1024
+WAYS = ("plain dask", "prefect task per batch", "prefect task per slide")
 
 
 def fake_tile(spec: SlideSpec, store_root: str, config: TilingConfig) -> SlideRecord:
@@ -119,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs=2, default=(300, 900), help="checkpoints, in items")
     parser.add_argument("--batch", type=int, default=16, help="slides per Prefect task in the batched way")
+    parser.add_argument("--ways", nargs="+", default=WAYS, choices=WAYS, help="which ways to measure")
     parser.add_argument("--quick", action="store_true", help="40 and 120 items: a smoke test")
     args = parser.parse_args()
     counts = (40, 120) if args.quick else tuple(args.counts)
@@ -126,7 +128,7 @@ def main() -> None:
     load = os.getloadavg()
     with prefect_api():
         rows = []
-        for way in ("plain dask", "prefect task per batch", "prefect task per slide"):
+        for way in args.ways:
             runner = make_task_runner(2, None)
             rows.append(measure.with_options(task_runner=runner)(way, counts, args.batch))
     print(f"\n{counts[1] - counts[0]} items between checkpoints ({counts[0]} → {counts[1]}), window {WINDOW}, "

@@ -39,7 +39,8 @@ def test_a_complete_slide_is_returned_without_reading_or_writing_it(tmp_path, mo
     def no_reading(path):
         raise AssertionError(f"{path} was opened again")
 
-    monkeypatch.setattr(sys.modules["tiling.tile_slide"], "opened_slide", no_reading)  # the package exports a function of that name
+    # ``tiling.tile_slide`` is also the name of a function the package exports: patch the module itself.
+    monkeypatch.setattr(sys.modules["tiling.tile_slide"], "opened_slide", no_reading)
     again = tile_slide(spec, store, config)
     assert again == first and again.status == DONE and again.n_tiles > 0
     assert _publication(store, "cmu") == before
