@@ -19,15 +19,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows.runners import is_transient_io_error
+from flows.submission import as_completed_bounded, dask_client_of_flow, window_for
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
 from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE, PlismCondition, PlismLayout
@@ -87,16 +87,21 @@ def extract_task(
 
 
 def _run_per_condition(
-    submit: Callable[[], list], conditions: Sequence[PlismCondition], label: str, progress_bar: bool,
+    submit: Callable[[PlismCondition], Any], conditions: Sequence[PlismCondition], label: str, progress_bar: bool,
     on_error: Callable[[PlismCondition, Exception], object],
 ) -> list:
-    """Wait for one task per condition with a progress bar; a task that raised becomes ``on_error``'s value."""
-    futures = submit()
-    results: list = [None] * len(futures)
-    position = {id(future): i for i, future in enumerate(futures)}
-    with tqdm(total=len(futures), unit="condition", desc=label, disable=not progress_bar, file=sys.stderr) as bar:
-        for future in as_completed(futures):
-            i = position[id(future)]
+    """Run one task per condition, a window at a time; a task that raised becomes ``on_error``'s value.
+
+    Each result is taken and its future dropped as it arrives (see
+    :mod:`flows.submission`), so a lost worker does not hold finished
+    registrations that Dask would then compute again.
+    """
+    results: list = [None] * len(conditions)
+    finished = as_completed_bounded(
+        lambda i: submit(conditions[i]), range(len(conditions)), window_for(dask_client_of_flow())
+    )
+    with tqdm(total=len(conditions), unit="condition", desc=label, disable=not progress_bar, file=sys.stderr) as bar:
+        for i, future in finished:
             try:
                 results[i] = future.result()
             except Exception as error:  # retries exhausted: the condition fails, the others go on
@@ -186,11 +191,11 @@ def plism(
         records[ref.name] = SlideRecord(slide_id=ref.name, source_path=str(ref.path), status=REGISTERED,
                                         finished_at=utc_now(), extra={"stage": "reference"})
         todo = [c for c in layout.moving if not store.is_registered(c.name)]
+        anchors = tiles.centres()
         logger.info("register: %d to do, %d already registered", len(todo), len(layout.moving) - len(todo))
         registered_now = _run_per_condition(
-            lambda: register_task.map(todo, store_root=unmapped(str(store.root)), reference=unmapped(ref),
-                                      config=unmapped(registration), refinement=unmapped(refinement),
-                                      anchors_xy=unmapped(tiles.centres())),
+            lambda condition: register_task.submit(condition, store_root=str(store.root), reference=ref,
+                                                   config=registration, refinement=refinement, anchors_xy=anchors),
             todo, "register", progress_bar, _crash_record(store, "register"),
         )
         for condition, record in zip(todo, registered_now, strict=True):
@@ -203,12 +208,12 @@ def plism(
             plan = _plan(store, conditions, excluded, tiles, nodes_per_side, tiling, progress_bar, logger)
             planned = _planned_tiles(store, tiles)
             todo_extract = [(i, c) for i, c in enumerate(conditions) if not store.is_extracted(c.name)]
+            row_of = {c.name: i for i, c in todo_extract}
             logger.info("extract: %d conditions to do, %d tiles each", len(todo_extract), len(planned))
             extracted = _run_per_condition(
-                lambda: extract_task.map(
-                    [c for _, c in todo_extract], [i for i, _ in todo_extract], store_root=unmapped(str(store.root)),
-                    reference_name=unmapped(ref.name), tiles=unmapped(planned),
-                    nodes_per_side=unmapped(nodes_per_side), tiling=unmapped(tiling),
+                lambda condition: extract_task.submit(
+                    condition, row_of[condition.name], store_root=str(store.root), reference_name=ref.name,
+                    tiles=planned, nodes_per_side=nodes_per_side, tiling=tiling,
                 ),
                 [c for _, c in todo_extract], "extract", progress_bar, _crash_record(store, "extract"),
             )
@@ -237,9 +242,8 @@ def _plan(
         logger.warning("registered conditions changed from %s to %s: planning and extracting all tiles again",
                        plan["conditions"], names)
     footprints = _run_per_condition(
-        lambda: footprint_task.map(conditions, store_root=unmapped(str(store.root)), reference_name=unmapped(names[0]),
-                                   tiles=unmapped(tiles), nodes_per_side=unmapped(nodes_per_side),
-                                   tiling=unmapped(tiling)),
+        lambda condition: footprint_task.submit(condition, store_root=str(store.root), reference_name=names[0],
+                                                tiles=tiles, nodes_per_side=nodes_per_side, tiling=tiling),
         conditions, "measure", progress_bar, lambda condition, error: error,
     )
     failures = [(c.name, f) for c, f in zip(conditions, footprints, strict=True) if isinstance(f, Exception)]

@@ -1,8 +1,13 @@
-"""The tiling flow: one Prefect task per slide, into one tile store.
+"""The tiling flow: one Dask task per slide, into one tile store, under one Prefect flow run.
 
-Where the tasks run is the caller's choice of task runner (see
-:mod:`flows.runners`); the command line is :mod:`flows.tile_tcga`. A bad slide
-is a ``failed`` row in the manifest and the summary, never a failed run.
+Where the slides are tiled is the caller's choice of task runner (see
+:mod:`flows.runners`): a ``DaskTaskRunner``'s cluster, or this process. Slides
+are handed to the cluster as plain Dask futures, a bounded window at a time,
+and each result is released as it arrives (``docs/adr/0004-submission-at-scale.md``):
+a Prefect task run per slide cost 12× the driver time. The command line is
+:mod:`flows.tile_tcga`. A bad slide is a ``failed`` row in the manifest and the
+summary, never a failed run; a lost worker costs the slides it was tiling, and
+a slide tiled twice by Dask is found complete the second time.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import hashlib
 import sys
 import time
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.runners import is_transient_io_error
+from flows.runners import retrying
+from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
 from storage.manifest import FAILED, SKIPPED, SlideRecord, write_record
 from storage.tile_store import TileStore, utc_now
@@ -25,17 +30,14 @@ from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
 from tiling.tile_slide import tile_slide
 
 
-@task(
-    name="tile-slide",
-    task_run_name="tile-{spec.slide_id}",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=is_transient_io_error,
-    cache_policy=None,
-    log_prints=False,
-)
+RETRIES = 2  # after a transient I/O error
+RETRY_DELAY_S = 5.0
+PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this often: one API call each
+
+
 def tile_slide_task(spec: SlideSpec, store_root: str, config: TilingConfig) -> SlideRecord:
-    return tile_slide(spec, TileStore(store_root), config)
+    """Tile one slide where the flow sends it (a Dask worker or this process), retrying transient I/O errors."""
+    return retrying(tile_slide, RETRIES, RETRY_DELAY_S)(spec, TileStore(store_root), config)
 
 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
@@ -48,6 +50,19 @@ def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     )
     write_record(store, record)
     return record
+
+
+def _outcome(store: TileStore, spec: SlideSpec, future) -> SlideRecord:
+    """The slide's record, or a ``failed`` one (written to the store) if its task raised."""
+    try:
+        return future.result()
+    except Exception as error:  # retries exhausted, a bug, or a worker lost too often: record it, go on
+        record = SlideRecord(
+            slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
+            error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
+        )
+        write_record(store, record)
+        return record
 
 
 @flow(name="tile-tcga", log_prints=True)
@@ -79,19 +94,13 @@ def tile_tcga(
         logger.info("%d slides listed: %d to tile, %d already complete, %d refused",
                     len(specs) + len(rejected), len(todo), summary.count(SKIPPED), len(rejected))
         progress_id = create_progress_artifact(progress=0.0, key="tile-tcga-progress", description="slides tiled")
-        futures = tile_slide_task.map(todo, store_root=unmapped(str(store.root)), config=unmapped(config))
-        spec_of_future = {id(future): spec for future, spec in zip(futures, todo)}
+        client = dask_client_of_flow()
+        submit = submit_on_flow_runner(client, tile_slide_task)
+        finished = as_completed_bounded(lambda spec: submit(spec, str(store.root), config), todo, window_for(client))
         bar = tqdm(total=len(todo), unit="slide", disable=not progress_bar, file=sys.stderr)
-        for finished, future in enumerate(as_completed(futures), start=1):
-            spec = spec_of_future[id(future)]
-            try:
-                record = future.result()
-            except Exception as error:  # retries exhausted: record it and go on with the others
-                record = SlideRecord(
-                    slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
-                    error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
-                )
-                write_record(store, record)
+        reported_at = time.monotonic()
+        for count, (spec, future) in enumerate(finished, start=1):
+            record = _outcome(store, spec, future)
             summary.add(record)
             if record.status == FAILED:
                 logger.warning("%s failed: %s", record.slide_id, record.error)
@@ -99,7 +108,9 @@ def tile_tcga(
                 logger.info("%s: %d tiles in %.1f s", record.slide_id, record.n_tiles, record.seconds)
             bar.update(1)
             bar.set_postfix(tiles=summary.tiles, failed=summary.count(FAILED))
-            update_progress_artifact(progress_id, 100.0 * finished / max(1, len(todo)))
+            if count == len(todo) or time.monotonic() - reported_at >= PROGRESS_EVERY_S:
+                update_progress_artifact(progress_id, 100.0 * count / len(todo))
+                reported_at = time.monotonic()
         bar.close()
     finally:
         store.release_run_lock()

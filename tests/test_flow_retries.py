@@ -21,9 +21,7 @@ def test_transient_io_error_is_retried_and_a_crash_is_recorded(slide_dir, tmp_pa
         return real_tile_slide(spec, store, config)
 
     monkeypatch.setattr(tile_tcga_module, "tile_slide", flaky_tile_slide)
-    monkeypatch.setattr(
-        tile_tcga_module, "tile_slide_task", tile_tcga_module.tile_slide_task.with_options(retry_delay_seconds=0)
-    )
+    monkeypatch.setattr(tile_tcga_module, "RETRY_DELAY_S", 0.0)
     out = tmp_path / "tiles.zarr"
     summary = tile_tcga_module.tile_tcga(slides=str(slide_dir), out=str(out))
     assert calls == {"CMU-1-Small-Region": 2, "OS-1-detail": 1}

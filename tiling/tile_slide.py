@@ -3,7 +3,9 @@
 This is the unit of work a run distributes. It never raises for a bad slide:
 it returns a ``failed`` record with the reason. Only transient I/O errors
 (an ``OSError`` that is not about the slide's content) propagate, so the
-caller can retry them.
+caller can retry them. It is idempotent: a slide already complete in the store
+is returned as it is, so a task that a scheduler runs again (its worker was
+lost, preempted or killed at its walltime) costs one ``stat``, not a re-tiling.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import write_bytes_atomic
-from storage.manifest import DONE, FAILED, SlideRecord, write_record
+from storage.manifest import DONE, FAILED, SKIPPED, SlideRecord, read_record, write_record
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore, software_version, utc_now
 from tiling.config import TilingConfig
@@ -153,8 +155,24 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
     )
 
 
+def _record_of_complete_slide(spec: SlideSpec, store: TileStore) -> SlideRecord:
+    """The stored ``done`` record of a slide already in the store, or ``skipped`` if it has none.
+
+    The record is missing when a run was killed between publishing the slide
+    and writing its record; the slide itself is whole either way.
+    """
+    record = read_record(store, spec.slide_id)
+    if record is not None and record.status == DONE:
+        return record
+    return SlideRecord(slide_id=spec.slide_id, source_path=str(spec.path), status=SKIPPED)
+
+
 def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> SlideRecord:
     """Tile ``spec`` into ``store`` and record the outcome; bad slides give a ``failed`` record.
+
+    A slide already complete in ``store`` is not read nor written again: its
+    stored record is returned (delete the slide, or the store with
+    ``--overwrite``, to redo it).
 
     Raises
     ------
@@ -162,6 +180,8 @@ def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> Slide
         For I/O errors not attributable to the slide (disk full, network
         file system hiccups): the caller may retry the slide.
     """
+    if store.is_complete(spec.slide_id):
+        return _record_of_complete_slide(spec, store)
     started = time.perf_counter()
     try:
         with opened_slide(spec.path) as backend:
