@@ -8,6 +8,7 @@ import of the flow module.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,6 +24,9 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
     unusable reference slide, no Prefect API. The message goes to stderr.
     """
     name = prog.split()[-1]
+    # SIGTERM (a scheduler's cancel, a plain `kill`) would end the process on the spot; as SystemExit it
+    # unwinds like Ctrl-C: the run lock is released and the temporary server stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with prefect_api(while_starting=lambda: importlib.import_module(flow_module)):
             from flows.runners import quiet_dask_logging
@@ -39,3 +43,7 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
         print(f"{name}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
