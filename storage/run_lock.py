@@ -66,11 +66,14 @@ class LockOwner:
         if self.host != socket.gethostname():
             return None
         try:
-            started = psutil.Process(self.pid).create_time()
+            process = psutil.Process(self.pid)
+            started, status = process.create_time(), process.status()
         except psutil.NoSuchProcess:
             return True
         except psutil.Error:  # exists but is not ours to inspect: count it alive
             return False
+        if status == psutil.STATUS_ZOMBIE:  # ended; only its exit status waits to be collected
+            return True
         return self.process_started is not None and abs(started - self.process_started) > 1.0
 
 

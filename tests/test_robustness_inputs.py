@@ -132,6 +132,12 @@ def test_the_same_store_twice_or_other_tiles_exit_with_a_user_error(two_h0_mini_
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 2 and "--label" in output and "Traceback" not in output
     assert not (tmp_path / "twice").exists()  # refused before anything is written
+    subset = tmp_path / "subset.npy"
+    np.save(subset, np.arange(0, N_TILES + 8, 2))  # plismbench's indices, but for a larger tile set
+    process = run_cli("--embeddings", *stores, "--subset", str(subset), "--out", str(tmp_path / "subset"),
+                      api_url=prefect_api, module="flows.robustness")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 2 and "must lie in 0..31" in output and "Traceback" not in output
     labelled = robustness(embeddings=[stores[0], stores[0]], out=str(tmp_path / "labelled"), labels=["a", "b"])
     assert list(labelled) == ["a", "b"]
     other = _aligned_store(tmp_path / "other-aligned.zarr")  # planned anew: another plan id

@@ -7,6 +7,7 @@ import multiprocessing
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -98,6 +99,28 @@ def test_a_dead_owner_on_this_host_is_stale_and_taken_over(tmp_path: Path) -> No
     lock = RunLock(path, "s")
     lock.acquire()
     assert read_owner(path).token == lock.owner.token != dead.token
+
+
+def test_a_killed_owner_not_yet_reaped_is_gone(tmp_path: Path) -> None:
+    path = tmp_path / "run.lock"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _write_lock(path, replace(LockOwner.of_this_process(), pid=owner.pid,
+                              process_started=psutil.Process(owner.pid).create_time()))
+    owner.kill()
+    _wait_zombie(owner.pid)
+    try:
+        RunLock(path, "s").acquire()  # a zombie: ended, its exit status not collected yet
+    finally:
+        owner.wait()
+
+
+def _wait_zombie(pid: int) -> None:
+    process = psutil.Process(pid)
+    for _ in range(600):
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not end")
 
 
 def test_a_reused_pid_does_not_keep_a_dead_runs_lock(tmp_path: Path, sleeper) -> None:
