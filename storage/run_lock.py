@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 LOCK_NAME = "run.lock"
+_ATTEMPTS = 3
 
 
 class LockHeldError(Exception):
@@ -113,16 +114,16 @@ class RunLock:
             If another run holds it, or may: the message names the owner.
         """
         me = LockOwner.of_this_process()
-        if self._create(me):
-            self.owner = me
-            return
-        holder = read_owner(self.path)
-        if holder is not None and holder.is_gone():
-            self._break(holder)
+        holder = None
+        for _ in range(_ATTEMPTS):  # again only when the lock went, or was stale, between two looks
             if self._create(me):
                 self.owner = me
                 return
             holder = read_owner(self.path)
+            if holder is not None and not holder.is_gone():
+                break
+            if holder is not None:
+                self._break(holder)
         raise LockHeldError(self._held_message(holder))
 
     def release(self) -> None:
@@ -195,8 +196,8 @@ class RunLock:
         aside.unlink(missing_ok=True)
 
     def _held_message(self, holder: LockOwner | None) -> str:
-        if holder is None:  # released between our attempt and our look: a race lost to a run now over
-            return f"{self.store_name} was being locked by another run at the same moment; run again"
+        if holder is None:  # taken and released by others between each of our looks
+            return f"{self.store_name} is being locked and unlocked by other runs; try again"
         message = f"{self.store_name} is in use by {holder.describe()}"
         if holder.is_gone() is None:
             message += (
