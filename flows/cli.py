@@ -8,6 +8,8 @@ import of the flow module.
 from __future__ import annotations
 
 import importlib
+import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,6 +25,9 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
     unusable reference slide, no Prefect API. The message goes to stderr.
     """
     name = prog.split()[-1]
+    # SIGTERM (a scheduler's cancel, a plain `kill`) would end the process on the spot; as SystemExit it
+    # unwinds like Ctrl-C: the run lock is released and the temporary server stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with prefect_api(while_starting=lambda: importlib.import_module(flow_module)):
             from flows.runners import quiet_dask_logging
@@ -30,12 +35,34 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
             from tiling.errors import SlideError
 
             quiet_dask_logging()
+            user_errors = (StoreError, SlideError, FileNotFoundError, ValueError)
+            _hide_tracebacks_of(user_errors)
             try:
                 run()
-            except (StoreError, SlideError, FileNotFoundError, ValueError) as error:
+            except user_errors as error:
                 print(f"{name}: {error}", file=sys.stderr)
                 return 2
     except PrefectServerError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _hide_tracebacks_of(user_errors: tuple[type[BaseException], ...]) -> None:
+    """Keep Prefect's one-line report of a flow or task that failed on a user error, without its traceback.
+
+    The engine logs every exception with its stack; for a bad input the stack says nothing the
+    message does not, and buries the message the command prints last.
+    """
+
+    def strip(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], user_errors):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(strip)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

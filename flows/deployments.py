@@ -58,6 +58,7 @@ def tile_tcga_deployment(
     out: str,
     config: TilingConfig = TilingConfig(),
     mpp_override_um: float | None = None,
+    mpp_replace_um: float | None = None,
     overwrite: bool = False,
     workers: int = _DEFAULT_WORKERS,
     dask_address: str | None = None,
@@ -68,7 +69,8 @@ def tile_tcga_deployment(
         slides: folder of slides, or CSV with columns path[,slide_id,mpp], as seen by this machine.
         out: tile store (a zarr folder) to create or resume.
         config: every tiling parameter (tile size, µm/px, tissue detection, tile QC).
-        mpp_override_um: µm/px for slides whose files record none.
+        mpp_override_um: µm/px for slides whose files record none (a recorded value is kept).
+        mpp_replace_um: µm/px for every slide, replacing what the files record (logged per slide).
         overwrite: delete the store and redo every slide.
         workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
         dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
@@ -76,7 +78,8 @@ def tile_tcga_deployment(
     from flows.tiling_flow import tile_tcga
 
     return tile_tcga.with_options(task_runner=_task_runner(workers, dask_address))(
-        slides=slides, out=out, config=config, mpp_override_um=mpp_override_um, overwrite=overwrite,
+        slides=slides, out=out, config=config, mpp_override_um=mpp_override_um, mpp_replace_um=mpp_replace_um,
+        overwrite=overwrite,
     )
 
 
@@ -139,6 +142,7 @@ def embed_deployment(
     partitions: int = 1,
     dask_address: str | None = None,
     overwrite: bool = False,
+    seed: int = 0,
 ) -> dict:
     """Embed a tile store with a model (``python -m flows.embed``).
 
@@ -155,6 +159,7 @@ def embed_deployment(
         partitions: processes splitting the shards, one GPU each (a local Dask cluster when > 1).
         dask_address: scheduler of an existing Dask cluster with one GPU per worker.
         overwrite: delete the embedding store and start again.
+        seed: without weights, the random weights are drawn from (model, seed), recorded in the store.
     """
     import torch
 
@@ -166,7 +171,7 @@ def embed_deployment(
     settings = EmbeddingSettings(
         model=model, weights=weights, pooling=pooling, dtype=dtype,
         batch_size=batch_size or (256 if on_gpu else 32), device=device,
-        loader_workers=loader_workers if loader_workers is not None else 4 * on_gpu,
+        loader_workers=loader_workers if loader_workers is not None else 4 * on_gpu, init_seed=seed,
     )
     return embed_tiles.with_options(task_runner=_task_runner(partitions, dask_address))(
         tiles=tiles, out=out, settings=settings, partitions=partitions, overwrite=overwrite,
@@ -196,6 +201,7 @@ def distill_deployment(
 @flow(name="robustness", log_prints=True)
 def robustness_deployment(
     embeddings: list[str], out: str, ks: list[int] | None = None, subset: str | None = None,
+    labels: list[str] | None = None,
 ) -> dict:
     """Score PLISM embedding stores of one or several models into a report (``python -m flows.robustness``).
 
@@ -204,11 +210,12 @@ def robustness_deployment(
         out: report folder.
         ks: k of the top-k accuracies (default 1, 3, 5, 10).
         subset: .npy file of the tile indices to score.
+        labels: a name per store for the report (default: model name and weights checksum).
     """
     from flows.robustness_flow import robustness
 
     options = {"ks": tuple(ks)} if ks else {}
-    return robustness(embeddings=embeddings, out=out, subset=subset, **options)
+    return robustness(embeddings=embeddings, out=out, subset=subset, labels=labels, **options)
 
 
 @flow(name="evaluate", log_prints=True)

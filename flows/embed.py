@@ -26,7 +26,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm name")
     parser.add_argument("--weights", type=Path, help="local weights file (safetensors or torch checkpoint)")
     parser.add_argument("--pooling", choices=("cls+mean", "cls"), default="cls+mean",
-                        help="class token and mean patch token (default), or the class token only")
+                        help="class token and mean patch token (default; the paper's HEST/EVA embedding), or the "
+                        "class token only (what the PLISM leaderboard uses)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="without --weights: the random weights are drawn from (model, seed), recorded in the store")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default 256 on CUDA, 32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype, batch_size=args.batch_size or (256 if device.startswith("cuda") else 32),
             device=device,
             loader_workers=args.loader_workers if args.loader_workers is not None else 4 * device.startswith("cuda"),
+            init_seed=args.seed,
         )
         runner = make_task_runner(args.partitions, args.dask_address)
         embed_tiles.with_options(task_runner=runner)(

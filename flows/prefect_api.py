@@ -5,13 +5,17 @@ every process that runs a task, Dask workers included (~10 s each). Instead
 the command line starts one ``prefect server start`` on a free loopback port
 before it imports anything heavy, so the server's ~5 s start overlaps the
 imports, and exports its address to the run and to the worker processes it
-spawns. This module imports nothing from Prefect so that it can run first.
+spawns. The server keeps its database in a temporary folder of its own,
+deleted with it, and is stopped however the command ends (see
+:mod:`flows.server_watchdog`). This module imports nothing from Prefect so
+that it can run first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +23,10 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 _START_TIMEOUT_S = 90.0
+_WATCHDOG = Path(__file__).with_name("server_watchdog.py")
 
 
 class PrefectServerError(RuntimeError):
@@ -33,27 +39,53 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
+def _private_server_environment(home: str) -> dict[str, str]:
+    """The server's environment: a home and a SQLite database of its own, no telemetry, no UI.
+
+    Every database setting of the user's is dropped, so that the temporary
+    server can never write into their persistent database (``~/.prefect``, a
+    configured Postgres); ``PREFECT_HOME`` also hides their profiles from it.
+    """
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_"))
+        and key not in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH")
+    }
+    env.update({
+        "PREFECT_HOME": home,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    })
+    return env
+
+
 class TemporaryPrefectServer:
-    """``prefect server start`` on loopback, without UI, scheduler or telemetry, for one run."""
+    """``prefect server start`` on loopback for one run, with a private database, removed afterwards.
+
+    The server runs under :mod:`flows.server_watchdog`, which stops it and
+    deletes its folder when this process ends, even by ``kill -9``.
+    """
 
     def __init__(self) -> None:
         self.port = _free_loopback_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.home = tempfile.mkdtemp(prefix="distillpath-prefect-")
         self._log = tempfile.TemporaryFile()
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-        env.pop("PREFECT_API_URL", None)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
-             "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs", "--log-level", "WARNING"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        server = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+                  "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs", "--log-level", "WARNING"]
+        self._watchdog = subprocess.Popen(
+            [sys.executable, str(_WATCHDOG), str(os.getpid()), self.home, "--", *server],
+            env=_private_server_environment(self.home), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,  # a terminal's Ctrl-C is for this process only
         )
 
     def wait_until_ready(self) -> str:
         """Block until the API answers its health check; return its URL."""
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise PrefectServerError(f"temporary Prefect server exited with {self._process.returncode}: {self._output()}")
+            if self._watchdog.poll() is not None:
+                raise PrefectServerError(f"temporary Prefect server exited: {self._output()}")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:
                     if response.status == 200:
@@ -67,13 +99,15 @@ class TemporaryPrefectServer:
         return self._log.read().decode(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
+        """Stop the server and delete its database; the watchdog does both, this only asks and waits."""
+        if self._watchdog.poll() is None:
+            self._watchdog.terminate()
             try:
-                self._process.wait(timeout=15)
+                self._watchdog.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                self._watchdog.kill()  # the server then gets its parent-death signal
+                self._watchdog.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
         self._log.close()
 
 

@@ -4,7 +4,9 @@
 model, from ``python -m flows.embed`` on an aligned tile store); ``--out`` receives
 ``results.csv``, ``results.md``, per-pair tables and matrices, figures and
 ``index.html``. ``--subset`` restricts to a tile index file (``.npy``, e.g.
-plismbench's ``tiles_subset_8139.npy``).
+plismbench's ``tiles_subset_8139.npy``). Each store is reported under its
+model name and weights checksum, or the names given with ``--label``; the
+stores must embed the same aligned tile store.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10], help="k of the top-k accuracies")
     parser.add_argument("--subset", type=Path, help="tile indices to keep (.npy)")
+    parser.add_argument("--label", nargs="+", help="a name per store for the report, in the order of --embeddings "
+                        "(default: model name and weights checksum)")
     parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other commands")
     return parser.parse_args(argv)
 
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.robustness_flow import robustness
 
         robustness(embeddings=[str(e) for e in args.embeddings], out=str(args.out), ks=tuple(args.ks),
-                   subset=str(args.subset) if args.subset else None)
+                   subset=str(args.subset) if args.subset else None, labels=args.label)
 
     return run_flow_command("python -m flows.robustness", "flows.robustness_flow", run)
 

@@ -4,11 +4,13 @@ Each store holds one model's embeddings ``[condition, tile, feature]`` of an
 aligned tile store (``python -m flows.embed`` on the output of
 ``flows.extract_plism``). Every pair of conditions is scored (cosine
 similarity, top-k accuracy; :mod:`pipeline.robustness`), one task per model;
-then the results are gathered into ``DIR``:
+then the results are gathered into ``DIR``. Each store is reported under a
+unique label (model name and weights checksum, or ``--label``), and all must
+embed the same aligned tiles (:mod:`pipeline.robustness.inputs`).
 
 - ``results.csv``: one row per model × group × metric (count, mean, std, median, IQR), and the
   summary score as group ``summary``, metric ``score``; ``results.md`` the same as a table;
-- ``pairs/<model>.csv``: every pair; ``matrices/<model>-top_1_accuracy.csv``: condition × condition;
+- ``pairs/<label>.csv``: every pair; ``matrices/<label>-top_1_accuracy.csv``: condition × condition;
 - ``figures/*.png``: per-group distributions (paper Figure 1), scanner vs staining (Figure 4), heat maps;
 - ``index.html``: all of it, with the QC pictures of the registration and tiling stages when found.
 """
@@ -20,30 +22,66 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from pipeline.report.figures import group_distributions, heat_map, pair_matrix, scanner_vs_staining
 from pipeline.report.html import Report
 from pipeline.robustness import robustness_table, summarise, summary_score
+from pipeline.robustness.inputs import (
+    LEADERBOARD_POOLING,
+    StoreIdentity,
+    StoreMismatchError,
+    assign_labels,
+    check_same_tiles,
+    file_name,
+    pooling_warning,
+    validated_subset,
+)
 from pipeline.robustness.pairs import DEFAULT_KS
 from storage.embedding_store import open_embeddings
 
 _HEAT_MAP_METRIC = "top_1_accuracy"
 
 
-def _model_name(dataset, path: Path, taken: set[str]) -> str:
-    """The model's name from the store, made unique (two stores of one model keep their folder names)."""
-    name = str(dataset.attrs.get("model", path.stem))
-    return name if name not in taken else f"{name} ({path.stem})"
+def _identity(store: str) -> StoreIdentity:
+    """What the report needs of one store, from its recorded attributes."""
+    data = open_embeddings(store)
+    if "condition" not in data.dims:
+        raise StoreMismatchError(
+            f"{store} holds per-slide embeddings, not an aligned PLISM store [condition, tile, feature]"
+        )
+    attributes = data.attrs
+    return StoreIdentity(
+        path=str(store), model=str(attributes["model"]), weights_sha256=attributes.get("weights_sha256"),
+        init_seed=attributes.get("init_seed"), pooling=str(attributes.get("pooling", "unrecorded")),
+        dim=int(attributes["dim"]), plan_id=zarr.open_group(store, mode="r").attrs.get("source_stamp"),
+        n_tiles=int(data.sizes["tile"]),
+    )
+
+
+def _load_subset(path: str, n_tiles: int) -> np.ndarray:
+    """Tile indices from a ``.npy`` file: data only (no pickled objects), each a tile of the stores."""
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise StoreMismatchError(f"{path}: not a readable .npy array of tile indices ({error})") from error
+    return validated_subset(indices, n_tiles, path)
+
+
+def _stores_table(stores: dict[str, StoreIdentity]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"label": label, "model": s.model, "weights sha256": (s.weights_sha256 or "random")[:12],
+         "pooling": s.pooling, "dim": s.dim, "aligned plan": s.plan_id, "tiles": s.n_tiles, "store": s.path}
+        for label, s in stores.items()
+    ]).set_index("label")
 
 
 @task(name="score-model", task_run_name="score-{name}", cache_policy=None)
 def score_model(name: str, store: str, ks: tuple[int, ...], subset: np.ndarray | None) -> pd.DataFrame:
     """Every pair of the store's complete conditions, scored."""
     data = open_embeddings(store)
-    if "condition" not in data.dims:
-        raise ValueError(f"{store} holds per-slide embeddings, not an aligned PLISM store [condition, tile, feature]")
     complete = data.complete.values
     table = {row["name"]: row for row in data.attrs.get("condition_table", [])} or None
     names = [str(n) for n in data.condition.values[complete]]
@@ -82,21 +120,31 @@ def _qc_pictures(sources: list[Path], out: Path) -> list[Path]:
 
 @flow(name="robustness", log_prints=True)
 def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS, subset: str | None = None,
-               qc_from: list[str] | None = None) -> dict:
-    """Score each PLISM embedding store and write the report into ``out``; return ``{model: summary score}``.
+               qc_from: list[str] | None = None, labels: list[str] | None = None) -> dict:
+    """Score each PLISM embedding store and write the report into ``out``; return ``{label: summary score}``.
 
-    The report shows the QC pictures of the aligned tile stores the embeddings come from, and of any
-    other store in ``qc_from`` (a tile store, say).
+    ``labels`` names the stores in the report (one each, in order); by default each is named by its
+    model and weights checksum. The report shows the QC pictures of the aligned tile stores the
+    embeddings come from, and of any other store in ``qc_from`` (a tile store, say).
+
+    Raises
+    ------
+    StoreMismatchError
+        Before anything is written, if two stores would share a label, the stores embed different
+        aligned tiles, or the subset does not fit them.
     """
     logger = get_run_logger()
+    stores = assign_labels([_identity(store) for store in embeddings], labels)
+    check_same_tiles(stores)
+    n_tiles = next(iter(stores.values())).n_tiles
+    indices = _load_subset(subset, n_tiles) if subset else None
+    warning = pooling_warning(stores)
+    if warning:
+        logger.warning(warning)
     folder = Path(out)
     for sub in ("pairs", "matrices", "figures"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    indices = np.load(subset) if subset else None
-    names: dict[str, str] = {}
-    for store in embeddings:
-        names[_model_name(open_embeddings(store), Path(store), set(names.values()))] = store
-    futures = {name: score_model.submit(name, store, tuple(ks), indices) for name, store in names.items()}
+    futures = {label: score_model.submit(label, s.path, tuple(ks), indices) for label, s in stores.items()}
     pairs_by_model = {name: future.result() for name, future in futures.items()}
     results = _results(pairs_by_model)
     results.to_csv(folder / "results.csv", index=False)
@@ -112,14 +160,24 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
     ]
     metric = _HEAT_MAP_METRIC if 1 in ks else f"top_{min(ks)}_accuracy"
     for model, pairs in pairs_by_model.items():
-        pairs.to_csv(folder / "pairs" / f"{_file_name(model)}.csv", index=False)
+        pairs.to_csv(folder / "pairs" / f"{file_name(model)}.csv", index=False)
         matrix = pair_matrix(pairs, metric)
-        matrix.to_csv(folder / "matrices" / f"{_file_name(model)}-{metric}.csv")
+        matrix.to_csv(folder / "matrices" / f"{file_name(model)}-{metric}.csv")
         figures.append(heat_map(matrix, f"{model}: {metric.replace('_', ' ')}",
-                                folder / "figures" / f"heat-map-{_file_name(model)}.png"))
+                                folder / "figures" / f"heat-map-{file_name(model)}.png"))
     report = Report("PLISM robustness")
-    report.paragraph(f"{len(pairs_by_model)} model(s); stores: {', '.join(embeddings)}"
+    report.paragraph(f"{len(pairs_by_model)} model(s) over {n_tiles} aligned tiles"
                      + (f"; tile subset {subset} ({len(indices)} tiles)" if indices is not None else ""))
+    report.heading("Embedding stores")
+    report.table(_stores_table(stores))
+    if warning:
+        report.paragraph(f"Warning: {warning}.")
+    report.paragraph(
+        f"Pooling: the PLISM leaderboard (owkin/plism-benchmark) embeds with the class token only "
+        f"({LEADERBOARD_POOLING}); the H0-mini paper's HEST and EVA results use class token and mean patch "
+        "token (cls+mean). Scores are comparable with the leaderboard only for stores pooled "
+        f"{LEADERBOARD_POOLING}."
+    )
     report.heading("Summary (medians over pairs; score = mean of the four)")
     report.table(overview)
     report.heading("Figures")
@@ -151,7 +209,3 @@ def _overview(pairs_by_model: dict[str, pd.DataFrame], scores: dict[str, float])
                 row[f"{column} [{group}]"] = summary.loc[(group, "median"), column]
         rows.append(row)
     return pd.DataFrame(rows).set_index("model").sort_values("score", ascending=False)
-
-
-def _file_name(model: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model)

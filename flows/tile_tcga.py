@@ -24,7 +24,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="local worker processes (1 runs in this process); ignored with --dask-address")
     parser.add_argument("--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
-    parser.add_argument("--mpp-override", type=float, help="µm/px for slides whose files record none")
+    parser.add_argument("--mpp-override", type=float,
+                        help="µm/px for slides whose files record none (a recorded value is kept)")
+    parser.add_argument("--mpp-replace", type=float,
+                        help="µm/px for every slide, replacing what the files record (logged per slide)")
     parser.add_argument("--tile-size", type=int, help="tile edge in pixels (default 224)")
     parser.add_argument("--target-mpp", type=float, help="µm per output pixel (default 0.5)")
     parser.add_argument("--threads", type=int, help="threads per slide (default 2)")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         tile_tcga.with_options(task_runner=make_task_runner(args.workers, args.dask_address))(
             slides=str(args.slides), out=str(args.out), config=config, mpp_override_um=args.mpp_override,
-            overwrite=args.overwrite, progress_bar=not args.no_progress,
+            mpp_replace_um=args.mpp_replace, overwrite=args.overwrite, progress_bar=not args.no_progress,
         )
 
     return run_flow_command("python -m flows.tile_tcga", "flows.tiling_flow", run)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from flows.runners import retrying
 from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
-from storage.manifest import FAILED, SKIPPED, SlideRecord, write_record
+from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, clear_rejected_records, write_record
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
@@ -42,7 +42,7 @@ def tile_slide_task(spec: SlideSpec, store_root: str, config: TilingConfig) -> S
 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     """Persist a refused slide-list row under a safe key derived from its row and path."""
-    key = f"rejected-{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
+    key = f"{REJECTED_PREFIX}{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
     record = SlideRecord(
         slide_id=key, source_path=str(rejected.path), status=FAILED, error=str(rejected.error),
         error_type=type(rejected.error).__name__, finished_at=utc_now(),
@@ -71,16 +71,18 @@ def tile_tcga(
     out: str,
     config: TilingConfig = TilingConfig(),
     mpp_override_um: float | None = None,
+    mpp_replace_um: float | None = None,
     overwrite: bool = False,
     progress_bar: bool = False,
 ) -> dict:
     """Tile every slide of ``slides`` (folder or CSV) into the store ``out``; return the summary."""
     logger = get_run_logger()
-    specs, rejected = list_slides(slides, mpp_override_um)
+    specs, rejected = list_slides(slides, mpp_override_um, mpp_replace_um)
     store = TileStore.create_or_open(out, config.model_dump(), overwrite=overwrite)
     store.acquire_run_lock()
     try:
         store.remove_staging_debris()
+        clear_rejected_records(store)  # rows refused last time and fixed since must leave the manifest
         summary = RunSummary(started=time.perf_counter())
         for row in rejected:
             logger.error("refused: %s", row.error)
@@ -105,7 +107,8 @@ def tile_tcga(
             if record.status == FAILED:
                 logger.warning("%s failed: %s", record.slide_id, record.error)
             else:
-                logger.info("%s: %d tiles in %.1f s", record.slide_id, record.n_tiles, record.seconds)
+                logger.info("%s: %d tiles in %.1f s%s", record.slide_id, record.n_tiles, record.seconds,
+                            f" ({record.message})" if record.message else "")
             bar.update(1)
             bar.set_postfix(tiles=summary.tiles, failed=summary.count(FAILED))
             if count == len(todo) or time.monotonic() - reported_at >= PROGRESS_EVERY_S:

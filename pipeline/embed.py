@@ -47,12 +47,14 @@ class EmbeddingSettings:
     batch_size: int = 64
     device: str = "cpu"
     loader_workers: int = 2
+    init_seed: int = 0  # random weights (no ``weights``) are drawn from (model, init_seed): a resume gets the same
 
     def store_parameters(self, dim: int, source: TileSource) -> dict:
         return {
             "model": self.model,
             "weights": str(Path(self.weights).resolve()) if self.weights else None,
             "weights_sha256": weights_sha256(self.weights) if self.weights else None,
+            "init_seed": None if self.weights else self.init_seed,
             "pooling": self.pooling,
             "definition": "class token, then the mean of the patch tokens (registers excluded)"
             if self.pooling == "cls+mean" else "class token",
@@ -115,7 +117,7 @@ def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int
         multiprocessing_context="forkserver" if settings.loader_workers else None,
     )
     batches = iter(loader)
-    model = build_model(settings.model, settings.weights, device=str(device)).eval()
+    model = build_model(settings.model, settings.weights, device=str(device), init_seed=settings.init_seed).eval()
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
     results: dict[int, np.ndarray] = {}
@@ -145,12 +147,13 @@ def _main() -> None:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--loader-workers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights when no --weights")
     args = parser.parse_args()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     settings = EmbeddingSettings(args.model, args.weights, args.pooling, args.dtype, args.batch_size, device,
-                                 args.loader_workers)
+                                 args.loader_workers, args.seed)
     distributed = world > 1
     if distributed:  # only to wait for rank 0's preparation; the embedding itself needs no communication
         torch.distributed.init_process_group("gloo")

@@ -9,6 +9,7 @@ shared file, so parallel workers cannot race and a killed run loses no record.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+REJECTED_PREFIX = "rejected-"  # records of refused slide-list rows: rejected-<row>-<hash of the path>
 
 
 @dataclass
@@ -49,6 +51,12 @@ class SlideRecord:
 def write_record(store: TileStore, record: SlideRecord) -> None:
     """Persist ``record`` as the slide's latest status."""
     write_zarr_group_atomic(store.status_dir / record.slide_id, record.to_dict())
+
+
+def clear_rejected_records(store: TileStore) -> None:
+    """Forget the slide-list rows refused by earlier runs; a run records again those it still refuses."""
+    for folder in store.status_dir.glob(f"{REJECTED_PREFIX}*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_record(store: TileStore, slide_id: str) -> SlideRecord | None:

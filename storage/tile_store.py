@@ -24,7 +24,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import uuid
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -33,7 +32,8 @@ from typing import ClassVar, Self
 
 import zarr
 
-from storage.atomic import write_bytes_atomic, write_zarr_group_atomic
+from storage.atomic import write_zarr_group_atomic
+from storage.run_lock import LOCK_NAME, LockHeldError, RunLock
 from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
@@ -78,7 +78,7 @@ class RunStore:
         self.status_dir = self.root / "status"
         self.qc_dir = self.root / "qc"
         self.staging_dir = self.root / "staging"
-        self._lock_path = self.staging_dir / "run.lock"
+        self._run_lock = RunLock(self.staging_dir / LOCK_NAME, str(self.root))
 
     @classmethod
     def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> Self:
@@ -175,27 +175,22 @@ class RunStore:
             os.rename(staging_path, target)
 
     def _refuse_if_in_use(self) -> None:
-        """Raise if the run lock belongs to a live process (on another host, assume it is live)."""
+        """Raise if a run that may still be alive holds the lock (see :mod:`storage.run_lock`)."""
         try:
-            owner = self._lock_path.read_text().split()
-        except FileNotFoundError:
-            return
-        if len(owner) != 2 or not owner[1].isdigit():
-            return
-        host, pid = owner[0], int(owner[1])
-        if host != socket.gethostname() or _process_alive(pid):
-            raise StoreError(
-                f"{self.root} is being written by process {pid} on {host}; if that run is gone, "
-                f"delete {self._lock_path}"
-            )
+            self._run_lock.refuse_if_held()
+        except LockHeldError as error:
+            raise StoreError(str(error)) from error
 
     def acquire_run_lock(self) -> None:
-        """Refuse a second concurrent run on the same store; take over a dead run's lock."""
-        self._refuse_if_in_use()
-        write_bytes_atomic(self._lock_path, f"{socket.gethostname()} {os.getpid()}".encode())
+        """Refuse a second concurrent run on the same store at once; take over a dead run's lock."""
+        try:
+            self._run_lock.acquire()
+        except LockHeldError as error:
+            raise StoreError(str(error)) from error
 
     def release_run_lock(self) -> None:
-        self._lock_path.unlink(missing_ok=True)
+        """Release the lock if this run holds it; never another run's."""
+        self._run_lock.release()
 
     def remove_staging_debris(self) -> None:
         """Delete half-written items left by a killed run (call with the run lock held)."""
@@ -258,12 +253,3 @@ def slide_entry(group: Path) -> dict:
     return {"n_tiles": int(tiles["shape"][0]), "tiles_per_shard": int(shard),
             "created_at": attributes.get("created_at")}
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()

@@ -22,6 +22,7 @@ from pipeline.models import (
     normalise,
     weights_sha256,
 )
+from pipeline.models.registry import seeded_initialisation
 
 REGISTERS = 4
 PATCH_TOKENS = (224 // 14) ** 2
@@ -239,3 +240,41 @@ def test_weights_sha256_is_the_file_checksum(tmp_path: Path) -> None:
     path = tmp_path / "student.safetensors"
     save_file(build_model("tiny-student").state_dict(), path)
     assert weights_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _RunsCodeWhenUnpickled:
+    """What a hostile checkpoint carries: unpickling it calls ``exec`` with the attacker's code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",))
+
+
+@pytest.mark.parametrize("name", ["student.pt", "teacher_checkpoint.pth", "weights.bin"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path, name: str) -> None:
+    marker = tmp_path / "pwned"
+    state = {k: v.contiguous() for k, v in build_model("tiny-student").state_dict().items()}
+    path = tmp_path / name
+    torch.save({"model": state, "payload": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(WeightsError, match=r"refused: the checkpoint holds Python objects besides tensors \(exec\)"):
+        build_model("tiny-student", path)
+    assert not marker.exists()
+    # The same file loaded the unsafe way would have run the payload: the test plants a real attack.
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "code ran"
+
+
+def test_random_weights_are_a_function_of_name_and_seed() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_model("tiny-student", init_seed=7).state_dict()
+    assert torch.equal(torch.rand(1), before)  # the caller's random state is untouched
+    torch.manual_seed(999)  # whatever the global state, the same seed gives the same model
+    again = build_model("tiny-student", init_seed=7).state_dict()
+    other = build_model("tiny-student", init_seed=8).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["blocks.0.attn.qkv.weight"], other["blocks.0.attn.qkv.weight"])
+    assert seeded_initialisation("tiny-student", 0) != seeded_initialisation("tiny-teacher", 0)

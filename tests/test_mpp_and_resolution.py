@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import zarr
 
+from storage.manifest import read_record
+from storage.tile_store import TileStore
 from tests.conftest import CMU_SVS, OME_TIFF, write_tiff
+from tiling.config import TilingConfig
 from tiling.errors import ResolutionTooLowError
 from tiling.mpp import mpp_from_ome_xml, mpp_from_resolution
 from tiling.resolution import plan_resolution
 from tiling.slide import open_backend
+from tiling.slide_list import SlideSpec
+from tiling.tile_slide import tile_slide
 
 
 def test_mpp_read_from_aperio_header_and_ome_xml():
@@ -71,3 +77,21 @@ def test_coarse_slide_fails_unless_upsampling_allowed():
         _plan(1.0, (1.0, 4.0))
     plan = _plan(1.0, (1.0, 4.0), allow_upsampling=True)
     assert plan.upsampled and plan.tile_size_level == 112
+
+
+def test_mpp_override_never_replaces_a_recorded_pixel_size_and_replacing_is_explicit_and_logged(tmp_path):
+    """The CMU SVS records 0.499 µm/px: an override of 0.25 must not change it; --mpp-replace must, loudly."""
+    config = TilingConfig()
+    store = TileStore.create_or_open(tmp_path / "tiles.zarr", config.model_dump())
+    kept = tile_slide(SlideSpec(CMU_SVS, "kept", mpp_override_um=0.25), store, config)
+    plain = tile_slide(SlideSpec(CMU_SVS, "plain"), store, config)
+    replaced = tile_slide(SlideSpec(CMU_SVS, "replaced", mpp_replace_um=0.25), store, config)
+    assert kept.n_tiles == plain.n_tiles == 50 and kept.message == ""
+    kept_attributes = zarr.open_group(store.slide_path("kept"), mode="r").attrs
+    assert kept_attributes["mpp_source"] == "file" and kept_attributes["mpp_level0_um"] == pytest.approx(0.499)
+    assert replaced.n_tiles == 13  # each tile covers (0.5 / 0.25)² = 4× the level-0 pixels: about a quarter
+    assert replaced.message == "pixel size replaced: the file records 0.499 µm/px, tiled as 0.25 µm/px"
+    assert read_record(store, "replaced").extra["mpp_recorded_um"] == pytest.approx(0.499)
+    attributes = zarr.open_group(store.slide_path("replaced"), mode="r").attrs
+    assert attributes["mpp_source"] == "replacement" and attributes["mpp_level0_um"] == 0.25
+    assert attributes["mpp_recorded_um"] == pytest.approx(0.499)

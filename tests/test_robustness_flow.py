@@ -54,19 +54,19 @@ def test_two_models_give_a_table_figures_and_a_report(embedding_stores, tmp_path
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     results = pd.read_csv(out / "results.csv")
-    assert set(results.model) == {"tiny-student", "tiny-teacher"}
+    assert set(results.model) == {"tiny-student-random-seed0", "tiny-teacher-random-seed0"}
     assert set(results.group) == {"inter-scanner", "inter-staining", "inter-scanner, inter-staining", "all", "summary"}
     pairs = results[(results.group == "all") & (results.metric == "cosine_similarity")]
     assert list(pairs["count"]) == [6, 6]  # 4 conditions: 6 pairs per model
     scores = results[results.group == "summary"]["mean"]
     assert scores.between(0, 1).all()
-    for name in ("group-distributions.png", "scanner-vs-staining.png", "heat-map-tiny-student.png"):
+    for name in ("group-distributions.png", "scanner-vs-staining.png", "heat-map-tiny-student-random-seed0.png"):
         assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "index.html").read_text()
-    assert "figures/heat-map-tiny-teacher.png" in page and "qc/GMH_AT2.png" in page
-    matrix = pd.read_csv(out / "matrices" / "tiny-student-top_1_accuracy.csv", index_col=0)
+    assert "figures/heat-map-tiny-teacher-random-seed0.png" in page and "qc/GMH_AT2.png" in page
+    matrix = pd.read_csv(out / "matrices" / "tiny-student-random-seed0-top_1_accuracy.csv", index_col=0)
     assert matrix.shape == (4, 4) and np.allclose(matrix.values, matrix.values.T)
-    assert "tiny-student" in (out / "results.md").read_text()
+    assert "tiny-student-random-seed0" in (out / "results.md").read_text()
 
 
 def test_per_slide_embeddings_are_refused_clearly(shipped_tile_store, tmp_path, prefect_api):

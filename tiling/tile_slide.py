@@ -44,15 +44,26 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str]:
+def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str, str]:
+    """The level-0 pixel size to tile with, where it came from, and a note when a recorded value was replaced.
+
+    ``mpp_override_um`` only fills in a missing value; replacing what the file
+    records takes ``mpp_replace_um``, and the note names both values.
+    """
+    recorded = backend.mpp_um
+    if spec.mpp_replace_um is not None:
+        if recorded is None:
+            return spec.mpp_replace_um, "replacement", ""
+        note = f"pixel size replaced: the file records {recorded:g} µm/px, tiled as {spec.mpp_replace_um:g} µm/px"
+        return spec.mpp_replace_um, "replacement", note
+    if recorded is not None:
+        return recorded, "file", ""
     if spec.mpp_override_um is not None:
-        return spec.mpp_override_um, "override"
-    if backend.mpp_um is None:
-        raise MissingMppError(
-            spec.path, "no pixel size (mpp) in the slide's metadata; give one with --mpp-override "
-            "or an 'mpp' column in the slide CSV"
-        )
-    return backend.mpp_um, "file"
+        return spec.mpp_override_um, "override", ""
+    raise MissingMppError(
+        spec.path, "no pixel size (mpp) in the slide's metadata; give one with --mpp-override "
+        "or an 'mpp' column in the slide CSV"
+    )
 
 
 def _write_tiles(
@@ -109,7 +120,7 @@ def plan_tiles(path: Path, backend: SlideBackend, mpp_um: float, config: TilingC
 
 def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, config: TilingConfig) -> SlideRecord:
     started = time.perf_counter()
-    mpp_um, mpp_source = _resolve_mpp(spec, backend)
+    mpp_um, mpp_source, mpp_note = _resolve_mpp(spec, backend)
     tile_plan = plan_tiles(spec.path, backend, mpp_um, config)
     plan, thumbnail, mask, grid = tile_plan.resolution, tile_plan.thumbnail, tile_plan.mask, tile_plan.grid
     writer = SlideWriter(
@@ -131,6 +142,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
                 **header_attributes(backend),
                 "mpp_source": mpp_source,
                 "mpp_level0_um": mpp_um,
+                "mpp_recorded_um": backend.mpp_um,
                 "resolution": plan.as_dict(),
                 "grid_shape": list(grid.shape),
                 "n_candidates": len(grid),
@@ -149,9 +161,11 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
     message = "no tissue found" if len(grid) == 0 else ""
     if plan.upsampled:
         message = f"upsampled from {plan.level_mpp_um:.3f} µm/px"
+    message = "; ".join(m for m in (mpp_note, message) if m)
     return SlideRecord(
         slide_id=spec.slide_id, source_path=str(spec.path), status=DONE, n_tiles=writer.written,
-        message=message, extra={"effective_mpp_um": plan.effective_mpp_um, "level": plan.level},
+        message=message, extra={"effective_mpp_um": plan.effective_mpp_um, "level": plan.level,
+                                "mpp_level0_um": mpp_um, "mpp_recorded_um": backend.mpp_um},
     )
 
 

@@ -7,6 +7,7 @@ normalised with in ``model.pretrained_cfg`` so the normalisation can never drift
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ MODEL_SPECS: dict[str, ViTSpec] = {
 
 
 def build_model(
-    name: str, weights: str | Path | None = None, *, device: str | torch.device = "cpu", dynamic_img_size: bool = False
+    name: str, weights: str | Path | None = None, *, device: str | torch.device = "cpu", dynamic_img_size: bool = False,
+    init_seed: int | None = None,
 ) -> nn.Module:
     """Build a model by name, with random weights unless a local ``weights`` file is given.
 
@@ -108,15 +110,28 @@ def build_model(
     models. Hub names (``hf-hub:...``) are refused: nothing is ever downloaded.
     ``dynamic_img_size`` lets the model take other input sizes than 224 px (the position embeddings
     are resampled), as multi-crop training needs for its local crops; the parameters are the same.
+    ``init_seed`` makes the random weights a function of ``(name, init_seed)`` alone, the same on
+    every device and in every process (drawn on the CPU, from a generator of their own, leaving the
+    caller's random state untouched); without it they come from torch's global generator.
     """
     device = torch.device(device)
     if weights is not None and device.type == "meta":
         raise ValueError(f"cannot load {weights} onto the meta device: meta tensors hold no values")
+    if init_seed is not None and weights is None and device.type != "meta":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeded_initialisation(name, init_seed))
+            return _create(name, dynamic_img_size).to(device)
     with device:  # parameters are created where they will live; no CPU detour for a GPU build
         model = _create(name, dynamic_img_size)
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def seeded_initialisation(name: str, init_seed: int) -> int:
+    """The torch seed of model ``name``'s random weights for ``init_seed``: differs by name as well as by seed."""
+    digest = hashlib.sha256(f"{name}:{init_seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _create(name: str, dynamic_img_size: bool) -> nn.Module:

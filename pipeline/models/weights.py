@@ -29,6 +29,7 @@ _BACKBONE_PREFIXES = ("teacher.backbone.", "backbone.")
 # DINOv2 trained with block_chunks > 0 names block i of chunk c "blocks.c.i."; timm counts blocks flat.
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 _SHOWN_KEYS = 5
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 class WeightsError(ValueError):
@@ -70,7 +71,15 @@ def read_state_dict(path: str | Path) -> StateDict:
             checkpoint = load_file(path, device="cpu")
         else:  # weights_only: a checkpoint is data, never code to run
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except pickle.UnpicklingError as error:
+        # torch names the first global it would have had to import (e.g. builtins.exec): loading the file
+        # the old way would run that code as the user, so the file is refused, never "trusted".
+        culprit = _UNSAFE_GLOBAL.search(str(error))
+        problem = ("refused: the checkpoint holds Python objects besides tensors"
+                   + (f" ({culprit.group(1)})" if culprit else "")
+                   + ", which could run code when loaded; give a safetensors file or a plain tensor state dict")
+        raise WeightsError(path, problem) from error
+    except (SafetensorError, RuntimeError, EOFError) as error:
         problem = f"not a readable safetensors file or plain-tensor torch checkpoint ({error})"
         raise WeightsError(path, problem) from error
     return _strip_prefixes(_unwrap(checkpoint, path))
