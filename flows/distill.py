@@ -33,8 +33,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail before any server starts on what the user can fix: the config, a checkpoint that cannot be
+    resumed; and say loudly when the teacher has no weights."""
+    from pipeline.distill.config import DistillConfig, random_teacher_warning
+    from pipeline.distill.run_directory import RunDirectory
+
+    config = DistillConfig.from_yaml(args.config)
+    RunDirectory(args.out).check_checkpoints()
+    warning = random_teacher_warning(config)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    try:
+        _check_inputs(args)
+    except (OSError, ValueError) as error:
+        print(f"python -m flows.distill: {error}", file=sys.stderr)
+        return 2
 
     def run() -> None:
         from flows.distill_flow import distill

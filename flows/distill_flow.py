@@ -21,14 +21,14 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from tqdm import tqdm
 
 from pipeline.distill.config import DistillConfig
+from pipeline.distill.run_directory import parse_records
 
 _POLL_S = 2.0
 
 
 def _records(metrics: Path, seen: int) -> list[dict]:
-    if not metrics.exists():
-        return []
-    return [json.loads(line) for line in metrics.read_text().splitlines()[seen:]]
+    """Records past the first ``seen``; a line still being written is left for the next poll."""
+    return parse_records(metrics.read_text())[seen:] if metrics.exists() else []
 
 
 def _launch(config_path: Path, stores: list[str], out: Path, processes: int, device: str, sharding: str):
@@ -84,6 +84,9 @@ def distill(config: str, tiles: list[str], out: str, processes: int = 1, device:
             running = is_running()
             for record in _records(run / "metrics.jsonl", seen):
                 seen += 1
+                if record["stage"] == "agreement":
+                    logger.info("teacher-student agreement: %s", json.dumps(record))
+                    continue
                 last = record
                 done = record["step"] + (settings.heads.fit_iterations if record["stage"] == "distill"
                                          and settings.heads.teacher_heads == "fit" else 0)

@@ -233,7 +233,7 @@ def test_prototypes_hold_still_during_the_first_epoch(shipped_tile_store, teache
     config = _config(teacher_weights, heads={"teacher_heads": "checkpoint", "teacher_heads_path": "unused"},
                      train={"iterations_per_epoch": 2, "iterations": 4}, optim={"freeze_prototypes_epochs": 1})
     teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True)
-    stage = Stage(DISTILL, config, teacher, torch.device("cpu"), make_heads(teacher.embed_dim, config.heads))
+    stage = Stage(DISTILL, config, teacher, torch.device("cpu"), make_heads(teacher.embed_dim, config.heads), identity={})
     stream = TileStream([str(shipped_tile_store)], seed=0, global_batch=8, rank=0, world=1,
                         transform=MultiCrop(config.crops))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.distill.augment import MultiCropConfig
 
@@ -25,6 +25,9 @@ class ModelsConfig(_Frozen):
     teacher: str = Field("h-optimus-0", description="model name (pipeline.models.build_model)")
     teacher_weights: str | None = Field(None, description="local weights file of the teacher backbone")
     student: str = Field("h0-mini", description="model name of the student (randomly initialised)")
+    random_teacher_layerscale: float | None = Field(
+        None, gt=0, description="LayerScale factors of a teacher built without weights: a fresh ViT's 1e-5 makes "
+        "its blocks near no-ops and every tile's class token alike, leaving nothing to distil (tiny configs: 1)")
 
 
 class HeadsConfig(_Frozen):
@@ -61,7 +64,11 @@ class OptimConfig(_Frozen):
     warmup_epochs: int = Field(16, ge=0)
     weight_decay: float = Field(0.04, ge=0)
     weight_decay_end: float = Field(0.4, ge=0)
-    clip_grad: float = Field(3.0, gt=0)
+    clip_grad: float = Field(3.0, gt=0, description="gradient norm bound of each trained module on its own "
+                             "(backbone, DINO head, iBOT head), as DINOv2 clips them")
+    layerwise_decay: float = Field(0.9, gt=0, le=1, description="block i of L learns at decay ** (L - i) times the LR; "
+                                   "embeddings at decay ** (L + 1) (DINOv2's layerwise_decay)")
+    patch_embed_lr_mult: float = Field(0.2, gt=0, description="further LR multiplier of the patch embedding (DINOv2)")
     ema_momentum: float = Field(0.994, ge=0, le=1, description="EMA of the student, rising to 1 by the end")
     freeze_prototypes_epochs: int = Field(
         1, ge=0, description="epochs during which the heads' prototype layers do not learn (DINOv2)"
@@ -81,6 +88,9 @@ class TrainConfig(_Frozen):
     piece_tiles: int = Field(64, gt=0, description="consecutive tiles of one shard read together (one read)")
     window_tiles: int = Field(8192, gt=0, description="tiles shuffled together, from window_tiles / piece_tiles "
                               "pieces of as many slides; bounds each loader worker's memory (~27 kB a tile)")
+    agreement_tiles: int = Field(256, ge=0, description="whole tiles on which the end of a run measures teacher-"
+                                 "student agreement (k-NN overlap, linear CKA) before and after; 0: not measured")
+    agreement_neighbours: int = Field(10, gt=0, description="k of the k-NN overlap")
 
 
 class DistillConfig(_Frozen):
@@ -99,5 +109,38 @@ class DistillConfig(_Frozen):
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> DistillConfig:
-        """Load a config file; sections and keys left out keep their defaults."""
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        """Load a config file; sections and keys left out keep their defaults.
+
+        Raises
+        ------
+        ConfigError
+            When the file is not YAML or its values are not a valid config, in one line naming the file.
+        """
+        try:
+            return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ConfigError(f"{path}: not a valid distillation config: {problems}") from None
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate."""
+
+
+def random_teacher_warning(config: DistillConfig) -> str | None:
+    """A loud message when a real (non-``tiny-``) teacher has no weights, ``None`` otherwise.
+
+    Distilling a randomly initialised H-optimus-0 runs for days and teaches the student nothing; only the
+    tiny test teachers are meant to run random (then seeded by name and seed, so runs reproduce).
+    """
+    models = config.models
+    if models.teacher_weights is not None or models.teacher.startswith("tiny-"):
+        return None
+    return (f"DISTILLING FROM A RANDOM TEACHER: models.teacher_weights is not set, so {models.teacher!r} is a "
+            "randomly initialised network and the student will learn nothing useful; set models.teacher_weights "
+            "to the teacher's local weights file")

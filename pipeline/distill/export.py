@@ -19,8 +19,11 @@ from storage.atomic import write_bytes_atomic
 
 
 def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores: list[str], steps: int,
-                   path: Path) -> Path:
-    """Write the backbone ``state`` to ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``."""
+                   path: Path, agreement: dict[str, float | int] | None = None) -> Path:
+    """Write the backbone ``state`` to ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``.
+
+    ``agreement`` (from :func:`pipeline.distill.train.measure_agreement`) goes into the card as a table.
+    """
     tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
     temporary = path.with_suffix(".tmp")
     save_file(tensors, temporary, metadata={"model": config.models.student, "steps": str(steps)})
@@ -38,7 +41,7 @@ def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores
 - Training: {steps:,} iterations of DINO + iBOT distillation, global batch {config.train.batch_size_total},
   exported weights are the EMA of the student.
 - Data: {", ".join(f"`{s}`" for s in stores)}
-
+{_agreement_section(agreement, config.train.agreement_neighbours)}
 ## Config
 
 ```yaml
@@ -46,3 +49,14 @@ def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores
 """
     write_bytes_atomic(path.parent / "MODEL_CARD.md", card.encode())
     return path
+
+
+def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
+    """Markdown table of the teacher-student agreement before and after training, or nothing."""
+    if not agreement:
+        return ""
+    rows = "".join(f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
+                   for key, label in ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA")))
+    return (f"\n## Agreement with the teacher\n\nClass-token embeddings of {agreement['tiles']} whole tiles of the "
+            "training stores (training saw random crops of them only); the student the run started from, "
+            f"then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}")

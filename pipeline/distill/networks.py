@@ -8,14 +8,41 @@ frozen and its heads are fixed (loaded, or fitted by the first stage).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.distill.config import HeadsConfig
 from pipeline.distill.heads import DINOHead
-from pipeline.models import normalise
+from pipeline.models import build_model, normalise
+
+
+def init_seed(what: str, seed: int) -> int:
+    """The seed that initialises ``what`` (a model name, or ``"heads"``) in a run of ``seed``: the same in
+    every process and Python run, and different for teacher and student even when they share a seed."""
+    digest = hashlib.blake2b(f"{what}\0{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def seeded_model(name: str, seed: int, weights: str | Path | None = None, *, device: str | torch.device = "cpu",
+                 layerscale: float | None = None) -> nn.Module:
+    """``build_model(name, weights)`` with its random initialisation drawn from ``init_seed(name, seed)``,
+    leaving the global random state as it was: a random teacher is the same network at every (re)start.
+
+    ``layerscale`` replaces the LayerScale factors (``*.gamma``) of a model built without weights.
+    """
+    with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(init_seed(name, seed))
+        model = build_model(name, weights, device=device, dynamic_img_size=True)
+    if layerscale is not None and weights is None:
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if parameter_name.endswith(".gamma"):
+                    parameter.fill_(layerscale)
+    return model
 
 
 def tokens(backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +92,13 @@ class StudentSide(nn.Module):
 
 
 class TeacherSide(nn.Module):
-    """Frozen backbone with fixed heads (or none): evaluated without gradients."""
+    """Frozen backbone with fixed heads (or none): evaluated without gradients.
+
+    The backbone runs under the step's autocast; the heads run in float32 whatever the autocast, on
+    float32 tokens: their logits become the targets (divided by a temperature of 0.04–0.07, then a
+    softmax over up to 131,072 prototypes), where bfloat16's 8-bit mantissa moved the targets by a KL
+    of 1–4e-4 against float32.
+    """
 
     def __init__(self, backbone: nn.Module, heads: nn.ModuleDict | None) -> None:
         super().__init__()
@@ -77,4 +110,6 @@ class TeacherSide(nn.Module):
         cls, patches = tokens(self.backbone, global_crops)
         if self.heads is None:
             return Outputs(cls, patches)
-        return Outputs(cls, patches, self.heads["dino_head"](cls), self.heads["ibot_head"](patches))
+        with torch.autocast(cls.device.type, enabled=False):
+            dino, ibot = self.heads["dino_head"](cls.float()), self.heads["ibot_head"](patches.float())
+        return Outputs(cls, patches, dino, ibot)

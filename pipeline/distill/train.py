@@ -22,26 +22,29 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
+import pickle
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from pipeline.cpu_memory import keep_freed_memory_for_reuse
+from pipeline.distill.agreement import agreement, embeddings, evaluation_tiles
 from pipeline.distill.augment import MultiCrop
-from pipeline.distill.config import DistillConfig
+from pipeline.distill.config import DistillConfig, random_teacher_warning
 from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.export import export_student
 from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
-from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, make_heads
+from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, init_seed, make_heads, seeded_model
+from pipeline.distill.optim import clip_per_module, param_groups, set_learning_rates
+from pipeline.distill.run_directory import CheckpointError, RunDirectory, read_checkpoint
 from pipeline.distill.schedules import Schedules
 from pipeline.distill.sharding import (
     SHARDINGS,
@@ -55,27 +58,13 @@ from pipeline.distill.sharding import (
     whole_optimizer_state,
     whole_state,
 )
-from pipeline.models import build_model
-from storage.atomic import write_bytes_atomic
+from pipeline.models import weights_sha256
 
 HEADS, DISTILL = "heads", "distill"
 
 
 def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _param_groups(module: nn.Module) -> list[dict]:
-    """AdamW groups: biases, norms, tokens and position embeddings get no weight decay (DINOv2), and the
-    heads' prototype layers are apart so that their learning rate can be held at 0 at first."""
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        exempt = parameter.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
-        groups.setdefault((0.0 if exempt else 1.0, "last_layer" in name), []).append(parameter)
-    return [{"params": params, "wd_multiplier": wd, "prototypes": prototypes}
-            for (wd, prototypes), params in sorted(groups.items())]
 
 
 class Objective(nn.Module):
@@ -115,17 +104,22 @@ class Stage:
     """One training stage: its networks, optimiser, EMA, objective and schedules, and how to save them."""
 
     def __init__(self, name: str, config: DistillConfig, teacher_backbone: nn.Module, device: torch.device,
-                 teacher_heads: nn.ModuleDict | None, mesh: DeviceMesh | None = None) -> None:
+                 teacher_heads: nn.ModuleDict | None, mesh: DeviceMesh | None = None,
+                 identity: dict | None = None) -> None:
         self.name, self.config, self.device = name, config, device
-        torch.manual_seed(config.train.seed)  # the same initial student and heads in every process
+        # What a checkpoint must match to be resumed here: the networks' names, seeds and weights.
+        self.identity = run_identity(config) if identity is None else identity
         teacher_dim = teacher_backbone.embed_dim
         with_heads = config.heads.teacher_heads != "none"
         if name == HEADS:
             backbone, train_backbone = teacher_backbone, False
+        else:  # the same initial student in every process and at every start of the run
+            backbone = seeded_model(config.models.student, config.train.seed, device=device)
+            train_backbone = True
+        torch.manual_seed(init_seed(f"{name}-heads", config.train.seed))
+        if name == HEADS:
             heads = make_heads(teacher_dim, config.heads)
         else:
-            backbone = build_model(config.models.student, device=str(device), dynamic_img_size=True)
-            train_backbone = True
             if with_heads:
                 heads = make_heads(backbone.embed_dim, config.heads)
             else:
@@ -146,10 +140,8 @@ class Stage:
                            if parameter.requires_grad]
         self.objective = Objective(config, backbone.embed_dim, teacher_dim, with_heads).to(device)
         self.iterations = config.heads.fit_iterations if name == HEADS else config.train.iterations
-        # DINOv2 holds the prototypes still during the first epoch(s), while the rest settles.
-        self.freeze_prototypes_iterations = config.optim.freeze_prototypes_epochs * config.train.iterations_per_epoch
         self.schedules = Schedules.from_config(config, self.iterations)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=0.0, betas=config.optim.betas)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, config.optim), lr=0.0, betas=config.optim.betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
         self.model = distributed_wrapper(self.student, mesh)
         self.step = 0
@@ -160,12 +152,17 @@ class Stage:
 
     def state_dict(self) -> dict:
         """Whole tensors under parameter names, on rank 0 only when sharded: every process must call it."""
-        return {"stage": self.name, "step": self.step, "student": whole_state(self._learned(self.student)),
+        return {"stage": self.name, "step": self.step, "identity": self.identity,
+                "student": whole_state(self._learned(self.student)),
                 "ema": whole_state(self._learned(self.ema)),
                 "optimizer": whole_optimizer_state(self.student, self.optimizer),
                 "scaler": self.scaler.state_dict(), "objective": self.objective.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state``; raises ``ValueError`` if it was made with other networks (teacher, seeds)."""
+        if state.get("identity") != self.identity:
+            raise ValueError(f"made with {state.get('identity')}, not {self.identity}: the teacher or the "
+                             "initialisation differs; use another --out or restore the original teacher")
         self.step = state["step"]
         load_whole_state(self._learned(self.student), state["student"])
         load_whole_state(self._learned(self.ema), state["ema"])
@@ -181,10 +178,8 @@ class Stage:
     def train_step(self, batch: dict) -> dict[str, float]:
         """One optimisation step on this process's slice of the global batch."""
         step, schedules = self.step, self.schedules
-        frozen_prototypes = step < self.freeze_prototypes_iterations
-        for group in self.optimizer.param_groups:
-            group["lr"] = 0.0 if group["prototypes"] and frozen_prototypes else float(schedules.lr[step])
-            group["weight_decay"] = float(schedules.weight_decay[step]) * group["wd_multiplier"]
+        set_learning_rates(self.optimizer, float(schedules.lr[step]), float(schedules.prototype_lr[step]),
+                           float(schedules.weight_decay[step]))
         global_crops = batch["global_crops"].flatten(0, 1).to(self.device, non_blocking=True)
         local_crops = batch["local_crops"].flatten(0, 1).to(self.device, non_blocking=True)
         with self._autocast():
@@ -195,64 +190,19 @@ class Stage:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.student.parameters(), self.config.optim.clip_grad)
+        norms = clip_per_module(self.student, self.config.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._update_ema(float(schedules.momentum[step]))
         self.step += 1
-        return {name: value.detach() for name, value in losses.items()}
+        return {**{name: value.detach() for name, value in losses.items()},
+                **{f"grad_norm_{name}": norm.detach() for name, norm in norms.items()}}
 
     @torch.no_grad()
     def _update_ema(self, momentum: float) -> None:
         ema = [e for e, _ in self._ema_pairs]
         torch._foreach_mul_(ema, momentum)
         torch._foreach_add_(ema, [p.detach() for _, p in self._ema_pairs], alpha=1.0 - momentum)
-
-
-class RunDirectory:
-    """Files of a run: config, metrics, checkpoints; only rank 0 writes."""
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-        self.checkpoints = self.root / "checkpoints"
-        self.metrics = self.root / "metrics.jsonl"
-        self.teacher_heads = self.root / "teacher_heads.pt"
-        self.student = self.root / "student.safetensors"
-
-    def start(self, config: DistillConfig) -> None:
-        """Record the config, or check that a resumed run uses the same one."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        path = self.root / "config.yaml"
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
-        if path.exists() and path.read_text() != text:
-            raise ValueError(f"{self.root} holds a run with another config; use another --out")
-        write_bytes_atomic(path, text.encode())
-
-    def latest_checkpoint(self, stage: str) -> Path | None:
-        found = sorted(self.checkpoints.glob(f"{stage}-*.pt"))
-        return found[-1] if found else None
-
-    def save_checkpoint(self, stage: Stage) -> Path:
-        """One consolidated file per checkpoint, written atomically by rank 0; every process must call it."""
-        path = self.checkpoints / f"{stage.name}-{stage.step:07d}.pt"
-        state = stage.state_dict()
-        if _rank_world()[0] == 0:
-            temporary = path.with_suffix(".tmp")
-            torch.save(state, temporary)
-            os.replace(temporary, path)
-        return path
-
-    def log(self, record: dict) -> None:
-        with self.metrics.open("a") as file:
-            file.write(json.dumps(record) + "\n")
-
-    def truncate_metrics(self, stage: str, step: int) -> None:
-        """Forget records past ``step`` of ``stage`` (written after the checkpoint a resumed run restarts from)."""
-        if not self.metrics.exists():
-            return
-        kept = [line for line in self.metrics.read_text().splitlines()
-                if not (json.loads(line)["stage"] == stage and json.loads(line)["step"] > step)]
-        write_bytes_atomic(self.metrics, "".join(f"{line}\n" for line in kept).encode())
 
 
 def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Iterator[dict]:
@@ -277,7 +227,10 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
     rank, _ = _rank_world()
     checkpoint = run.latest_checkpoint(stage.name)
     if checkpoint is not None:
-        stage.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
+        try:
+            stage.load_state_dict(read_checkpoint(checkpoint))
+        except ValueError as error:
+            raise CheckpointError(checkpoint, str(error).removeprefix(f"{checkpoint}: ")) from None
     if rank == 0:
         run.truncate_metrics(stage.name, stage.step)
     if stage.step >= stage.iterations:
@@ -298,23 +251,41 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
                          "images_per_s": round(rate, 2),
                          "eta_s": round((stage.iterations - stage.step) * config.batch_size_total / max(rate, 1e-9), 1)})
         if stage.step % config.checkpoint_every == 0 or stage.step == stage.iterations:
-            run.save_checkpoint(stage)
+            state = stage.state_dict()  # a collective when sharded
+            if rank == 0:
+                run.save_checkpoint(stage.name, stage.step, state)
         if stage.step >= stage.iterations:
             break
 
 
+def run_identity(config: DistillConfig) -> dict:
+    """What makes a run's networks: teacher and student names, their initial seeds, the teacher's weights
+    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused."""
+    models, heads = config.models, config.heads
+    return {"teacher": models.teacher, "student": models.student,
+            "teacher_init_seed": init_seed(models.teacher, config.train.seed),
+            "student_init_seed": init_seed(models.student, config.train.seed),
+            "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
+            "teacher_heads_sha256": (weights_sha256(heads.teacher_heads_path)
+                                     if heads.teacher_heads == "checkpoint" else None)}
+
+
 def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module, device: torch.device,
-                   stores: list[str], mesh: DeviceMesh | None) -> nn.ModuleDict | None:
+                   stores: list[str], mesh: DeviceMesh | None, identity: dict) -> nn.ModuleDict | None:
     """The fixed teacher heads of the distillation stage, by the configured mode (whole, not yet sharded)."""
     mode = config.heads.teacher_heads
     if mode == "none":
         return None
     heads = make_heads(teacher.embed_dim, config.heads).to(device)
     if mode == "checkpoint":
-        state = torch.load(config.heads.teacher_heads_path, map_location=device, weights_only=True)
+        path = Path(config.heads.teacher_heads_path)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+            raise CheckpointError(path, f"refused: not a plain-tensor heads checkpoint ({error})") from None
         heads.load_state_dict(state)
         return heads
-    stage = Stage(HEADS, config, teacher, device, None, mesh)
+    stage = Stage(HEADS, config, teacher, device, None, mesh, identity)
     run_stage(stage, run, stores)
     heads.load_state_dict(whole_state(stage.ema.heads, on_every_rank=True))
     if _rank_world()[0] == 0:
@@ -322,32 +293,58 @@ def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module,
     return heads
 
 
+def measure_agreement(config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module,
+                      device: torch.device) -> dict[str, float | int]:
+    """Teacher-student agreement on the first ``train.agreement_tiles`` whole tiles, for the student the run
+    started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded)."""
+    tiles = evaluation_tiles(stores, config.train.agreement_tiles)
+    k = config.train.agreement_neighbours
+    if len(tiles) <= k:
+        return {}
+    target = embeddings(teacher, tiles)
+    initial = seeded_model(config.models.student, config.train.seed, device=device)
+    before = agreement(target, embeddings(initial, tiles), k)
+    after = agreement(target, embeddings(student, tiles), k)
+    return {"tiles": len(tiles), **{f"{name}_before": value for name, value in before.items()},
+            **{f"{name}_after": value for name, value in after.items()}}
+
+
 def train(config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu",
           sharding: Sharding = "ddp") -> Path:
     """Run (or resume) a distillation to its end and export the EMA student; returns the exported file.
 
-    ``sharding`` matters only with several processes (see :mod:`pipeline.distill.sharding`).
+    ``sharding`` matters only with several processes (see :mod:`pipeline.distill.sharding`). A teacher
+    without weights is a random network drawn from the run's seed: fine for the tiny test models,
+    warned about (``RuntimeWarning``) for any other.
     """
     run = RunDirectory(out)
     rank, _ = _rank_world()
     if rank == 0:
         run.start(config)
+        warning = random_teacher_warning(config)
+        if warning:
+            warnings.warn(warning, RuntimeWarning, stacklevel=2)
     if dist.is_initialized():
         dist.barrier()
     target = torch.device(device)
     if target.type == "cpu":
         keep_freed_memory_for_reuse()  # the losses' large tensors would page-fault anew every step
     mesh = shard_mesh(sharding, target)
-    teacher = build_model(config.models.teacher, config.models.teacher_weights, device=str(target),
-                          dynamic_img_size=True)
+    identity = run_identity(config)
+    models = config.models
+    teacher = seeded_model(models.teacher, config.train.seed, models.teacher_weights, device=target,
+                           layerscale=models.random_teacher_layerscale)
     if mesh is not None:
         shard(teacher, mesh)
-    heads = _teacher_heads(config, run, teacher, target, stores, mesh)
-    stage = Stage(DISTILL, config, teacher, target, heads, mesh)
+    heads = _teacher_heads(config, run, teacher, target, stores, mesh, identity)
+    stage = Stage(DISTILL, config, teacher, target, heads, mesh, identity)
     run_stage(stage, run, stores)
+    agreed = measure_agreement(config, stores, teacher, stage.ema.backbone, target) if config.train.agreement_tiles else {}
     student = whole_state(stage.ema.backbone)
     if rank == 0:
-        export_student(student, config, stores, stage.step, run.student)
+        if agreed:
+            run.log({"stage": "agreement", "step": stage.step, **agreed})
+        export_student(student, config, stores, stage.step, run.student, agreed)
     if dist.is_initialized():
         dist.barrier()
     return run.student
