@@ -30,12 +30,14 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with prefect_api(while_starting=lambda: importlib.import_module(flow_module)):
+            import yaml
+
             from flows.runners import quiet_dask_logging
             from storage.tile_store import StoreError
             from tiling.errors import SlideError
 
             quiet_dask_logging()
-            user_errors = (StoreError, SlideError, FileNotFoundError, ValueError)
+            user_errors = (StoreError, SlideError, FileNotFoundError, ValueError, yaml.YAMLError)
             _hide_tracebacks_of(user_errors)
             try:
                 run()
