@@ -27,15 +27,17 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
     name = prog.split()[-1]
     # SIGTERM (a scheduler's cancel, a plain `kill`) would end the process on the spot; as SystemExit it
     # unwinds like Ctrl-C: the run lock is released and the temporary server stopped on the way out.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with prefect_api(while_starting=lambda: importlib.import_module(flow_module)):
+            import yaml
+
             from flows.runners import quiet_dask_logging
             from storage.tile_store import StoreError
             from tiling.errors import SlideError
 
             quiet_dask_logging()
-            user_errors = (StoreError, SlideError, FileNotFoundError, ValueError)
+            user_errors = (StoreError, SlideError, FileNotFoundError, ValueError, yaml.YAMLError)
             _hide_tracebacks_of(user_errors)
             try:
                 run()
@@ -45,7 +47,22 @@ def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> 
     except PrefectServerError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _WithoutTraceback(logging.Filter):
+    """Drops the stack from log records of the given exception types; the message stays."""
+
+    def __init__(self, user_errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.user_errors = user_errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.user_errors):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def _hide_tracebacks_of(user_errors: tuple[type[BaseException], ...]) -> None:
@@ -54,14 +71,10 @@ def _hide_tracebacks_of(user_errors: tuple[type[BaseException], ...]) -> None:
     The engine logs every exception with its stack; for a bad input the stack says nothing the
     message does not, and buries the message the command prints last.
     """
-
-    def strip(record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], user_errors):
-            record.exc_info, record.exc_text = None, None
-        return True
-
     for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(strip)
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WithoutTraceback) for f in logger.filters):
+            logger.addFilter(_WithoutTraceback(user_errors))
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

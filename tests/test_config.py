@@ -25,3 +25,10 @@ def test_overrides_replace_only_given_values():
 def test_invalid_or_unknown_fields_are_refused(field):
     with pytest.raises(pydantic.ValidationError):
         TilingConfig(**field)
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "tiling.yaml"
+    path.write_text("tile_size_px: 256\n  qc: [unclosed\n")
+    with pytest.raises(ValueError, match="tiling.yaml: not valid YAML"):
+        TilingConfig.from_yaml(path)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_the_server_and_its_database_go_with_the_command(tmp_path: Path, how: st
     command, api_url, helpers, home = _start_command(tmp_path)
     try:
         assert _answers(api_url) and (home / "prefect.db").is_file()
-        assert home.parent == Path(os.environ.get("TMPDIR", "/tmp")) and "distillpath-prefect-" in home.name
+        assert home.parent == Path(tempfile.gettempdir()) and home.name.startswith("distillpath-prefect-")
         assert not (tmp_path / "user-prefect-home" / "prefect.db").exists()  # the user's database is untouched
         os.kill(command.pid, getattr(signal, how))
         command.wait(timeout=60)

@@ -62,8 +62,17 @@ class TilingConfig(_Frozen):
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> TilingConfig:
-        """Load a config file; keys left out keep their defaults."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Load a config file; keys left out keep their defaults.
+
+        Raises
+        ------
+        ValueError
+            Naming the file, when it is not YAML or its values are not valid tiling parameters.
+        """
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from error
         return cls.model_validate(data)
 
     def with_overrides(self, **overrides: object) -> TilingConfig:
