@@ -19,9 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from pipeline.distill.agreement import evaluation_tiles
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.data import TileStream
+from pipeline.distill.networks import seeded_model
 from pipeline.distill.train import train
 from pipeline.models import build_model, embed
 from tests.flow_helpers import REPO, run_cli
@@ -84,6 +86,16 @@ def _linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
+def _knn_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
+    """Plain loops: per tile, the common share of the k most cosine-similar other tiles."""
+    def neighbours(e: torch.Tensor) -> list[set[int]]:
+        e = e / e.norm(dim=1, keepdim=True)
+        similarity = (e @ e.T).tolist()
+        return [set(sorted((j for j in range(len(e)) if j != i), key=lambda j: -similarity[i][j])[:k])
+                for i in range(len(e))]
+    return float(np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))]))
+
+
 def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(fitted_run, shipped_tile_store,
                                                                             teacher_weights):
     records = _metrics(fitted_run)
@@ -92,22 +104,41 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(fitt
     assert np.mean(losses[-10:]) < np.mean(losses[:5])
     assert len(_metrics(fitted_run, "heads")) == 10
     config = _config(teacher_weights)
-    stream = TileStream([str(shipped_tile_store)], seed=123, global_batch=64, rank=0, world=1,
-                        transform=MultiCrop(config.crops))
-    crops = torch.cat([stream.batch(step)["global_crops"].flatten(0, 1) for step in range(2)])
+    # The run's own end-of-run record, recomputed here on the same tiles with plain code.
+    [agreed] = _metrics(fitted_run, "agreement")
+    tiles = evaluation_tiles([str(shipped_tile_store)], 256, config.crops.global_crop_size)
+    assert agreed["tiles"] == len(tiles) == 53 and agreed["step"] == 50 and tiles.shape[1:] == (56, 56, 3)
     with torch.inference_mode():
         teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True).eval()
-        target = embed(teacher, crops, "cls").double()
-        torch.manual_seed(config.train.seed)  # the student the run started from
-        before = embed(build_model("tiny-student", dynamic_img_size=True).eval(), crops, "cls").double()
+        initial = seeded_model("tiny-student", config.train.seed).eval()  # the student the run started from
         student = build_model("tiny-student", fitted_run / "student.safetensors", dynamic_img_size=True).eval()
-        after = embed(student, crops, "cls").double()
-    # Measured: class-token CKA with the teacher 0.77 before, 0.89 after 50 steps.
-    assert _linear_cka(after, target) > _linear_cka(before, target) + 0.05
-    assert (fitted_run / "MODEL_CARD.md").read_text().startswith("# tiny-student distilled from tiny-teacher")
+        target, before, after = (embed(model, tiles, "cls").double() for model in (teacher, initial, student))
+    assert agreed["linear_cka_before"] == pytest.approx(_linear_cka(before, target), abs=1e-4)
+    assert agreed["linear_cka_after"] == pytest.approx(_linear_cka(after, target), abs=1e-4)
+    assert agreed["knn10_overlap_before"] == pytest.approx(_knn_overlap(before, target), abs=1e-4)
+    assert agreed["knn10_overlap_after"] == pytest.approx(_knn_overlap(after, target), abs=1e-4)
+    card = (fitted_run / "MODEL_CARD.md").read_text()
+    assert card.startswith("# tiny-student distilled from tiny-teacher")
+    assert f"| linear CKA | {agreed['linear_cka_before']:.4f} | {agreed['linear_cka_after']:.4f} |" in card
     assert sorted(p.name for p in (fitted_run / "checkpoints").iterdir()) == [
         "distill-0000010.pt", "distill-0000020.pt", "distill-0000030.pt", "distill-0000040.pt",
         "distill-0000050.pt", "heads-0000010.pt"]
+
+
+@pytest.mark.slow
+def test_the_tiny_cpu_recipe_learns(shipped_tile_store, tmp_path):
+    """The shipped demo config (random seeded teacher, 200 steps): the loss at the final teacher temperature
+    falls by 5 % from its first to its last logged fifth, its DINO part falls too, and the agreement with
+    the teacher rises (measured on these 53 tiles: loss -11 %, DINO -2.3 %)."""
+    config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
+    train(config, [str(shipped_tile_store)], tmp_path / "run")
+    records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]
+    fifth = len(records) // 5
+    first, last = ({key: np.mean([r[key] for r in part]) for key in ("loss", "dino_loss")}
+                   for part in (records[:fifth], records[-fifth:]))
+    assert last["loss"] < 0.95 * first["loss"] and last["dino_loss"] < first["dino_loss"], (first, last)
+    [agreed] = _metrics(tmp_path / "run", "agreement")
+    assert agreed["linear_cka_after"] > agreed["linear_cka_before"] + 0.03, agreed
 
 
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights,
@@ -193,7 +224,7 @@ def test_a_sharded_run_leaves_whole_checkpoints_that_one_process_resumes(two_pro
     shutil.copytree(root / "fsdp", resumed)
     (resumed / "checkpoints" / "distill-0000006.pt").unlink()
     (resumed / "student.safetensors").unlink()
-    checkpoint = torch.load(resumed / "checkpoints" / "distill-0000003.pt", weights_only=False)
+    checkpoint = torch.load(resumed / "checkpoints" / "distill-0000003.pt", weights_only=True)
     student = build_model("tiny-student")
     assert checkpoint["student"]["backbone.pos_embed"].shape == student.pos_embed.shape  # whole, not a shard
     assert all(isinstance(key, str) for key in checkpoint["optimizer"]["state"])  # keyed by parameter name
@@ -222,8 +253,10 @@ def test_the_shipped_configs_hold_table_4_and_a_cpu_demo():
     assert (paper.train.batch_size_total, paper.train.iterations) == (2048, 105_000)
     assert (paper.optim.warmup_epochs, paper.loss.teacher_temp_warmup_epochs, paper.optim.weight_decay_end) == (16, 30, 0.4)
     assert (paper.loss.student_temp, paper.loss.center_momentum) == (0.1, 0.9)
+    assert (paper.optim.clip_grad, paper.optim.layerwise_decay, paper.optim.patch_embed_lr_mult) == (3.0, 0.9, 0.2)
     tiny = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
     assert (tiny.models.teacher, tiny.models.student, tiny.train.precision) == ("tiny-teacher", "tiny-student", "fp32")
+    assert tiny.models.random_teacher_layerscale == 1.0 and tiny.models.teacher_weights is None
 
 
 def test_prototypes_hold_still_during_the_first_epoch(shipped_tile_store, teacher_weights):

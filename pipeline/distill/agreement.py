@@ -8,7 +8,8 @@
   isotropic scaling of either space, so it compares a 48-wide student with a 96-wide teacher.
 
 Both are measured at the end of a run on whole, unaugmented tiles (the training sees random crops
-of them only), for the student the run started from and for the exported EMA student.
+of them only) resized to the global-crop size, for the student the run started from and for the
+exported EMA student.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def evaluation_tiles(stores: list[str], count: int) -> torch.Tensor:
-    """The first ``count`` tiles of ``stores`` in their fixed unit order, uint8 ``[n, H, W, 3]``."""
+def evaluation_tiles(stores: list[str], count: int, size_px: int | None = None) -> torch.Tensor:
+    """The first ``count`` tiles of ``stores`` in their fixed unit order, uint8 ``[n, S, S, 3]``, resized
+    (antialiased bilinear) to ``size_px`` when given: the student is trained at the global-crop size only."""
     tiles: list[torch.Tensor] = []
     remaining = count
     for store in stores:
@@ -55,7 +57,14 @@ def evaluation_tiles(stores: list[str], count: int) -> torch.Tensor:
             block = torch.from_numpy(source.read(unit)[:remaining])
             tiles.append(block)
             remaining -= len(block)
-    return torch.cat(tiles) if tiles else torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+    if not tiles:
+        return torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+    whole = torch.cat(tiles)
+    if size_px is None or size_px == whole.shape[1]:
+        return whole
+    resized = nn.functional.interpolate(whole.permute(0, 3, 1, 2).float(), size=(size_px, size_px), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 @torch.no_grad()

@@ -58,5 +58,5 @@ def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
     rows = "".join(f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
                    for key, label in ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA")))
     return (f"\n## Agreement with the teacher\n\nClass-token embeddings of {agreement['tiles']} whole tiles of the "
-            "training stores (training saw random crops of them only); the student the run started from, "
-            f"then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}")
+            "training stores, resized to the global-crop size (training saw random crops of them only); the "
+            f"student the run started from, then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}")

@@ -297,7 +297,7 @@ def measure_agreement(config: DistillConfig, stores: list[str], teacher: nn.Modu
                       device: torch.device) -> dict[str, float | int]:
     """Teacher-student agreement on the first ``train.agreement_tiles`` whole tiles, for the student the run
     started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded)."""
-    tiles = evaluation_tiles(stores, config.train.agreement_tiles)
+    tiles = evaluation_tiles(stores, config.train.agreement_tiles, config.crops.global_crop_size)
     k = config.train.agreement_neighbours
     if len(tiles) <= k:
         return {}
