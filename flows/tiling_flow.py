@@ -4,7 +4,7 @@ Where the slides are tiled is the caller's choice of task runner (see
 :mod:`flows.runners`): a ``DaskTaskRunner``'s cluster, or this process. Slides
 are handed to the cluster as plain Dask futures, a bounded window at a time,
 and each result is released as it arrives (``docs/adr/0004-submission-at-scale.md``);
-a Prefect task run per slide cost 12× the driver time. The command line is
+a Prefect task run per slide cost 11× the driver time. The command line is
 :mod:`flows.tile_tcga`. A bad slide is a ``failed`` row in the manifest and the
 summary, never a failed run; a lost worker costs the slides it was tiling, and
 a slide tiled twice by Dask is found complete the second time.
