@@ -156,27 +156,27 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [10, 40] if args.quick else args.sizes
     slide = build_small_slide(args.workdir / "scale" / "small.tif")
-    rows, loads = [], [_load()]
+    print(f"{CROP_PX:,}² px slides, `--workers {WORKERS}`, a running Prefect server, {os.cpu_count()} cores; "
+          f"rows print as each run ends, RSS compared with the first.\n", flush=True)
+    print("| slides | wall s | wall s / slide | flow s / slide | driver peak RSS MiB | vs first "
+          "| largest worker peak RSS MiB | vs first | first progress s | load before → after |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
     server = TemporaryPrefectServer()
     try:
         api_url = server.wait_until_ready()
+        base = None
         for count in sizes:
             folder = link_copies(slide, args.workdir / "scale" / f"x{count}", count)
-            rows.append(run(folder, args.workdir / "scale" / f"store-x{count}.zarr", api_url))
-            loads.append(_load())
+            load_before = _load()
+            row = run(folder, args.workdir / "scale" / f"store-x{count}.zarr", api_url)
+            base = base or row
+            print(f"| {row.slides:,} | {row.wall_s:.1f} | {row.wall_s / row.slides:.3f} "
+                  f"| {row.flow_s / row.slides:.3f} | {row.peaks.driver / MIB:,.0f} "
+                  f"| {row.peaks.driver / base.peaks.driver - 1:+.0%} | {row.peaks.worker / MIB:,.0f} "
+                  f"| {row.peaks.worker / base.peaks.worker - 1:+.0%} | {row.first_progress_s:.1f} "
+                  f"| {load_before} → {_load()} |", flush=True)
     finally:
         server.stop()
-    base = rows[0]
-    print(f"\n{CROP_PX:,}² px slides, `--workers {WORKERS}`, a running Prefect server, {os.cpu_count()} cores. "
-          f"Load average (1, 5, 15 min) before and after each run: {' → '.join(loads)}.\n")
-    print(f"| slides | wall s | wall s / slide | flow s / slide | driver peak RSS MiB | vs {base.slides} "
-          f"| largest worker peak RSS MiB | vs {base.slides} | first progress s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row.slides:,} | {row.wall_s:.1f} | {row.wall_s / row.slides:.3f} | {row.flow_s / row.slides:.3f} "
-              f"| {row.peaks.driver / MIB:,.0f} | {row.peaks.driver / base.peaks.driver - 1:+.0%} "
-              f"| {row.peaks.worker / MIB:,.0f} | {row.peaks.worker / base.peaks.worker - 1:+.0%} "
-              f"| {row.first_progress_s:.1f} |")
 
 
 if __name__ == "__main__":

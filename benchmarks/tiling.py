@@ -18,9 +18,9 @@ prints one markdown table of tiles/s and peak RSS for:
   finish to the last (finish: the mtime of the slide's ``zarr.json``, written
   just before it is published). Counting from the very first finish would add
   the slides the other workers had nearly done by then, and overstate the rate
-  by up to (workers - 1) / count. Its **fixed cost** (start-up and exit) is the
-  whole command's wall clock less the time its tiles take at the steady rate;
-  peak RSS is summed over its process tree (Prefect's temporary server and the
+  by up to (workers - 1) / count. Its **fixed cost** is start-up (launch to
+  the first slide's start: its finish less the ``seconds`` it records) plus
+  exit (the last finish to the process's exit); peak RSS is summed over its process tree (Prefect's temporary server and the
   Dask workers included);
 - a naive single-process loop over the same tiles: per-tile OpenSlide
   ``read_region`` → RGB → resize → JPEG encode (PIL), no tissue detection or QC;
@@ -197,22 +197,23 @@ def _tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def finish_times(store: Path) -> list[tuple[float, int]]:
-    """``(finish time, tiles)`` of every slide in ``store``, by finish time (mtime of its ``zarr.json``)."""
+def finish_times(store: Path) -> list[tuple[float, int, float]]:
+    """``(finish time, tiles, seconds)`` of every slide in ``store``, by finish (mtime of its ``zarr.json``)."""
     finished = []
     for folder in (store / "slides").iterdir():
         if (folder / "zarr.json").is_file():
-            group = zarr.open_group(folder, mode="r")
-            finished.append(((folder / "zarr.json").stat().st_mtime, int(group.attrs["n_tiles"])))
+            attributes = zarr.open_group(folder, mode="r").attrs
+            finished.append(((folder / "zarr.json").stat().st_mtime, int(attributes["n_tiles"]),
+                             float(attributes["seconds"])))
     return sorted(finished)
 
 
-def steady_rate(finished: list[tuple[float, int]], workers: int) -> float:
+def steady_rate(finished: list[tuple[float, int, float]], workers: int) -> float:
     """Tiles/s of the slides finished after the first ``workers``, from the ``workers``-th finish to the last."""
     if len(finished) <= workers:
         raise ValueError(f"a steady state needs more than {workers} slides, got {len(finished)}")
     span = finished[-1][0] - finished[workers - 1][0]
-    return sum(tiles for _, tiles in finished[workers:]) / span
+    return sum(tiles for _, tiles, _ in finished[workers:]) / span
 
 
 def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None) -> Measure:
@@ -227,7 +228,7 @@ def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None
                "--workers", str(workers), "--no-progress"]
     log = store.with_suffix(".log")
     peak = 0
-    started = time.perf_counter()
+    launched_at, started = time.time(), time.perf_counter()
     with log.open("w") as output:
         env = {**os.environ, **({"PREFECT_API_URL": api_url} if api_url else {})}
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env)
@@ -235,16 +236,18 @@ def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None
         while process.poll() is None:
             peak = max(peak, _tree_rss(root))
             time.sleep(RSS_POLL_S)
-    seconds = time.perf_counter() - started
+    seconds, exited_at = time.perf_counter() - started, time.time()
     summary = FLOW_SUMMARY.search(log.read_text())
     if process.returncode != 0 or summary is None:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}; see {log}")
     finished = finish_times(store)
-    tiles = sum(count for _, count in finished)
+    tiles = sum(count for _, count, _ in finished)
     steady = steady_rate(finished, workers)
-    fixed = seconds - tiles / steady
-    note = (f"whole command {tiles / seconds:,.0f} tiles/s; fixed cost (start-up and exit) {fixed:.1f} s "
-            f"= {seconds:.1f} s less {tiles:,} tiles at the steady rate")
+    start_up = min(finish - slide_seconds for finish, _, slide_seconds in finished) - launched_at
+    exit_s = exited_at - finished[-1][0]
+    note = (f"whole command {tiles / seconds:,.0f} tiles/s; fixed cost {start_up + exit_s:.1f} s: start-up "
+            f"(launch to first slide started) {start_up:.1f} s, exit (last slide finished to exit) {exit_s:.1f} s")
+    fixed = start_up + exit_s
     server = "running Prefect server (not counted)" if api_url else "temporary Prefect server"
     label = f"flow steady state, {len(finished)} slides, `--workers {workers}`, {server}"
     return Measure(label, tiles, seconds, steady, peak, note, fixed_s=fixed)

@@ -9,19 +9,12 @@ driver, or each worker process starts its own temporary server.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import time
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tiling.errors import SlideError
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from flows.retries import is_transient
 
 
 def quiet_dask_logging() -> None:
@@ -65,37 +58,6 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     )
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` is an I/O hiccup (network file systems, object-store mounts) worth retrying.
-
-    A slide that cannot be read (``SlideError``) fails the same way every
-    time, and so does anything else that is not an ``OSError``.
-    """
-    return isinstance(error, OSError) and not isinstance(error, SlideError)
-
-
 def is_transient_io_error(task, task_run, state) -> bool:
     """Prefect retry condition: retry I/O hiccups, never bad input (see :func:`is_transient`)."""
     return is_transient(state.result(raise_on_failure=False))
-
-
-def retrying(function: Callable[P, R], retries: int, delay_s: float) -> Callable[P, R]:
-    """``function``, called again up to ``retries`` times after a transient I/O error, ``delay_s`` apart.
-
-    For work submitted as plain Dask futures, which have no Prefect retries.
-    Any other error, and the last transient one, propagates.
-    """
-
-    @functools.wraps(function)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        failures = 0
-        while True:
-            try:
-                return function(*args, **kwargs)
-            except OSError as error:
-                if failures == retries or not is_transient(error):
-                    raise
-            failures += 1
-            time.sleep(delay_s)
-
-    return call

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import queue
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -29,7 +30,8 @@ def dask_client_of_flow():
     """The Dask client of the running flow's task runner, or ``None`` when its tasks run in this process."""
     context = FlowRunContext.get()
     runner = context.task_runner if context else None
-    if runner is None or type(runner).__name__ != "DaskTaskRunner":
+    dask_runners = sys.modules.get("prefect_dask.task_runners")  # imported wherever a DaskTaskRunner exists
+    if dask_runners is None or not isinstance(runner, dask_runners.DaskTaskRunner):
         return None
     return runner.client
 

@@ -3,8 +3,8 @@
 Where the slides are tiled is the caller's choice of task runner (see
 :mod:`flows.runners`): a ``DaskTaskRunner``'s cluster, or this process. Slides
 are handed to the cluster as plain Dask futures, a bounded window at a time,
-and each result is released as it arrives (``docs/adr/0004-submission-at-scale.md``):
-a Prefect task run per slide cost 12× the driver time. The command line is
+and each result is released as it arrives (``docs/adr/0004-submission-at-scale.md``);
+a Prefect task run per slide cost 11× the driver time. The command line is
 :mod:`flows.tile_tcga`. A bad slide is a ``failed`` row in the manifest and the
 summary, never a failed run; a lost worker costs the slides it was tiling, and
 a slide tiled twice by Dask is found complete the second time.
@@ -20,24 +20,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from tqdm import tqdm
 
-from flows.runners import retrying
 from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
+from flows.tiling_task import tile_slide_task
 from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, clear_rejected_records, write_record
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
-from tiling.tile_slide import tile_slide
 
-
-RETRIES = 2  # after a transient I/O error
-RETRY_DELAY_S = 5.0
 PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this often: one API call each
-
-
-def tile_slide_task(spec: SlideSpec, store_root: str, config: TilingConfig) -> SlideRecord:
-    """Tile one slide where the flow sends it (a Dask worker or this process), retrying transient I/O errors."""
-    return retrying(tile_slide, RETRIES, RETRY_DELAY_S)(spec, TileStore(store_root), config)
 
 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 import flows.tiling_flow as tile_tcga_module
+import flows.tiling_task as tiling_task_module
 from storage.manifest import read_manifest
 
 
 def test_transient_io_error_is_retried_and_a_crash_is_recorded(slide_dir, tmp_path, prefect_api, monkeypatch):
     calls: Counter = Counter()
-    real_tile_slide = tile_tcga_module.tile_slide
+    real_tile_slide = tiling_task_module.tile_slide
 
     def flaky_tile_slide(spec, store, config):
         calls[spec.slide_id] += 1
@@ -20,8 +21,8 @@ def test_transient_io_error_is_retried_and_a_crash_is_recorded(slide_dir, tmp_pa
             raise RuntimeError("bug in a backend")
         return real_tile_slide(spec, store, config)
 
-    monkeypatch.setattr(tile_tcga_module, "tile_slide", flaky_tile_slide)
-    monkeypatch.setattr(tile_tcga_module, "RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr(tiling_task_module, "tile_slide", flaky_tile_slide)
+    monkeypatch.setattr(tiling_task_module, "RETRY_DELAY_S", 0.0)
     out = tmp_path / "tiles.zarr"
     summary = tile_tcga_module.tile_tcga(slides=str(slide_dir), out=str(out))
     assert calls == {"CMU-1-Small-Region": 2, "OS-1-detail": 1}
