@@ -10,6 +10,7 @@ embed the same aligned tiles (:mod:`pipeline.robustness.inputs`).
 
 - ``results.csv``: one row per model × group × metric (count, mean, std, median, IQR), and the
   summary score as group ``summary``, metric ``score``; ``results.md`` the same as a table;
+- ``stores.csv``: each store's label, model, weights checksum, pooling, aligned plan and tile count;
 - ``pairs/<label>.csv``: every pair; ``matrices/<label>-top_1_accuracy.csv``: condition × condition;
 - ``figures/*.png``: per-group distributions (paper Figure 1), scanner vs staining (Figure 4), heat maps;
 - ``index.html``: all of it, with the QC pictures of the registration and tiling stages when found.
@@ -168,8 +169,10 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
     report = Report("PLISM robustness")
     report.paragraph(f"{len(pairs_by_model)} model(s) over {n_tiles} aligned tiles"
                      + (f"; tile subset {subset} ({len(indices)} tiles)" if indices is not None else ""))
+    stores_table = _stores_table(stores)
+    stores_table.to_csv(folder / "stores.csv")
     report.heading("Embedding stores")
-    report.table(_stores_table(stores))
+    report.table(stores_table)
     if warning:
         report.paragraph(f"Warning: {warning}.")
     report.paragraph(

@@ -122,6 +122,8 @@ def test_two_h0_mini_stores_are_both_scored_under_their_own_labels(two_h0_mini_s
     assert set(results.model) == set(scores)
     page = (tmp_path / "report" / "index.html").read_text()
     assert "cls+mean" in page and "owkin/plism-benchmark" in page and stores[0] in page
+    listed = pd.read_csv(tmp_path / "report" / "stores.csv")
+    assert list(listed.label) == list(scores) and set(listed.pooling) == {"cls+mean"}
 
 
 @pytest.mark.slow

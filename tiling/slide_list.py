@@ -30,8 +30,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Names a store gives its own files and folders at the levels where slide ids live (slides/, status/, qc/,
 # staging/, done/ of tile, aligned and embedding stores), compared case-insensitively.
 RESERVED_IDS = frozenset({
-    "zarr.json", "slides", "status", "qc", "staging", "done", "embeddings", "tiles", "coords", "tissue_fraction",
-    "tissue_mask", "grid", "run.lock",
+    "zarr.json", "slides", "status", "qc", "staging", "done", "index", "embeddings", "tiles", "coords",
+    "tissue_fraction", "tissue_mask", "grid", "run.lock",
 })
 
 
