@@ -12,7 +12,8 @@ process with the same global batch would.
 Run directory::
 
     RUN/config.yaml             the config the run was started with
-    RUN/metrics.jsonl           one JSON object per logged step (step, loss, …)
+    RUN/metrics.jsonl           one JSON object per logged step (step, loss, gradient norms, …), then
+                                one with the teacher-student agreement ("stage": "agreement")
     RUN/checkpoints/<stage>-<step>.pt   consolidated checkpoints (rank 0 writes them)
     RUN/teacher_heads.pt        the fitted teacher heads (mode "fit")
     RUN/student.safetensors     the exported EMA student, and RUN/MODEL_CARD.md
