@@ -36,7 +36,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.atomic import write_bytes_atomic, write_json_atomic, write_zarr_group_atomic
+from storage.atomic import (
+    write_bytes_atomic,
+    write_json_atomic,
+    write_zarr_group_atomic,
+)
 from storage.store_index import StoreIndex, indexed_entries, published_names
 from storage.tile_store import RunStore, StoreError, TileStore, utc_now
 from storage.tile_units import TileSource, TileUnit

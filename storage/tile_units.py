@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.aligned_store import AlignedTileStore
 from storage.aligned_store import LAYOUT_NAME as ALIGNED_LAYOUT
+from storage.aligned_store import AlignedTileStore
 from storage.shard_file import read_shard, read_shard_encoded, read_shard_images
 from storage.tile_store import LAYOUT_NAME as TILE_LAYOUT
 from storage.tile_store import StoreError, TileStore
