@@ -55,7 +55,7 @@ def test_pale_ihc_is_found_by_its_optical_density_not_by_saturation(cmu_pixels):
     assert not detect_tissue(blank, TissueConfig(min_od_above_glass=0.05)).any()
 
 
-def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):
+def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):  # noqa: F811
     result = register_slides(CMU_SVS, pale_slide, view_mpp_um=4.0, bspline_grid_spacing_um=120.0)
     fixed_px, true_px = ground_truth
     error_um = np.linalg.norm(result.map_points(fixed_px) - true_px, axis=1) * core.MOVING_MPP_UM
