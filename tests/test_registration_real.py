@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import pytest
 
-from registration import RegistrationError, RegistrationResult, register_slides
+from registration import RegistrationResult, register_slides
 from tests.conftest import write_tiff
 
 DATA = Path(__file__).parent / "data" / "registration"
@@ -125,10 +125,11 @@ def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, s
     assert result.quality.ncc_after > result.quality.ncc_before + 0.1  # measured gains 0.16-0.39
 
 
-@pytest.mark.xfail(raises=RegistrationError, strict=True,
-                   reason="Cc10 is so pale that the tissue detector finds no tissue at 7 or 14 um/px")
-def test_he_to_cc10_section_registers(cima_slides):
-    register_slides(cima_slides["He"], cima_slides["Cc10-5"], **CIMA_OPTIONS)
+def test_he_to_pale_cc10_section_registers(cima_slides):
+    """Cc10 is pale grey-lavender: saturation finds no tissue in it; its optical density does (issue 12)."""
+    result = register_slides(cima_slides["He"], cima_slides["Cc10-5"], **CIMA_OPTIONS)
+    rtre = _relative_tre(result, _landmarks_px("He"), _landmarks_px("Cc10-5"))
+    assert np.median(rtre) <= 0.012  # measured 0.81 %
 
 
 @pytest.fixture(scope="module")
