@@ -21,6 +21,7 @@ store's stamp of it) never changes.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -33,7 +34,6 @@ from typing import ClassVar, Self
 import zarr
 
 from storage.atomic import write_zarr_group_atomic
-from storage.run_lock import LOCK_NAME, LockHeldError, RunLock
 from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
@@ -78,7 +78,13 @@ class RunStore:
         self.status_dir = self.root / "status"
         self.qc_dir = self.root / "qc"
         self.staging_dir = self.root / "staging"
-        self._run_lock = RunLock(self.staging_dir / LOCK_NAME, str(self.root))
+
+    @functools.cached_property
+    def _run_lock(self):
+        """The store's run lock, made on first use: readers never lock, and its module needs psutil."""
+        from storage.run_lock import LOCK_NAME, RunLock
+
+        return RunLock(self.staging_dir / LOCK_NAME, str(self.root))
 
     @classmethod
     def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> Self:
@@ -176,6 +182,8 @@ class RunStore:
 
     def _refuse_if_in_use(self) -> None:
         """Raise if a run that may still be alive holds the lock (see :mod:`storage.run_lock`)."""
+        from storage.run_lock import LockHeldError
+
         try:
             self._run_lock.refuse_if_held()
         except LockHeldError as error:
@@ -183,6 +191,8 @@ class RunStore:
 
     def acquire_run_lock(self) -> None:
         """Refuse a second concurrent run on the same store at once; take over a dead run's lock."""
+        from storage.run_lock import LockHeldError
+
         try:
             self._run_lock.acquire()
         except LockHeldError as error:

@@ -54,7 +54,7 @@ def test_open_tiles_concatenates_slides_lazily_in_shard_chunks(store):
     cmu, ome = (open_slide_group(store, s) for s in ("cmu", "ome"))
     n_cmu, n_ome = cmu["tiles"].shape[0], ome["tiles"].shape[0]
     assert dataset.sizes["tile"] == n_cmu + n_ome
-    assert list(dataset["slide_id"].values) == ["cmu", "ome"]
+    assert list(dataset["slide"].values) == ["cmu", "ome"]
     assert dataset["tiles"].data.chunks[0][0] == 16
     np.testing.assert_array_equal(dataset["tiles"][n_cmu].values, ome["tiles"][0])
     np.testing.assert_array_equal(dataset["coords"].values[:n_cmu], cmu["coords"][:])
