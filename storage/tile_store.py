@@ -33,7 +33,7 @@ from typing import ClassVar, Self
 
 import zarr
 
-from storage.atomic import write_zarr_group_atomic
+from storage.atomic import write_opaque_folder_atomic, write_zarr_group_atomic
 from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
@@ -72,6 +72,8 @@ class RunStore:
     KIND: ClassVar[str]  # "tile store", in messages
     PARAMETERS_KEY: ClassVar[str]  # root attribute holding the run parameters
     FOLDERS: ClassVar[dict[str, str]] = {}  # top-level groups besides status/, qc/ and staging/, with their purpose
+    # Folders of plain files, declared opaque to zarr (see storage.atomic.write_opaque_folder_atomic).
+    OPAQUE: ClassVar[frozenset[str]] = frozenset({"qc", "staging", "index", "done", "registration"})
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
@@ -124,11 +126,15 @@ class RunStore:
         folders = {
             **cls.FOLDERS,
             "status": "latest run record of each item",
-            "qc": "QC pictures (PNG files)",
-            "staging": "items being written",
+            "qc": "QC pictures (PNG files) and the run's qc/index.html",
+            "staging": "items being written, and the run lock",
         }
         for name, purpose in folders.items():
-            if not (store.root / name / "zarr.json").exists():
+            metadata = store.root / name / "zarr.json"
+            if name in cls.OPAQUE:
+                if not metadata.exists() or json.loads(metadata.read_bytes()).get("node_type") != "array":
+                    write_opaque_folder_atomic(store.root / name, {"description": purpose})  # also upgrades old stores
+            elif not metadata.exists():
                 write_zarr_group_atomic(store.root / name, {"description": purpose})
         return store
 
