@@ -55,6 +55,7 @@ class ZarrRows:
         self.offsets = np.concatenate([[0], np.cumsum([n for _, n in self.parts], dtype=np.int64)])
         self.shape = (int(self.offsets[-1]), *trailing)
         self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key):
         from xarray.core import indexing

@@ -26,7 +26,7 @@ from storage.tile_store import TileStore, software_version, utc_now
 from tiling.config import TilingConfig
 from tiling.errors import MissingMppError, SlideError
 from tiling.grid import TileGrid, level0_coordinates, plan_grid
-from tiling.preview import render_qc_picture
+from tiling.preview import slide_qc_picture
 from tiling.resolution import ResolutionPlan, format_mpp, plan_resolution
 from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
@@ -152,7 +152,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
                 "created_at": utc_now(),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            picture = render_qc_picture(thumbnail, mask, coords, plan.tile_size_level0, mpp_um)
+            picture = slide_qc_picture(backend, spec.slide_id, mpp_um, tile_plan, index, config.tile_size_px)
             write_bytes_atomic(store.qc_path(spec.slide_id), picture)
             writer.finish(coords, grid.tissue_fraction[index], mask, thumbnail.mpp_um, attributes)
         except BaseException:
