@@ -26,6 +26,7 @@ from flows.summary import RunSummary
 from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, clear_rejected_records, write_record
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
+from tiling.qc_index import write_qc_index
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
 from tiling.tile_slide import tile_slide
 
@@ -115,6 +116,7 @@ def tile_tcga(
                 update_progress_artifact(progress_id, 100.0 * count / len(todo))
                 reported_at = time.monotonic()
         bar.close()
+        logger.info("QC page: %s", write_qc_index(store))
     finally:
         store.release_run_lock()
     summary.finish()
