@@ -21,6 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 import zarr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 HAVE_DASK = importlib.util.find_spec("dask") is not None
 
@@ -43,7 +45,7 @@ def _token(name: str, *parts: object) -> str:
     return f"{name}-{hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()}"
 
 
-class ZarrRows:
+class ZarrRows(BackendArray):
     """The rows of several zarr arrays, one after another, read on indexing (an xarray ``BackendArray``).
 
     Only basic indexing (integers and slices) reaches :meth:`_read`; xarray
@@ -55,11 +57,8 @@ class ZarrRows:
         self.offsets = np.concatenate([[0], np.cumsum([n for _, n in self.parts], dtype=np.int64)])
         self.shape = (int(self.offsets[-1]), *trailing)
         self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
 
     def __getitem__(self, key):
-        from xarray.core import indexing
-
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
 
     def _read(self, key: tuple) -> np.ndarray:
@@ -86,8 +85,6 @@ class ZarrRows:
 
 def lazily(array):
     """``array`` (a :class:`ZarrRows` or a zarr array) as data xarray indexes without reading it all."""
-    from xarray.core import indexing
-
     if isinstance(array, zarr.Array):
         array = ZarrRows([(array, array.shape[0])], array.shape[1:], array.dtype)
     return indexing.LazilyIndexedArray(array)

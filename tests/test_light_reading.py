@@ -37,6 +37,7 @@ heavy = [name for name in {heavy!r} if importlib.util.find_spec(name) is not Non
 group = zarr.open_group(tiles_root, mode="r")
 plain = group["slides/CMU-1-Small-Region/tiles"][3]
 from storage import open_tiles, open_embeddings, open_aligned_tiles, TileReader, read_manifest
+from storage.inspection import info
 ds = open_tiles(tiles_root)
 reader = TileReader(tiles_root)
 emb = open_embeddings(emb_root)
@@ -55,6 +56,7 @@ print(json.dumps({{
     "aligned_sum": int(aligned.tiles.values.astype(np.int64).sum()),
     "aligned_embeddings_sum": float(aligned_emb.embeddings.values.astype(np.float64).sum()),
     "manifest_rows": len(read_manifest(tiles_root)),
+    "kinds": [info(path)["kind"] for path in sys.argv[1:5]],
 }}))
 """
 
@@ -116,3 +118,4 @@ def test_a_fresh_environment_with_only_the_reading_dependencies_reads_every_stor
     assert seen["aligned_embeddings_sum"] == pytest.approx(
         float(open_embeddings(aligned_emb_root).embeddings.values.astype(np.float64).sum()))
     assert seen["manifest_rows"] == 2
+    assert seen["kinds"] == ["tile store", "aligned tile store", "embedding store", "embedding store"]

@@ -178,3 +178,23 @@ def test_the_store_tree_lists_without_warnings_and_the_manifest_names_absolute_p
         text = str(zarr.open_group(store.root, mode="r").tree())
     assert "qc (0,) uint8" in text and "tiles (3, 224, 224, 3) uint8" in text
     assert read_manifest(store).source_path.tolist() == [str(OME_TIFF)]
+
+
+@pytest.mark.parametrize("key", [slice(None), slice(2, 9), slice(None, None, -3), slice(8, 1, -2), 4, -1, [6, 0, 3],
+                                 slice(5, 5)])
+def test_rows_without_dask_index_like_numpy(tmp_path, key):
+    """The dask-free view reads the same rows numpy indexing of the concatenation gives."""
+    import xarray as xr
+
+    from storage.lazy_arrays import ZarrRows, lazily
+
+    parts = [np.arange(n * 6).reshape(n, 2, 3) + 100 * i for i, n in enumerate((3, 0, 5, 2))]
+    paths = []
+    for i, part in enumerate(parts):
+        array = zarr.create_array(tmp_path / str(i), shape=part.shape, chunks=(2, 2, 3), dtype="int64")
+        array[...] = part
+        paths.append((str(tmp_path / str(i)), len(part)))
+    variable = xr.Variable(("row", "a", "b"), lazily(ZarrRows(paths, (2, 3), np.int64)))
+    np.testing.assert_array_equal(variable[key].values, np.concatenate(parts)[key])
+    np.testing.assert_array_equal(variable[key, 1:, ::2].values, np.concatenate(parts)[key][..., 1:, ::2]
+                                  if not isinstance(key, int) else np.concatenate(parts)[key][1:, ::2])
