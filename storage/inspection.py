@@ -85,7 +85,7 @@ def info(path: Path | str) -> dict:
         plan = store.read_plan()
         statuses = {r.slide_id: r.status for r in records}
         summary["conditions"] = statuses
-        summary["tiles"] = int(len(zarr.open_array(root / "grid", mode="r"))) if plan else 0
+        summary["tiles"] = int(zarr.open_array(root / "grid", mode="r").shape[0]) if plan else 0
         summary["excluded"] = plan["excluded"] if plan else {}
         return summary
     entries = store.slide_entries()
