@@ -17,7 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from registration.aligned_tiles import IdentityMapping, extract_tiles, map_tiles, reference_tiles
+from registration.aligned_tiles import (
+    IdentityMapping,
+    extract_tiles,
+    map_tiles,
+    reference_tiles,
+)
 from registration.phase_correlation import phase_shift_px
 from registration.refine import refine_registration
 from registration.register import register_slides
