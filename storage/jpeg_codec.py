@@ -53,7 +53,21 @@ DEFAULT_SUBSAMPLING = "444"
 SUBSAMPLINGS = ("444", "422", "420")
 
 
-_CODING_THREADS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jpeg")
+def _coding_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jpeg")
+
+
+_CODING_THREADS = _coding_threads()
+
+
+def _renew_coding_threads() -> None:
+    """A forked child (a DataLoader worker) gets a pool of its own: the parent's threads do not exist in it,
+    and work handed to their pool would wait for ever."""
+    global _CODING_THREADS
+    _CODING_THREADS = _coding_threads()
+
+
+os.register_at_fork(after_in_child=_renew_coding_threads)
 
 
 async def _map_in_threads(code: Callable, items: Iterable[tuple[object | None, ArraySpec]]) -> list:

@@ -76,19 +76,20 @@ def test_aligned_items_are_each_conditions_tiles(aligned):
 
 @pytest.mark.slow
 def test_two_loader_workers_give_every_tile_once(shipped_tile_store, aligned):
+    """Forked workers (DataLoader's default on Linux) decode too: the JPEG thread pool is renewed after a fork."""
     data = TileDataset(shipped_tile_store)
-    for batch_tiles, batch_ids, batch_coords in DataLoader(data, batch_size=20, num_workers=2):
+    for batch_tiles, batch_ids, batch_coords in DataLoader(data, batch_size=20, num_workers=2, timeout=120):
         first = data[0]
         np.testing.assert_array_equal(batch_tiles[0].numpy(), first[0].numpy())
         assert batch_ids[0] == first[1] and batch_coords[0].tolist() == first[2].tolist()
         break
     stream = TileStream(shipped_tile_store, shuffle=True, seed=1)
     seen = Counter()
-    for tiles, slide_ids, coords in DataLoader(stream, batch_size=8, num_workers=2):
+    for tiles, slide_ids, coords in DataLoader(stream, batch_size=8, num_workers=2, timeout=120):
         for tile, slide_id, (x, y) in zip(tiles, slide_ids, coords.tolist()):
             seen[(slide_id, x, y)] += 1
             row = np.flatnonzero((data.slide_ids == slide_id) & (data.coords == (x, y)).all(axis=1))[0]
             np.testing.assert_array_equal(tile.numpy(), data[row][0].numpy())
     assert sum(seen.values()) == 53 and set(seen.values()) == {1}
-    aligned_items = list(DataLoader(AlignedTileDataset(aligned), batch_size=32, num_workers=2))
+    aligned_items = list(DataLoader(AlignedTileDataset(aligned), batch_size=32, num_workers=2, timeout=120))
     assert aligned_items[0][0].shape == (32, 3, 224, 224) and list(aligned_items[0][1]) == ["A"] * 16 + ["B"] * 16
