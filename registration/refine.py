@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registration.quality import normalised_cross_correlation
 from registration.result import RegistrationResult
-from registration.views import stain_intensity
 from registration.sampling import interpolate_nodes, sample_slide
+from registration.views import stain_intensity
 from tiling.slide import opened_slide
 
 _JSON = "refinement.json"

@@ -11,7 +11,6 @@ partial shard is written short. Shard files are laid out by
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import zarr

@@ -178,7 +178,7 @@ class MultiCrop:
         return crop.permute(1, 2, 0).contiguous()
 
     def _jitter(self, crop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """torchvision's ``ColorJitter``: the four adjustments in a random order, each with a random strength."""
+        """Torchvision's ``ColorJitter``: the four adjustments in a random order, each with a random strength."""
         config = self.config
         adjustments = []
         for strength, adjust in ((config.brightness, F.adjust_brightness), (config.contrast, F.adjust_contrast),

@@ -37,7 +37,8 @@ def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores
 - Load: `pipeline.models.build_model("{config.models.student}", weights="{path.name}")`, or
   `python -m flows.embed --model {config.models.student} --weights {path.name} ...`
 - Embedding: class token ⊕ mean patch token (registers excluded), normalised with the model's mean/std.
-- Teacher: `{config.models.teacher}` (weights: `{config.models.teacher_weights}`), teacher heads: `{config.heads.teacher_heads}`
+- Teacher: `{config.models.teacher}` (weights: `{config.models.teacher_weights}`),
+  teacher heads: `{config.heads.teacher_heads}`
 - Training: {steps:,} iterations of DINO + iBOT distillation, global batch {config.train.batch_size_total},
   exported weights are the EMA of the student.
 - Data: {", ".join(f"`{s}`" for s in stores)}

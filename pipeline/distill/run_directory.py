@@ -106,7 +106,8 @@ class RunDirectory:
     def truncate_metrics(self, stage: str, step: int) -> None:
         """Forget records past ``step`` of ``stage`` (written after the checkpoint a resumed run restarts
         from), the end-of-run agreement when the distillation resumes (it is measured again), and a torn
-        last line."""
+        last line.
+        """
         if not self.metrics.exists():
             return
         kept = [r for r in self.records() if not (r["stage"] == stage and r["step"] > step)
