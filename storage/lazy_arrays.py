@@ -45,7 +45,8 @@ def concatenated_rows(name: str, parts: list[tuple[str, int, int]], trailing: tu
     """
     dtype = np.dtype(dtype)
     token = _token(name, parts, trailing, dtype.str)
-    graph, blocks = {}, []
+    graph: dict = {}
+    blocks: list[int] = []
     tail = (0,) * len(trailing)
     for path, n_rows, block in parts:
         for start in range(0, n_rows, block):
@@ -61,7 +62,8 @@ def repeated_values(name: str, counts: list[int], values: list[int], block_of: l
     """``values[i]`` repeated ``counts[i]`` times, cut like :func:`concatenated_rows` (blocks of ``block_of[i]``)."""
     dtype = np.dtype(dtype).str
     token = _token(name, counts, values, block_of, dtype)
-    graph, blocks = {}, []
+    graph: dict = {}
+    blocks: list[int] = []
     for count, value, block in zip(counts, values, block_of):
         for start in range(0, count, block):
             size = min(count, start + block) - start

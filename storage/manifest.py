@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.atomic import write_zarr_group_atomic
-from storage.tile_store import TileStore
+from storage.tile_store import RunStore, TileStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,18 +48,18 @@ class SlideRecord:
         return asdict(self)
 
 
-def write_record(store: TileStore, record: SlideRecord) -> None:
+def write_record(store: RunStore, record: SlideRecord) -> None:
     """Persist ``record`` as the slide's latest status."""
     write_zarr_group_atomic(store.status_dir / record.slide_id, record.to_dict())
 
 
-def clear_rejected_records(store: TileStore) -> None:
+def clear_rejected_records(store: RunStore) -> None:
     """Forget the slide-list rows refused by earlier runs; a run records again those it still refuses."""
     for folder in store.status_dir.glob(f"{REJECTED_PREFIX}*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def read_record(store: TileStore, slide_id: str) -> SlideRecord | None:
+def read_record(store: RunStore, slide_id: str) -> SlideRecord | None:
     path = store.status_dir / slide_id / "zarr.json"
     if not path.is_file():
         return None

@@ -153,7 +153,8 @@ class MultiCrop:
               generator: torch.Generator) -> torch.Tensor:
         """One augmented crop of ``image`` ``[3, H, W]`` as ``[size, size, 3]`` uint8."""
         config = self.config
-        top, left, height, width = crop_box(*image.shape[-2:], scale, config.crops_ratio, generator)
+        image_height, image_width = image.shape[-2:]
+        top, left, height, width = crop_box(image_height, image_width, scale, config.crops_ratio, generator)
         if (height, width) == (size, size):  # nothing to resample: an exact copy, not an interpolated one
             crop = image[:, top : top + height, left : left + width]
         else:
