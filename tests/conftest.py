@@ -103,6 +103,17 @@ def slide_dir(tmp_path) -> Path:
     return folder
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs the Prefect server, directly or through a fixture: it starts one.
+
+    Without ``prefect_api`` a flow would start Prefect's own temporary server, so a test that runs a flow
+    asks for this fixture, and the fast lane (``-m "not slow"``) starts no server.
+    """
+    for item in items:
+        if "prefect_api" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> str:
     """One temporary Prefect API server for the whole session, as the CLI would start it."""

@@ -170,6 +170,7 @@ def test_a_seed_and_a_condition_name_fix_the_condition(plism, tmp_path):
     assert other["HR_GT450"].truth.waves != first["HR_GT450"].truth.waves
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_conditions_asked_for(tmp_path):
     command = [sys.executable, "-m", "registration.synthetic", str(tmp_path), "--stainings", "GMH", "HR",
                "--scanners", "S60", "AT2", "--seed", "3", "--mpp-scale", "8"]
