@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import write_bytes_atomic
+from storage.jpeg_codec import set_coding_threads
 from storage.manifest import DONE, FAILED, SKIPPED, SlideRecord, read_record, write_record
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore, software_version, utc_now
@@ -197,6 +198,7 @@ def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> Slide
     if store.is_complete(spec.slide_id):
         return _record_of_complete_slide(spec, store)
     started = time.perf_counter()
+    set_coding_threads(config.threads)  # encoding, like reading, stays within the slide's --threads
     try:
         with opened_slide(spec.path) as backend:
             record = _tile_open_slide(spec, backend, store, config)
