@@ -56,6 +56,11 @@ def set_coding_threads(count: int) -> None:
         previous.shutdown(wait=False)  # work already handed to it still finishes
 
 
+def decode_tile(encoded: bytes) -> np.ndarray:
+    """One stored tile's pixels, ``[H, W, 3]`` uint8 RGB, from the JPEG bytes a tile store holds."""
+    return imagecodecs.jpeg8_decode(encoded)
+
+
 def coding_threads() -> ThreadPoolExecutor:
     """The process's JPEG coding pool (:data:`DEFAULT_CODING_THREADS` threads until a run sets it)."""
     with _pool_lock:
@@ -133,7 +138,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def decode_images(self, encoded: list[bytes]) -> list[np.ndarray]:
         """Decode JPEG byte strings to ``[H, W, 3]`` images on the coding threads, in order."""
-        return list(coding_threads().map(imagecodecs.jpeg8_decode, encoded))
+        return list(coding_threads().map(decode_tile, encoded))
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:])

@@ -33,12 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.distill.augment import MultiCrop
+from storage.jpeg_codec import decode_tile
 from storage.tile_units import TileUnit, open_tile_source
 
 # Distinct streams of randomness derived from one seed.
@@ -170,7 +170,7 @@ class TileStream(IterableDataset):
         return [found[ref.store, ref.unit, ref.tile] for ref in refs]
 
     def _crops(self, position: int, encoded: bytes) -> dict[str, list[torch.Tensor]]:
-        tile = torch.from_numpy(imagecodecs.jpeg8_decode(encoded))
+        tile = torch.from_numpy(decode_tile(encoded))
         return self.transform(tile, torch.Generator().manual_seed(derive_seed(self.seed, _CROPS, position)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
