@@ -10,7 +10,6 @@ lost, preempted or killed at its walltime) costs one ``stat``, not a re-tiling.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import write_bytes_atomic
+from storage.checksum import sha256_of_file
 from storage.jpeg_codec import set_coding_threads
 from storage.manifest import DONE, FAILED, SKIPPED, SlideRecord, read_record, write_record
 from storage.slide_writer import SlideWriter
@@ -33,16 +33,6 @@ from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
 from tiling.tile_reader import iter_tile_batches
 from tiling.tissue import Thumbnail, detect_tissue, read_thumbnail
-
-_HASH_BLOCK_BYTES = 8 << 20
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(_HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str, str]:
