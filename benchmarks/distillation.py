@@ -156,7 +156,8 @@ def main() -> None:
     print(f"\n{os.cpu_count()} cores, {args.threads} torch thread(s), load average "
           f"{os.getloadavg()[0]:.1f}; {setup.teacher} → {setup.student}, batch {setup.batch} × (2 × "
           f"{setup.global_px} px + {setup.local_crops} × {setup.local_px} px crops), {setup.prototypes:,} prototypes, "
-          f"head MLP {setup.hidden_dim}, {setup.precision}; steps.medians of {args.steps} steps after {args.warmup} warm-up. "
+          f"head MLP {setup.hidden_dim}, {setup.precision}; "
+          f"steps.medians of {args.steps} steps after {args.warmup} warm-up. "
           f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
     print(steps.table(times, memory, before, built, setup,
                 [f"| ru_maxrss (whole process) | | | {max_rss / steps.MIB:,.0f} | check on the sampled peaks |",

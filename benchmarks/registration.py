@@ -247,8 +247,8 @@ def synthetic_rows(workdir: Path, quick: bool) -> tuple[list[Row], list[PairErro
         refined, refine_s = timed(lambda r=result: refine_registration(r, tiles.centres(), **REFINE_OPTIONS))
         diagonal_um = float(np.hypot(*result.moving_dimensions_level0) * condition.mpp_um)
 
-        def errors(mapped: np.ndarray, c: SyntheticCondition = condition) -> np.ndarray:
-            return np.linalg.norm(mapped - truth, axis=1) * c.mpp_um
+        def errors(mapped: np.ndarray, c: SyntheticCondition = condition, t: np.ndarray = truth) -> np.ndarray:
+            return np.linalg.norm(mapped - t, axis=1) * c.mpp_um
 
         unregistered.append(PairErrors(name, 0.0, np.linalg.norm(points * reference.mpp_um - truth * condition.mpp_um,
                                                                  axis=1), diagonal_um))

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         for p, (i, j) in enumerate(itertools.islice(itertools.combinations(range(n_cond), 2), args.naive_pairs)):
             a = torch.from_numpy(embeddings[i]).to(device)
             b = torch.from_numpy(embeddings[j]).to(device)
-            seconds, metrics = timed(device, lambda: dense_pair(a, b))
+            seconds, metrics = timed(device, lambda a=a, b=b: dense_pair(a, b))
             naive_times.append(seconds)
             ours = table.iloc[p]
             agree &= all(metrics[f"top_{k}_accuracy"] == ours[f"top_{k}_accuracy"] for k in KS)

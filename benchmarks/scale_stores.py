@@ -163,7 +163,8 @@ def main() -> None:
         done = size
         row = measure(root, args.work, args.threads)
         print(f"| {size:,} | {row['units']:,} | {per_slide:.3f} | {row['open_tiles_s']:.3f} "
-              f"| {row['open_tiles_walk_s']:.2f} | {row['open_tiles_before_s']:.2f} | {row['units_s']:.3f} | {row['prepare_s']:.1f} "
+              f"| {row['open_tiles_walk_s']:.2f} | {row['open_tiles_before_s']:.2f} "
+              f"| {row['units_s']:.3f} | {row['prepare_s']:.1f} "
               f"| {row['reprepare_s']:.2f} | {1000 * row['poll_s']:.1f} | {row['open_embeddings_s']:.3f} "
               f"| {os.getloadavg()[0]:.1f} |", flush=True)
 

@@ -1,4 +1,4 @@
-"""Tiling at production scale: does the per-slide cost, memory or time to first progress grow with N slides?
+"""Tiling at production scale: whether the per-slide cost, memory or time to first progress grow with N slides.
 
 Run it from the repository root::
 

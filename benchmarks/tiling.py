@@ -8,8 +8,8 @@ Run it from the repository root::
 It builds a large slide from the tissue of ``tests/data/slides/CMU-1-Small-Region.svs``,
 upscaled 2× to 0.25 µm/px, mirrored and repeated, as a tiled JPEG TIFF with levels
 4× apart like a 40× Aperio SVS (levels 2× apart would hold a 0.5 µm/px level that
-needs no resampling, which TCGA slides lack), cached in ``--workdir``, and a folder of ``--count`` hard links to it. Then it
-prints one markdown table of tiles/s and peak RSS for:
+needs no resampling, which TCGA slides lack), cached in ``--workdir``, and a folder of
+``--count`` hard links to it. Then it prints one markdown table of tiles/s and peak RSS for:
 
 - the flow end to end on all the copies, ``python -m flows.tile_tcga --workers 2``
   as a subprocess, against an already running Prefect server and with its own
@@ -20,8 +20,8 @@ prints one markdown table of tiles/s and peak RSS for:
   the slides the other workers had nearly done by then, and overstate the rate
   by up to (workers - 1) / count. Its **fixed cost** is start-up (launch to
   the first slide's start: its finish less the ``seconds`` it records) plus
-  exit (the last finish to the process's exit); peak RSS is summed over its process tree (Prefect's temporary server and the
-  Dask workers included);
+  exit (the last finish to the process's exit); peak RSS is summed over its process
+  tree (Prefect's temporary server and the Dask workers included);
 - a naive single-process loop over the same tiles: per-tile OpenSlide
   ``read_region`` → RGB → resize → JPEG encode (PIL), no tissue detection or QC;
 - the codec ceiling: the time to decode the source JPEG pixels one output tile
@@ -254,7 +254,7 @@ def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None
 
 
 def _own_peak_rss() -> int:
-    """This process's peak RSS (VmHWM); ``ru_maxrss`` would include the parent's, kept across exec."""
+    """Peak RSS (VmHWM) of this process; ``ru_maxrss`` would include the parent's, kept across exec."""
     status = Path("/proc/self/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024
 

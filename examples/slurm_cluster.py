@@ -1,4 +1,4 @@
-"""Start a Dask cluster of SLURM jobs for distillpath's flows, print its address, and keep it up.
+r"""Start a Dask cluster of SLURM jobs for distillpath's flows, print its address, and keep it up.
 
 Run it on a node the compute nodes can reach (a login node, or inside a small SLURM job), with the
 settings of ``examples/dask_slurm.yaml`` in Dask's configuration::
@@ -11,7 +11,7 @@ settings of ``examples/dask_slurm.yaml`` in Dask's configuration::
 then, from any machine that reaches it::
 
     python -m flows.tile_tcga --slides /shared/slides --out /shared/tiles.zarr --dask-address tcp://HOST:8786
-    python -m flows.embed --tiles /shared/tiles.zarr --out /shared/emb.zarr --model h0-mini \\
+    python -m flows.embed --tiles /shared/tiles.zarr --out /shared/emb.zarr --model h0-mini \
         --weights /shared/H0-mini.safetensors --device cuda --partitions 4 --dask-address tcp://HOST:8790
 
 or give the address to the served deployments (``python -m flows.serve --dask-address ...``, or

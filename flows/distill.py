@@ -35,7 +35,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Fail before any server starts on what the user can fix: the config, a checkpoint that cannot be
-    resumed; and say loudly when the teacher has no weights."""
+    resumed; and say loudly when the teacher has no weights.
+    """
     from pipeline.distill.config import DistillConfig, random_teacher_warning
     from pipeline.distill.run_directory import RunDirectory
 

@@ -36,6 +36,7 @@ from pipeline.models import build_model, embed, embedding_dim, weights_sha256
 from storage.embedding_store import EmbeddingStore
 from storage.tile_units import TileSource, TileUnit, open_tile_source
 
+
 @dataclass(frozen=True)
 class EmbeddingSettings:
     """What defines the embeddings (recorded in the store; a rerun must match) and how they are computed."""

@@ -25,11 +25,12 @@ from typing import Protocol
 
 import numpy as np
 
-from tiling.config import TilingConfig, TissueConfig
 from registration.sampling import interpolate_nodes, sample_slide
+from tiling.config import TilingConfig, TissueConfig
 from tiling.slide import opened_slide
 from tiling.tile_slide import plan_tiles
 from tiling.tissue import detect_tissue, read_thumbnail
+
 
 class PointMapping(Protocol):
     """Anything that maps reference level-0 pixels ``[N, 2]`` to a condition's level-0 pixels."""
@@ -119,7 +120,7 @@ def map_tiles(mapping: PointMapping, tiles: ReferenceTiles, nodes_per_side: int)
 def tissue_under_tiles(
     slide_path: Path | str, mpp_um: float, nodes_xy: np.ndarray, tissue: TissueConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Share of each tile's nodes on the slide's tissue mask ``[N]`` float32, and whether all lie on the slide ``[N]``."""
+    """Share of each tile's nodes on the slide's tissue mask ``[N]`` float32; whether all lie on the slide ``[N]``."""
     with opened_slide(slide_path) as backend:
         width, height = backend.level_dimensions[0]
         thumbnail = read_thumbnail(backend, mpp_um, tissue.mask_mpp_um)

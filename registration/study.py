@@ -35,6 +35,7 @@ from storage.tile_store import utc_now
 from tiling.config import TilingConfig
 from tiling.errors import SlideError
 
+
 def _failure(condition: PlismCondition, stage: str, error: Exception, started: float) -> SlideRecord:
     return SlideRecord(
         slide_id=condition.name, source_path=str(condition.path), status=FAILED, error=str(error),
@@ -99,7 +100,8 @@ def load_mapping(store: AlignedTileStore, condition: str, *, is_reference: bool)
 @dataclass(frozen=True)
 class Footprint:
     """Where the reference tiles fall on one condition: top-left corners ``[N, 2]`` (level-0 px),
-    tissue fraction ``[N]`` and whether each tile lies wholly on the slide ``[N]``."""
+    tissue fraction ``[N]`` and whether each tile lies wholly on the slide ``[N]``.
+    """
 
     top_left_xy: np.ndarray
     tissue_fraction: np.ndarray

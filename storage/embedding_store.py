@@ -199,7 +199,7 @@ class EmbeddingStore(RunStore):
 
 
 def _embeddings_template(dim: int, dtype: str) -> dict:
-    """zarr's own metadata for an ``embeddings [tile, feature]`` array (NaN fill), to be given a shape per slide.
+    """Zarr's own metadata for an ``embeddings [tile, feature]`` array (NaN fill), to be given a shape per slide.
 
     Writing the metadata file from a template costs a tenth of zarr's
     ``create_array`` per slide; zarr writes the template itself, so the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,27 +54,58 @@ DEFAULT_SUBSAMPLING = "444"
 SUBSAMPLINGS = ("444", "422", "420")
 
 
-def _coding_threads() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jpeg")
+# One pool per process, made on first use. A run sizes it with set_coding_threads (tiling: its
+# --threads), so N worker processes encode on N × threads cores, not N × all of them.
+DEFAULT_CODING_THREADS = min(os.cpu_count() or 1, 4)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-_CODING_THREADS = _coding_threads()
+def set_coding_threads(count: int) -> None:
+    """Encode and decode JPEG tiles of this process on ``count`` threads from now on."""
+    global _pool
+    if count < 1:
+        raise ValueError(f"coding threads must be at least 1, got {count}")
+    with _pool_lock:
+        if _pool is not None and _pool._max_workers == count:
+            return
+        previous, _pool = _pool, ThreadPoolExecutor(max_workers=count, thread_name_prefix="jpeg")
+    if previous is not None:
+        previous.shutdown(wait=False)  # work already handed to it still finishes
 
 
-def _renew_coding_threads() -> None:
-    """A forked child (a DataLoader worker) gets a pool of its own: the parent's threads do not exist in it,
-    and work handed to their pool would wait for ever."""
-    global _CODING_THREADS
-    _CODING_THREADS = _coding_threads()
+def decode_tile(encoded: bytes) -> np.ndarray:
+    """One stored tile's pixels, ``[H, W, 3]`` uint8 RGB, from the JPEG bytes a tile store holds."""
+    return imagecodecs.jpeg8_decode(encoded)
 
 
-os.register_at_fork(after_in_child=_renew_coding_threads)
+def coding_threads() -> ThreadPoolExecutor:
+    """The process's JPEG coding pool (:data:`DEFAULT_CODING_THREADS` threads until a run sets it)."""
+    with _pool_lock:
+        pool = _pool
+    if pool is None:
+        set_coding_threads(DEFAULT_CODING_THREADS)
+        return coding_threads()
+    return pool
+
+
+def _forget_pool_in_child() -> None:
+    """Give a forked child (a DataLoader worker) a pool of its own on first use.
+
+    The parent's threads do not exist in the child: work handed to the
+    parent's pool would wait for ever, and its lock may have been held at the fork.
+    """
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 async def _map_in_threads(code: Callable, items: Iterable[tuple[object | None, ArraySpec]]) -> list:
     """Apply ``code(chunk, spec)`` to every non-missing chunk on the coding threads, keeping order."""
     loop = asyncio.get_running_loop()
-    futures = [None if chunk is None else loop.run_in_executor(_CODING_THREADS, code, chunk, spec) for chunk, spec in items]
+    futures = [None if chunk is None else loop.run_in_executor(coding_threads(), code, chunk, spec) for chunk, spec in items]
     return [None if future is None else await future for future in futures]
 
 
@@ -155,11 +187,11 @@ class JpegCodec(ArrayBytesCodec):
 
     def encode_images(self, images: np.ndarray) -> list[bytes]:
         """Encode ``[n, H, W, 3]`` images on the coding threads, in order."""
-        return list(_CODING_THREADS.map(self.encode_image, images))
+        return list(coding_threads().map(self.encode_image, images))
 
     def decode_images(self, encoded: list[bytes]) -> list[np.ndarray]:
         """Decode JPEG byte strings to ``[H, W, 3]`` images on the coding threads, in order."""
-        return list(_CODING_THREADS.map(imagecodecs.jpeg8_decode, encoded))
+        return list(coding_threads().map(decode_tile, encoded))
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:])
@@ -167,7 +199,7 @@ class JpegCodec(ArrayBytesCodec):
 
     # zarr calls codecs from its single event-loop thread, chunk by chunk. libjpeg releases the GIL,
     # so each batch zarr hands over (``codec_pipeline.batch_size`` chunks) is coded on a thread pool,
-    # one image per task: a shard's images are encoded, or a batch of tiles decoded, on every core.
+    # one image per task: a shard's images are encoded, or a batch of tiles decoded, on the coding threads.
     async def encode(self, chunks_and_specs: Iterable[tuple[NDBuffer | None, ArraySpec]]) -> list[Buffer | None]:
         return await _map_in_threads(self._encode_sync, chunks_and_specs)
 

@@ -113,7 +113,8 @@ def concatenated_rows(name: str, parts: list[tuple[str, int, int]], trailing: tu
 
     dtype = np.dtype(dtype)
     token = _token(name, parts, trailing, dtype.str)
-    graph, blocks = {}, []
+    graph: dict = {}
+    blocks: list[int] = []
     tail = (0,) * len(trailing)
     for path, n_rows, block in parts:
         for start in range(0, n_rows, block):

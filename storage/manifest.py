@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.atomic import write_zarr_group_atomic
-from storage.tile_store import TileStore
+from storage.tile_store import RunStore, TileStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,7 @@ class SlideRecord:
         return asdict(self)
 
 
-def write_record(store: TileStore, record: SlideRecord) -> None:
+def write_record(store: RunStore, record: SlideRecord) -> None:
     """Persist ``record`` as the slide's latest status, its ``source_path`` made absolute.
 
     A relative path means nothing once the run's working directory is
@@ -60,13 +60,13 @@ def write_record(store: TileStore, record: SlideRecord) -> None:
     write_zarr_group_atomic(store.status_dir / record.slide_id, record.to_dict())
 
 
-def clear_rejected_records(store: TileStore) -> None:
+def clear_rejected_records(store: RunStore) -> None:
     """Forget the slide-list rows refused by earlier runs; a run records again those it still refuses."""
     for folder in store.status_dir.glob(f"{REJECTED_PREFIX}*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def read_record(store: TileStore, slide_id: str) -> SlideRecord | None:
+def read_record(store: RunStore, slide_id: str) -> SlideRecord | None:
     path = store.status_dir / slide_id / "zarr.json"
     if not path.is_file():
         return None

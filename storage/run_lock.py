@@ -26,7 +26,7 @@ import socket
 import sys
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -54,7 +54,7 @@ class LockOwner:
     def of_this_process(cls) -> LockOwner:
         return cls(
             host=socket.gethostname(), pid=os.getpid(),
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             command=" ".join([Path(sys.executable).name, *sys.argv]), token=uuid.uuid4().hex,
             process_started=psutil.Process().create_time(),
         )

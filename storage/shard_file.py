@@ -4,7 +4,7 @@ zarr 3 writes a shard by slicing, copying and scheduling every inner chunk
 through its asyncio codec pipeline: for 224-px JPEG tiles that bookkeeping
 costs about twice the JPEG encoding itself (~0.6 ms a tile), on one thread,
 holding the GIL. A tile store only ever writes whole shards of images encoded
-one per chunk, so the writer encodes them on all cores and lays out the shard
+one per chunk, so the writer encodes them on the coding threads (the run's ``--threads``) and lays out the shard
 as the zarr v3 ``sharding_indexed`` codec specifies: the chunks' bytes, then
 an index of ``(offset, length)`` uint64 pairs in C order of the inner chunks
 (``2**64 - 1`` for absent ones), then the CRC32C of the index. The array's

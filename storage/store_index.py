@@ -123,7 +123,8 @@ class StoreIndex:
 
     def _read_pending(self, names: list[str]) -> tuple[list[tuple[Path, dict]], bool]:
         """``(file, record)`` of the pending entries ``names``, and whether any file was merged away meanwhile."""
-        found, vanished = [], False
+        found: list[tuple[Path, dict]] = []
+        vanished = False
         for name in names:
             path = self.pending_dir / name
             try:

@@ -98,7 +98,8 @@ class TileSource:
 
     def read_encoded(self, unit: TileUnit, start: int = 0, count: int | None = None) -> list[bytes]:
         """Tiles ``[start, start + count)`` of the unit (all by default) as stored, one JPEG byte string each,
-        in tile order; decoding is left to the caller."""
+        in tile order; decoding is left to the caller.
+        """
         path = self.tiles_path(unit.group)
         count = unit.count - start if count is None else count
         if start < 0 or count < 0 or start + count > unit.count:
@@ -107,7 +108,8 @@ class TileSource:
 
     def read_tiles(self, unit: TileUnit, tiles: list[int]) -> list[bytes]:
         """Tiles ``tiles`` (indices within the unit, any order) as stored, one JPEG byte string each, reading
-        only their index entries and bytes (see :func:`storage.shard_file.read_shard_images`)."""
+        only their index entries and bytes (see :func:`storage.shard_file.read_shard_images`).
+        """
         if any(not 0 <= tile < unit.count for tile in tiles):
             raise ValueError(f"tiles {sorted(tiles)} are not all in unit {unit.key} of {unit.count}")
         path = self.tiles_path(unit.group)

@@ -15,11 +15,11 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH"):
     os.environ.pop(_name, None)
 
-import numpy as np
-import openslide
-import pytest
-import pyvips
-import tifffile
+import numpy as np  # noqa: E402  (after the Prefect environment above)
+import openslide  # noqa: E402
+import pytest  # noqa: E402
+import pyvips  # noqa: E402
+import tifffile  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "slides"
 CMU_SVS = DATA / "CMU-1-Small-Region.svs"
@@ -68,7 +68,8 @@ def slide_025_single_level(tmp_path_factory, slide_025) -> Path:
 @pytest.fixture
 def one_torch_thread():
     """Single-threaded torch: the same sums in every run, and no thread thrash on two busy cores
-    (tiny crops run ~15x slower with two threads fighting for them, as a loader worker never does)."""
+    (tiny crops run ~15x slower with two threads fighting for them, as a loader worker never does).
+    """
     import torch
 
     threads = torch.get_num_threads()
@@ -100,6 +101,17 @@ def slide_dir(tmp_path) -> Path:
     for source in (CMU_SVS, OME_TIFF):
         shutil.copy(source, folder / source.name)
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs the Prefect server, directly or through a fixture: it starts one.
+
+    Without ``prefect_api`` a flow would start Prefect's own temporary server, so a test that runs a flow
+    asks for this fixture, and the fast lane (``-m "not slow"``) starts no server.
+    """
+    for item in items:
+        if "prefect_api" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -189,7 +189,8 @@ def _counting_reads(monkeypatch) -> list[int]:
 
 def test_each_loader_worker_of_each_rank_reads_only_the_bytes_of_its_own_steps(tmp_path, monkeypatch):
     """4 ranks x 3 loader workers, windows of 4 global batches (the production ratio): every worker reads its
-    own tiles' JPEG bytes and their index entries, within 1.1x of the bytes it uses."""
+    own tiles' JPEG bytes and their index entries, within 1.1x of the bytes it uses.
+    """
     store = str(_write_store(tmp_path / "s.zarr", {f"slide-{i}": 40 for i in range(6)}, seed=3, tiles_per_shard=16))
     source = open_tile_source(store)
     world, workers, steps = 4, 3, 12
@@ -212,7 +213,8 @@ def test_each_loader_worker_of_each_rank_reads_only_the_bytes_of_its_own_steps(t
 
 def test_pieces_of_shards_mix_many_slides_into_each_batch(tmp_path):
     """16 slides of one 32-tile shard each: whole-shard windows give a batch of 16 one or two slides, pieces of
-    4 tiles in windows of 64 give it many, and every tile still comes once a pass."""
+    4 tiles in windows of 64 give it many, and every tile still comes once a pass.
+    """
     store = str(_write_store(tmp_path / "many.zarr", {f"slide-{i:02d}": 32 for i in range(16)}, seed=2,
                              tiles_per_shard=32))
 

@@ -107,7 +107,8 @@ def test_dino_loss_needs_a_pair() -> None:
 
 def test_sinkhorn_knopp_spreads_samples_evenly_over_prototypes() -> None:
     """Both samples prefer prototype 0 (softmax [0.8, 0.2]); Q = [[4, 4], [1, 1]] / 10 -> rows to 1/K ->
-    [[.25, .25], [.25, .25]] -> columns to 1/M: unchanged -> times M: each sample gets [0.5, 0.5]."""
+    [[.25, .25], [.25, .25]] -> columns to 1/M: unchanged -> times M: each sample gets [0.5, 0.5].
+    """
     temp = 0.1
     logits = torch.tensor([[math.log(4.0), 0.0], [math.log(4.0), 0.0]]) * temp
     probs = DINOLoss(2, centering="sinkhorn_knopp").teacher_probabilities(logits, teacher_temp=temp)
@@ -145,7 +146,8 @@ def test_ibot_sinkhorn_knopp_treats_every_patch_as_a_sample() -> None:
 
 def test_ibot_loss_averages_patches_of_each_image_then_images() -> None:
     """One-hot targets on prototype 0; student p_0 per patch: image 0 [1/2, 1/4] -> (ln2 + 2 ln2) / 2,
-    image 1 [1/8, 1/8] -> 3 ln2; mean over images: 2.25 ln 2."""
+    image 1 [1/8, 1/8] -> 3 ln2; mean over images: 2.25 ln 2.
+    """
     teacher = F.one_hot(torch.zeros(2, 2, dtype=torch.long), 3).float()
     student = torch.stack([
         _logits_of([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]),
@@ -170,7 +172,8 @@ def test_ibot_centre_and_centering_per_patch() -> None:
 def test_token_regression_is_one_minus_cosine_plus_smooth_l1() -> None:
     """Identity projectors. Class tokens: [1,0]->[0,1]: (1-0) + mean(.5,.5) = 1.5; [2,0]->[1,0]: 0 + mean(.5, 0)
     = .25; mean .875. Patches, image 0: [.5,0]->[1,0]: 0 + mean(.125, 0) = .0625; [0,1]->[0,-1]: 2 + mean(0,
-    1.5) = 2.75; mean 1.40625. Image 1 exact: 0. Mean over images .703125. Total 1.578125."""
+    1.5) = 2.75; mean 1.40625. Image 1 exact: 0. Mean over images .703125. Total 1.578125.
+    """
     loss = TokenRegressionLoss(2, 2)
     with torch.no_grad():
         for projector in (loss.cls_projector, loss.patch_projector):

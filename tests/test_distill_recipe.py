@@ -1,6 +1,7 @@
 """The training rules around the losses, against DINOv2's code transcribed: parameter groups (layer-wise LR
 decay, patch-embedding LR, weight-decay exemptions), per-module clipping, float32 teacher heads, the
-head-fitting stage's schedules, and a whole step's objective on identical tensors."""
+head-fitting stage's schedules, and a whole step's objective on identical tensors.
+"""
 
 from __future__ import annotations
 

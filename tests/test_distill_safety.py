@@ -1,5 +1,6 @@
 """Hostile and careless inputs to a distillation: planted or broken checkpoints, a broken config, a torn
-metrics line, a teacher that changed under a resume, a random teacher. No code runs, no traceback."""
+metrics line, a teacher that changed under a resume, a random teacher. No code runs, no traceback.
+"""
 
 from __future__ import annotations
 

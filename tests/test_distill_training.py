@@ -130,7 +130,8 @@ def test_the_tiny_cpu_recipe_learns(shipped_tile_store, tmp_path):
     """The shipped demo config (random seeded teacher, 200 steps): the loss at the final teacher temperature
     falls by 5 % from its first to its last logged fifth and its DINO part falls too (measured on these 53
     tiles: loss -11 %, DINO -2.3 %). The agreement is recorded; on these tiles it does not rise (CKA 0.74 ->
-    0.73; docs/performance.md says why), so it is not asserted here."""
+    0.73; docs/performance.md says why), so it is not asserted here.
+    """
     config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
     train(config, [str(shipped_tile_store)], tmp_path / "run")
     records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]

@@ -63,6 +63,7 @@ def _direct(weights, tiles: np.ndarray) -> np.ndarray:
         return embed(model, torch.from_numpy(tiles)).numpy()
 
 
+@pytest.mark.slow
 def test_embeddings_mirror_the_tile_store_and_equal_a_direct_model_call(tile_store, weights, tmp_path):
     out = tmp_path / "emb.zarr"
     summary = _run(tile_store, out, _settings(weights, loader_workers=2))
@@ -81,6 +82,7 @@ def test_embeddings_mirror_the_tile_store_and_equal_a_direct_model_call(tile_sto
     assert summary["tiles"] == data.sizes["tile"] > 2 * SHARD
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_resumes_to_identical_output_and_a_finished_one_does_nothing(tile_store, weights, tmp_path):
     out = tmp_path / "emb.zarr"
     _run(tile_store, out, _settings(weights))
@@ -99,6 +101,7 @@ def test_an_interrupted_job_resumes_to_identical_output_and_a_finished_one_does_
     assert chunk.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_other_settings_are_refused_on_an_existing_store(tile_store, weights, tmp_path):
     from storage.tile_store import StoreError
 

@@ -40,7 +40,8 @@ def test_resolution_tag_conversion(value, unit, expected):
 
 
 def test_ome_physical_size_units():
-    xml = '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>'
+    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image>'
+           '<Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>')
     assert mpp_from_ome_xml(xml) == pytest.approx(0.25)
 
 

@@ -77,6 +77,7 @@ def test_deployment_parameters_cover_the_flows():
     ("http://127.0.0.1:9/api", [], "does not answer"),
     (None, ["--config", "{tmp}/serve.yaml"], "no deployment tile;"),
 ])
+@pytest.mark.slow
 def test_serve_refuses_to_start_without_a_server_or_with_a_bad_config(tmp_path, api_url, options, message):
     (tmp_path / "serve.yaml").write_text('tile:\n  cron: "0 2 * * *"\n')
     env = {**os.environ, "PREFECT_HOME": str(tmp_path)}

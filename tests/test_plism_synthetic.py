@@ -59,7 +59,8 @@ def _patch_correlations(
     plism: dict[str, SyntheticCondition], name: str, centres_px: np.ndarray, offset_um: np.ndarray
 ) -> np.ndarray:
     """Correlation of reference patches around ``centres_px`` with the condition sampled where the truth
-    (applied to the reference pixels shifted by ``offset_um``) says they are."""
+    (applied to the reference pixels shifted by ``offset_um``) says they are.
+    """
     reference, condition = _level0(plism["GMH_S60"].path), _level0(plism[name].path)
     truth = plism[name].truth
     grid = np.stack(np.meshgrid(np.arange(PATCH_PX), np.arange(PATCH_PX)), axis=-1).reshape(-1, 2) - PATCH_PX // 2
@@ -169,6 +170,7 @@ def test_a_seed_and_a_condition_name_fix_the_condition(plism, tmp_path):
     assert other["HR_GT450"].truth.waves != first["HR_GT450"].truth.waves
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_conditions_asked_for(tmp_path):
     command = [sys.executable, "-m", "registration.synthetic", str(tmp_path), "--stainings", "GMH", "HR",
                "--scanners", "S60", "AT2", "--seed", "3", "--mpp-scale", "8"]

@@ -20,7 +20,8 @@ CONDITIONS = [("GMH_S60", "GMH", "S60"), ("GMH_AT2", "GMH", "AT2"), ("HR_S60", "
 @pytest.fixture(scope="module")
 def embedding_stores(tmp_path_factory, shipped_tile_store, prefect_api):
     """The shipped CMU tiles as four conditions (darker stain for HR, a colder scanner for AT2), embedded
-    by two tiny random models."""
+    by two tiny random models.
+    """
     folder = tmp_path_factory.mktemp("robustness")
     tiles = zarr.open_array(shipped_tile_store / "slides" / "CMU-1-Small-Region" / "tiles", mode="r")[:48]
     store = AlignedTileStore.create_or_open(folder / "aligned.zarr", {"test": True})

@@ -46,7 +46,7 @@ def dense_pair(a: np.ndarray, b: np.ndarray, ks: tuple[int, ...]) -> dict[str, f
 
 
 def reference_style_topk(a: np.ndarray, b: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
-    """plismbench's recipe (argpartition, drop position 0 as the query itself); defined only without ties."""
+    """Plismbench's recipe (argpartition, drop position 0 as the query itself); defined only without ties."""
     n = len(a)
     ab = np.concatenate([a, b]).astype(np.float64)
     norms = np.linalg.norm(ab, axis=1, keepdims=True)

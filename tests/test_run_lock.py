@@ -90,6 +90,7 @@ def test_a_live_owner_on_this_host_is_named_and_keeps_the_lock(tmp_path: Path, s
     assert read_owner(lock_path) == owner
 
 
+@pytest.mark.slow
 def test_a_dead_owner_on_this_host_is_stale_and_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "run.lock"
     code = f"from storage.run_lock import RunLock; RunLock({str(path)!r}, 's').acquire(); import os; os._exit(0)"
@@ -101,6 +102,7 @@ def test_a_dead_owner_on_this_host_is_stale_and_taken_over(tmp_path: Path) -> No
     assert read_owner(path).token == lock.owner.token != dead.token
 
 
+@pytest.mark.slow
 def test_a_killed_owner_not_yet_reaped_is_gone(tmp_path: Path) -> None:
     path = tmp_path / "run.lock"
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

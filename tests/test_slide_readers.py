@@ -34,7 +34,8 @@ def test_svs_tiles_decoded_directly_equal_openslide(rect):
 
 def test_pyramid_levels_decoded_directly_equal_whole_level_decodes(slide_025):
     """Exact level pixels on every level; OpenSlide agrees where its downsample is a whole number
-    (on level 2, 4.0006×, it resamples by a fraction of a pixel)."""
+    (on level 2, 4.0006×, it resamples by a fraction of a pixel).
+    """
     import tifffile
 
     backend = open_backend(slide_025)

@@ -40,6 +40,7 @@ def test_tiles_are_sharded_jpeg_with_one_tile_per_chunk(store):
     assert len(shard_files) == -(-tiles.shape[0] // 16)
 
 
+@pytest.mark.slow
 def test_a_fresh_process_decodes_tiles_through_the_entry_point(store):
     """No distillpath import: zarr must find the codec by itself (else Dask workers hang)."""
     code = (
@@ -103,6 +104,7 @@ def test_codec_rejects_layouts_jpeg_cannot_hold(tmp_path):
         JpegCodec(subsampling="411")
 
 
+@pytest.mark.slow
 def test_domain_packages_import_without_torch_or_prefect():
     code = "import sys, tiling, storage; bad = {'torch', 'prefect', 'timm'} & set(sys.modules); assert not bad, bad"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tests.conftest import CMU_SVS, write_tiff
 from tiling.config import TissueConfig
 from tiling.slide import open_backend, opened_slide
 from tiling.tissue import Thumbnail, detect_tissue, read_thumbnail
-from tests.conftest import CMU_SVS, write_tiff
 
 
 def _cmu_thumbnail() -> Thumbnail:

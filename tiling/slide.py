@@ -131,6 +131,7 @@ class OpenSlideBackend:
         self._slide.close()
         if self._tiles is not None:
             self._tiles.close()
+        if self._tiff is not None:
             self._tiff.close()
 
 

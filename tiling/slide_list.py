@@ -188,11 +188,11 @@ def list_slides(
         clashing = rows_of_id[slide_id.casefold()]
         if len(clashing) > 1:
             where = ", ".join(f"#{r} ({candidates[r - 1][0]})" for r in clashing)
-            error = InvalidSlideIdError(
+            clash = InvalidSlideIdError(
                 path, f"slide id {slide_id!r} is shared by slides {where} (ids are compared without case); "
                 "ids must be unique"
             )
-            rejected.append(RejectedSlide(row, path, slide_id, error))
+            rejected.append(RejectedSlide(row, path, slide_id, clash))
         else:
             specs.append(SlideSpec(path=path, slide_id=slide_id, mpp_override_um=mpp, mpp_replace_um=mpp_replace_um))
     return specs, rejected

@@ -86,9 +86,9 @@ class TiffTileSource:
             pages.append(page)
         source = cls(Path(tiff.filehandle.path), pages)
         try:  # one tile per level: a codec tifffile lacks sends the file to OpenSlide instead
-            for level in range(len(pages)):
-                full = source._decode_tile(level, 0, 0, 1)
-                source._reducible[level] = source._reduced_decoding_agrees(level, full)
+            for index in range(len(pages)):
+                full = source._decode_tile(index, 0, 0, 1)
+                source._reducible[index] = source._reduced_decoding_agrees(index, full)
         except Exception:
             source.close()
             return None

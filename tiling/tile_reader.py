@@ -38,7 +38,8 @@ class TileBatch:
 
 def resize_tile(region: np.ndarray, tile_size_px: int) -> np.ndarray:
     """Resample one tile region to ``tile_size_px``: area averaging down, cubic up (by at most 5 %
-    after a reduced decode, or when upsampling is allowed)."""
+    after a reduced decode, or when upsampling is allowed).
+    """
     if region.shape[0] == tile_size_px and region.shape[1] == tile_size_px:
         return region
     shrinking = region.shape[0] > tile_size_px

@@ -10,7 +10,6 @@ lost, preempted or killed at its walltime) costs one ``stat``, not a re-tiling.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import write_bytes_atomic
+from storage.checksum import sha256_of_file
+from storage.jpeg_codec import set_coding_threads
 from storage.manifest import DONE, FAILED, SKIPPED, SlideRecord, read_record, write_record
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore, software_version, utc_now
@@ -32,16 +33,6 @@ from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
 from tiling.tile_reader import iter_tile_batches
 from tiling.tissue import Thumbnail, detect_tissue, read_thumbnail
-
-_HASH_BLOCK_BYTES = 8 << 20
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(_HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str, str]:
@@ -197,6 +188,7 @@ def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> Slide
     if store.is_complete(spec.slide_id):
         return _record_of_complete_slide(spec, store)
     started = time.perf_counter()
+    set_coding_threads(config.threads)  # encoding, like reading, stays within the slide's --threads
     try:
         with opened_slide(spec.path) as backend:
             record = _tile_open_slide(spec, backend, store, config)

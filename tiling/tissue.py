@@ -11,7 +11,6 @@ removed by hue: green and strongly saturated blue are never H&E stains.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import cv2

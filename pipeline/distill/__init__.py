@@ -2,3 +2,5 @@
 
 from pipeline.distill.heads import DINOHead
 from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
+
+__all__ = ["DINOHead", "DINOLoss", "IBOTPatchLoss", "TokenRegressionLoss"]

@@ -46,7 +46,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def evaluation_tiles(stores: list[str], count: int, size_px: int | None = None) -> torch.Tensor:
     """The first ``count`` tiles of ``stores`` in their fixed unit order, uint8 ``[n, S, S, 3]``, resized
-    (antialiased bilinear) to ``size_px`` when given: the student is trained at the global-crop size only."""
+    (antialiased bilinear) to ``size_px`` when given: the student is trained at the global-crop size only.
+    """
     tiles: list[torch.Tensor] = []
     remaining = count
     for store in stores:

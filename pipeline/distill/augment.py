@@ -153,7 +153,8 @@ class MultiCrop:
               generator: torch.Generator) -> torch.Tensor:
         """One augmented crop of ``image`` ``[3, H, W]`` as ``[size, size, 3]`` uint8."""
         config = self.config
-        top, left, height, width = crop_box(*image.shape[-2:], scale, config.crops_ratio, generator)
+        image_height, image_width = image.shape[-2:]
+        top, left, height, width = crop_box(image_height, image_width, scale, config.crops_ratio, generator)
         if (height, width) == (size, size):  # nothing to resample: an exact copy, not an interpolated one
             crop = image[:, top : top + height, left : left + width]
         else:
@@ -178,7 +179,7 @@ class MultiCrop:
         return crop.permute(1, 2, 0).contiguous()
 
     def _jitter(self, crop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """torchvision's ``ColorJitter``: the four adjustments in a random order, each with a random strength."""
+        """Torchvision's ``ColorJitter``: the four adjustments in a random order, each with a random strength."""
         config = self.config
         adjustments = []
         for strength, adjust in ((config.brightness, F.adjust_brightness), (config.contrast, F.adjust_contrast),

@@ -33,12 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.distill.augment import MultiCrop
+from storage.jpeg_codec import decode_tile
 from storage.tile_units import TileUnit, open_tile_source
 
 # Distinct streams of randomness derived from one seed.
@@ -117,7 +117,7 @@ class TileStream(IterableDataset):
         return self.global_batch // self.world
 
     def positions(self, step: int) -> range:
-        """This rank's stream positions at ``step``."""
+        """Stream positions of this rank at ``step``."""
         start = step * self.global_batch + self.rank * self.local_batch
         return range(start, start + self.local_batch)
 
@@ -130,7 +130,8 @@ class TileStream(IterableDataset):
 
     def _window(self, pass_index: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The window's pieces (in concatenation order), the order the stream visits its concatenated tiles, and
-        where each piece starts in the concatenation; kept for the last window (a step rarely spans two)."""
+        where each piece starts in the concatenation; kept for the last window (a step rarely spans two).
+        """
         if self._window_cache is None or self._window_cache[0] != (pass_index, window):
             pieces = self._pass_layout(pass_index).piece_order[
                 window * self.window_pieces : (window + 1) * self.window_pieces]
@@ -169,11 +170,11 @@ class TileStream(IterableDataset):
         return [found[ref.store, ref.unit, ref.tile] for ref in refs]
 
     def _crops(self, position: int, encoded: bytes) -> dict[str, list[torch.Tensor]]:
-        tile = torch.from_numpy(imagecodecs.jpeg8_decode(encoded))
+        tile = torch.from_numpy(decode_tile(encoded))
         return self.transform(tile, torch.Generator().manual_seed(derive_seed(self.seed, _CROPS, position)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """This rank's batch of global step ``step``."""
+        """Batch of this rank at global step ``step``."""
         positions = self.positions(step)
         encoded = self._encoded([self.tile_at(position) for position in positions])
         samples = [self._crops(position, data) for position, data in zip(positions, encoded)]

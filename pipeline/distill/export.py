@@ -7,7 +7,6 @@ The file holds the backbone's own timm parameter names, so
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,7 +14,8 @@ import yaml
 from safetensors.torch import save_file
 
 from pipeline.distill.config import DistillConfig
-from storage.atomic import write_bytes_atomic
+from storage.atomic import atomic_path, write_bytes_atomic
+from storage.checksum import sha256_of_file
 
 
 def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores: list[str], steps: int,
@@ -25,10 +25,9 @@ def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores
     ``agreement`` (from :func:`pipeline.distill.train.measure_agreement`) goes into the card as a table.
     """
     tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
-    temporary = path.with_suffix(".tmp")
-    save_file(tensors, temporary, metadata={"model": config.models.student, "steps": str(steps)})
-    temporary.replace(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with atomic_path(path) as temporary:
+        save_file(tensors, temporary, metadata={"model": config.models.student, "steps": str(steps)})
+    digest = sha256_of_file(path)
     parameters = sum(t.numel() for t in tensors.values())
     card = f"""# {config.models.student} distilled from {config.models.teacher}
 
@@ -37,7 +36,8 @@ def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores
 - Load: `pipeline.models.build_model("{config.models.student}", weights="{path.name}")`, or
   `python -m flows.embed --model {config.models.student} --weights {path.name} ...`
 - Embedding: class token ⊕ mean patch token (registers excluded), normalised with the model's mean/std.
-- Teacher: `{config.models.teacher}` (weights: `{config.models.teacher_weights}`), teacher heads: `{config.heads.teacher_heads}`
+- Teacher: `{config.models.teacher}` (weights: `{config.models.teacher_weights}`),
+  teacher heads: `{config.heads.teacher_heads}`
 - Training: {steps:,} iterations of DINO + iBOT distillation, global batch {config.train.batch_size_total},
   exported weights are the EMA of the student.
 - Data: {", ".join(f"`{s}`" for s in stores)}

@@ -119,7 +119,8 @@ class DINOLoss(_TeacherTargets):
 
     def teacher_probabilities(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Targets ``[G*B, K]`` float32 from the teacher head's logits ``[G*B, K]`` of the global crops:
-        ``softmax((t − center) / teacher_temp)`` or Sinkhorn-Knopp over the global batch."""
+        ``softmax((t − center) / teacher_temp)`` or Sinkhorn-Knopp over the global batch.
+        """
         return self._targets(teacher_logits, teacher_temp)
 
     @torch.no_grad()
@@ -129,7 +130,8 @@ class DINOLoss(_TeacherTargets):
 
     def forward(self, student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]) -> torch.Tensor:
         """``student_logits``: one ``[B, K]`` per crop, global crops first, in the teacher's order;
-        ``teacher_probs``: one ``[B, K]`` per global crop. Returns the scalar loss above."""
+        ``teacher_probs``: one ``[B, K]`` per global crop. Returns the scalar loss above.
+        """
         n_global, n_crops = len(teacher_probs), len(student_logits)
         n_pairs = n_global * (n_crops - 1)
         if n_crops < n_global or n_pairs == 0:

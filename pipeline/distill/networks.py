@@ -22,7 +22,8 @@ from pipeline.models import build_model, normalise
 
 def init_seed(what: str, seed: int) -> int:
     """The seed that initialises ``what`` (a model name, or ``"heads"``) in a run of ``seed``: the same in
-    every process and Python run, and different for teacher and student even when they share a seed."""
+    every process and Python run, and different for teacher and student even when they share a seed.
+    """
     digest = hashlib.blake2b(f"{what}\0{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
@@ -62,7 +63,8 @@ def make_heads(in_dim: int, config: HeadsConfig) -> nn.ModuleDict:
 @dataclass
 class Outputs:
     """What one side produced for a step: class tokens of global then local crops, and global patch tokens,
-    each through the heads when there are heads (``dino`` ``[C*B, K]``, ``ibot`` ``[2B, N, K]``)."""
+    each through the heads when there are heads (``dino`` ``[C*B, K]``, ``ibot`` ``[2B, N, K]``).
+    """
 
     cls: torch.Tensor
     patches: torch.Tensor

@@ -58,7 +58,8 @@ def trained_modules(student: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def param_groups(student: nn.Module, optim: OptimConfig) -> list[dict]:
     """AdamW groups of a :class:`~pipeline.distill.networks.StudentSide`: one per distinct
-    ``(module, lr_multiplier, wd_multiplier, prototypes)``, each carrying those keys and ``names``."""
+    ``(module, lr_multiplier, wd_multiplier, prototypes)``, each carrying those keys and ``names``.
+    """
     groups: dict[tuple, dict] = {}
     for module_name, module in trained_modules(student):
         n_blocks = len(getattr(module, "blocks", ()))

@@ -10,7 +10,6 @@ that follows rewrites the file without it.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import yaml
 
 from pipeline.distill.config import DistillConfig
-from storage.atomic import write_bytes_atomic
+from storage.atomic import atomic_path, write_bytes_atomic
 
 
 class CheckpointError(ValueError):
@@ -91,9 +90,8 @@ class RunDirectory:
     def save_checkpoint(self, name: str, step: int, state: dict) -> Path:
         """Write ``state`` as ``checkpoints/<name>-<step>.pt`` atomically (rank 0 only calls it)."""
         path = self.checkpoints / f"{name}-{step:07d}.pt"
-        temporary = path.with_suffix(".tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            torch.save(state, temporary)
         return path
 
     def log(self, record: dict) -> None:
@@ -106,7 +104,8 @@ class RunDirectory:
     def truncate_metrics(self, stage: str, step: int) -> None:
         """Forget records past ``step`` of ``stage`` (written after the checkpoint a resumed run restarts
         from), the end-of-run agreement when the distillation resumes (it is measured again), and a torn
-        last line."""
+        last line.
+        """
         if not self.metrics.exists():
             return
         kept = [r for r in self.records() if not (r["stage"] == stage and r["step"] > step)

@@ -261,7 +261,8 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
 
 def run_identity(config: DistillConfig) -> dict:
     """What makes a run's networks: teacher and student names, their initial seeds, the teacher's weights
-    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused."""
+    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused.
+    """
     models, heads = config.models, config.heads
     return {"teacher": models.teacher, "student": models.student,
             "teacher_init_seed": init_seed(models.teacher, config.train.seed),
@@ -297,7 +298,8 @@ def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module,
 def measure_agreement(config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module,
                       device: torch.device) -> dict[str, float | int]:
     """Teacher-student agreement on the first ``train.agreement_tiles`` whole tiles, for the student the run
-    started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded)."""
+    started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded).
+    """
     tiles = evaluation_tiles(stores, config.train.agreement_tiles, config.crops.global_crop_size)
     k = config.train.agreement_neighbours
     if len(tiles) <= k:
@@ -352,7 +354,10 @@ def train(config: DistillConfig, stores: list[str], out: Path | str, device: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``torchrun`` entry point: ``torchrun --nproc-per-node N -m pipeline.distill.train --config C --tiles S --out R``."""
+    """``torchrun`` entry point.
+
+    ``torchrun --nproc-per-node N -m pipeline.distill.train --config C --tiles S --out R``.
+    """
     parser = argparse.ArgumentParser(prog="python -m pipeline.distill.train")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--tiles", required=True, nargs="+")

@@ -28,7 +28,7 @@ HOPTIMUS_STD: RGB = (0.211883, 0.230117, 0.177517)
 
 
 def swiglu_mlp_ratio(embed_dim: int, mlp_ratio: float = 4.0) -> float:
-    """timm ``mlp_ratio`` that gives a ``SwiGLUPacked`` MLP the width of DINOv2's ``SwiGLUFFNFused``.
+    """Timm ``mlp_ratio`` that gives a ``SwiGLUPacked`` MLP the width of DINOv2's ``SwiGLUFFNFused``.
 
     DINOv2 (``dinov2/layers/swiglu_ffn.py``) shrinks the ``mlp_ratio * D`` hidden width to 2/3, rounded
     up to a multiple of 8, so SwiGLU's three matrices cost what the GELU MLP's two did. timm's

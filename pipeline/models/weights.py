@@ -6,7 +6,6 @@ not have, raises ``WeightsError`` rather than giving embeddings from a half-load
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -17,6 +16,8 @@ from safetensors.torch import load_file
 from timm.models import VisionTransformer, clean_state_dict
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
+
+from storage.checksum import sha256_of_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -42,8 +43,7 @@ class WeightsError(ValueError):
 
 def weights_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a weights file, for the provenance record of every store it produces."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    return sha256_of_file(path)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -16,10 +16,11 @@ benchmarks the paper follows (§3.2.1), so that every model is probed alike:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score
@@ -94,20 +95,20 @@ def pearson_per_target(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         return (true * pred).sum(axis=0) / np.sqrt((true**2).sum(axis=0) * (pred**2).sum(axis=0))
 
 
-def fold_splits(folds: Sequence) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+def fold_splits(folds: ArrayLike) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
     """``(fold, train mask, test mask)`` per distinct fold value, sorted: test on that fold, train on the rest."""
-    folds = pd.Series(np.asarray(folds))
-    if folds.isna().any():
-        raise FoldError(f"{int(folds.isna().sum())} samples have no fold")
-    values = sorted(folds.unique(), key=lambda v: (str(type(v)), v))
+    fold_of = pd.Series(np.asarray(folds))
+    if fold_of.isna().any():
+        raise FoldError(f"{int(fold_of.isna().sum())} samples have no fold")
+    values = sorted(fold_of.unique(), key=lambda v: (str(type(v)), v))
     if len(values) < 2:
         raise FoldError(f"cross-validation needs at least 2 folds, got {values}")
     for value in values:
-        test = (folds == value).to_numpy()
+        test = (fold_of == value).to_numpy()
         yield value, ~test, test
 
 
-def ridge_regression_cv(X: np.ndarray, Y: np.ndarray | pd.DataFrame, folds: Sequence, seed: int = 0) -> pd.DataFrame:
+def ridge_regression_cv(X: np.ndarray, Y: np.ndarray | pd.DataFrame, folds: ArrayLike, seed: int = 0) -> pd.DataFrame:
     """HEST-style ridge probe of ``Y [sample, target]`` from ``X [sample, feature]``, one model per held-out fold.
 
     Returns one row per fold × metric: ``pearson`` (mean over targets, NaN
@@ -131,21 +132,21 @@ def ridge_regression_cv(X: np.ndarray, Y: np.ndarray | pd.DataFrame, folds: Sequ
     return _ordered(rows)
 
 
-def linear_probe_cv(X: np.ndarray, y: Sequence, folds: Sequence) -> pd.DataFrame:
+def linear_probe_cv(X: np.ndarray, y: ArrayLike, folds: ArrayLike) -> pd.DataFrame:
     """Logistic-regression probe of labels ``y [sample]`` from ``X [sample, feature]``, one model per held-out fold.
 
     Returns one row per fold: metric ``balanced_accuracy`` with ``n_train``,
     ``n_test`` and the ``C`` used. Chance level is ``1 / n_classes``.
     """
-    X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+    X, labels = np.asarray(X, dtype=np.float32), np.asarray(y)
     rows = []
     for fold, train, test in fold_splits(folds):
-        n_classes = len(np.unique(y[train]))
+        n_classes = len(np.unique(labels[train]))
         if n_classes < 2:
-            raise FoldError(f"training on every fold but {fold!r} leaves one class only ({y[train][0]!r})")
-        model = linear_probe_pipeline(int(train.sum()), X.shape[1], n_classes).fit(X[train], y[train])
+            raise FoldError(f"training on every fold but {fold!r} leaves one class only ({labels[train][0]!r})")
+        model = linear_probe_pipeline(int(train.sum()), X.shape[1], n_classes).fit(X[train], labels[train])
         rows.append({"fold": fold, "metric": "balanced_accuracy",
-                     "value": float(balanced_accuracy_score(y[test], model.predict(X[test]))),
+                     "value": float(balanced_accuracy_score(labels[test], model.predict(X[test]))),
                      "n_train": int(train.sum()), "n_test": int(test.sum()), "C": model["logreg"].C})
     return _ordered(rows)
 
