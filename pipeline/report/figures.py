@@ -87,8 +87,7 @@ def heat_map(matrix: pd.DataFrame, title: str, path: Path) -> Path:
     """The matrix as colours; diagonal cells (not measured) hatched grey and labelled so."""
     size = min(MAX_WIDTH_IN - 1.5, 2.5 + 0.42 * len(matrix))
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
-    colours = plt.get_cmap("viridis").copy()
-    colours.set_bad("#d9d9d9")
+    colours = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
     image = axis.imshow(np.ma.masked_invalid(matrix.to_numpy(float)), vmin=0, vmax=1, cmap=colours)
     for i in range(len(matrix)):
         axis.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#888", lw=0))
