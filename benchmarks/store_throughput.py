@@ -2,7 +2,7 @@
 
 Run it with ``PYTHONPATH`` at the checkout to measure, e.g. before and after a change, in the same minute:
 
-    PYTHONPATH=. python benchmarks/store_throughput.py --repeats 3
+    PYTHONPATH=. python -m benchmarks.store_throughput --repeats 3   # -m: benchmarks/tiling.py would shadow tiling
 
 Tiling: :func:`tiling.tile_slide.tile_slide` of the 50-tile CMU sample (its QC picture included), best of
 ``--repeats``. Reading: every tile decoded through :class:`storage.read.TileReader` (``reader[:]``) and through

@@ -181,17 +181,36 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
         "token (cls+mean). Scores are comparable with the leaderboard only for stores pooled "
         f"{LEADERBOARD_POOLING}."
     )
-    report.heading("Summary (medians over pairs; score = mean of the four)")
-    report.table(overview)
+    report.heading("How to read this report")
+    report.paragraph(
+        "Every PLISM condition (one staining on one scanner) is the same tissue, registered onto the reference, "
+        "so tile i shows the same place in every condition. Each pair of conditions is scored on those tiles "
+        "(paper §3.2.2): cosine similarity is the mean cosine between a tile's embedding in one condition and its "
+        "embedding in the other (1 = identical); top-k accuracy is the share of tiles whose counterpart is among "
+        "the k embeddings most similar to them, out of all tiles of both conditions (1 = always found)."
+    )
+    report.paragraph(
+        "Pairs fall into groups: inter-scanner (same staining, two scanners: robustness to scanning), "
+        "inter-staining (same scanner, two stainings: robustness to staining), inter-scanner, inter-staining "
+        "(both differ) and all pairs. The score is the PLISM leaderboard's: the mean of four medians over pairs, "
+        "the median cosine similarity over all pairs and the median top-10 accuracy of each of the three "
+        "inter-groups (paper §3.2.2: metrics aggregated across combinations of distinct scanners and stainings)."
+    )
+    report.heading("Summary")
+    report.paragraph("One column per model, one row per median over the pairs of a group; score first. "
+                     "Higher is more robust.")
+    report.table(overview.T)
     report.heading("Figures")
-    report.pictures(figures, folder)
+    report.pictures(figures, folder, captions=_captions(pairs_by_model, metric))
     report.heading("All statistics")
+    report.paragraph("Per model, group and metric: number of pairs, mean, standard deviation (population), "
+                     "median and inter-quartile range over the pairs; the summary row is the score above.")
     report.table(results)
     sources = [Path(str(open_embeddings(store).attrs.get("source", ""))) for store in embeddings]
     qc = _qc_pictures([*dict.fromkeys(sources), *map(Path, qc_from or [])], folder)
     if qc:
         report.heading("QC pictures of the registration and tiling stages")
-        report.pictures(qc, folder, width_px=420)
+        report.thumbnails(qc, folder)
     page = report.write(folder)
     create_markdown_artifact(overview.to_markdown(floatfmt=".4f"), key="robustness-summary",
                              description=f"PLISM robustness report: {page}")
@@ -199,6 +218,22 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
         logger.info("%s: summary score %.4f", model, score)
     print(f"report: {page}")
     return scores
+
+
+def _captions(pairs_by_model: dict[str, pd.DataFrame], metric: str) -> dict[str, str]:
+    """What each figure shows, in a sentence, by file stem."""
+    captions = {
+        "group-distributions": "Distribution over pairs of each metric, by pair group (a box per model; "
+                               "boxes span the quartiles, the line is the median; paper Figure 1).",
+        "scanner-vs-staining": "Median top-1 accuracy over inter-scanner pairs (x) against inter-staining "
+                               "pairs (y), one point per model; above the diagonal means more robust to "
+                               "staining than to scanning (paper Figure 4).",
+    }
+    for model in pairs_by_model:
+        captions[f"heat-map-{file_name(model)}"] = (
+            f"{model}: {metric.replace('_', ' ')} of every pair of conditions; the diagonal (a condition "
+            "against itself) is not measured.")
+    return captions
 
 
 def _overview(pairs_by_model: dict[str, pd.DataFrame], scores: dict[str, float]) -> pd.DataFrame:

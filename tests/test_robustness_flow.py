@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import imagecodecs
 import pytest
 import zarr
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -12,6 +13,7 @@ from flows.embedding_flow import embed_tiles
 from pipeline.embed import EmbeddingSettings
 from storage.aligned_store import AlignedTileStore
 from storage.manifest import SlideRecord, write_record
+from tests.browser import chromium, screenshot_and_measure
 from tests.flow_helpers import run_cli
 
 CONDITIONS = [("GMH_S60", "GMH", "S60"), ("GMH_AT2", "GMH", "AT2"), ("HR_S60", "HR", "S60"), ("HR_AT2", "HR", "AT2")]
@@ -35,7 +37,7 @@ def embedding_stores(tmp_path_factory, shipped_tile_store, prefect_api):
         for start in range(0, 48, 16):
             store.write_condition_tiles(index, start, converted[start : start + 16])
         write_record(store, SlideRecord(name, "", "extracted", extra={"plan_id": store.read_plan()["plan_id"]}))
-    (store.qc_dir / "GMH_AT2.png").write_bytes(b"\x89PNG fake registration picture")
+    (store.qc_dir / "GMH_AT2.png").write_bytes(imagecodecs.png_encode(tiles[0]))  # a registration picture
     outputs = []
     for model in ("tiny-student", "tiny-teacher"):
         out = folder / f"{model}.zarr"
@@ -66,8 +68,17 @@ def test_two_models_give_a_table_figures_and_a_report(embedding_stores, tmp_path
     page = (out / "index.html").read_text()
     assert "figures/heat-map-tiny-teacher-random-seed0.png" in page and "qc/GMH_AT2.png" in page
     matrix = pd.read_csv(out / "matrices" / "tiny-student-random-seed0-top_1_accuracy.csv", index_col=0)
-    assert matrix.shape == (4, 4) and np.allclose(matrix.values, matrix.values.T)
+    assert matrix.shape == (4, 4) and np.allclose(matrix.values, matrix.values.T, equal_nan=True)
+    assert np.isnan(np.diag(matrix.values)).all()  # a condition against itself is not measured
     assert "tiny-student-random-seed0" in (out / "results.md").read_text()
+    assert "§3.2.2" in page and "mean of four medians" in page
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium to render the report")
+    measured = screenshot_and_measure(browser, out / "index.html", tmp_path / "report.png")
+    assert measured["scroll_width"] <= 1280  # no horizontal overflow at a 1,280-px window
+    assert measured["images"] >= 5 and measured["images_loaded"] == measured["images"]
+    assert measured["smallest_image_scale"] >= 0.99  # figures shown at their natural size (11 pt = 15 px)
 
 
 def test_per_slide_embeddings_are_refused_clearly(shipped_tile_store, tmp_path, prefect_api):
