@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
@@ -35,6 +36,7 @@ from prefect.schedules import Cron
 
 from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN
+from flows.jobs import TileJob
 from tiling.config import TilingConfig
 
 _DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) // 2)
@@ -53,33 +55,17 @@ def _task_runner(workers: int, dask_address: str | None):
 
 
 @flow(name="tile-tcga", log_prints=True)
-def tile_tcga_deployment(
-    slides: str,
-    out: str,
-    config: TilingConfig = TilingConfig(),
-    mpp_override_um: float | None = None,
-    mpp_replace_um: float | None = None,
-    overwrite: bool = False,
-    workers: int = _DEFAULT_WORKERS,
-    dask_address: str | None = None,
-) -> dict:
-    """Tile a folder or CSV of slides into a tile store (``python -m flows.tile_tcga``).
+def tile_tcga_deployment(job: TileJob) -> dict:
+    """Tile a folder or CSV of slides into a tile store (``distillpath tile``).
 
     Args:
-        slides: folder of slides, or CSV with columns path[,slide_id,mpp], as seen by this machine.
-        out: tile store (a zarr folder) to create or resume.
-        config: every tiling parameter (tile size, µm/px, tissue detection, tile QC).
-        mpp_override_um: µm/px for slides whose files record none (a recorded value is kept).
-        mpp_replace_um: µm/px for every slide, replacing what the files record (logged per slide).
-        overwrite: delete the store and redo every slide.
-        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
-        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+        job: every parameter of the command line (flows.jobs.TileJob): paths, tiling, workers.
     """
     from flows.tiling_flow import tile_tcga
 
-    return tile_tcga.with_options(task_runner=_task_runner(workers, dask_address))(
-        slides=slides, out=out, config=config, mpp_override_um=mpp_override_um, mpp_replace_um=mpp_replace_um,
-        overwrite=overwrite,
+    return tile_tcga.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
+        slides=job.slides, out=job.out, config=job.tiling, mpp_override_um=job.mpp_override_um,
+        mpp_replace_um=job.mpp_replace_um, overwrite=job.overwrite,
     )
 
 
@@ -248,20 +234,28 @@ def evaluate_deployment(
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """One deployment: its name (the command line's), its wrapper flow, and parameters preset for it."""
+    """One deployment: its name (the command line's), its flow, and parameters preset for it.
+
+    A flow migrated to a job config (``job``) takes that object as its one
+    parameter ``job``; presets and served defaults name the job's fields.
+    """
 
     name: str
     flow: Flow
     preset: dict[str, Any]
     dask: bool  # takes ``dask_address``
+    job: type[BaseModel] | None = None
 
     @property
     def full_name(self) -> str:
         return f"{self.flow.name}/{self.name}"
 
+    def parameter_names(self) -> list[str]:
+        return list(self.job.model_fields) if self.job else list(self.flow.parameters.properties)
+
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
-    DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True),
+    DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True, job=TileJob),
     DeploymentSpec("register-plism", plism_deployment, {"stage": "register"}, dask=True),
     DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True),
     DeploymentSpec("embed", embed_deployment, {}, dask=True),
@@ -279,6 +273,8 @@ def deployment_spec(name: str) -> DeploymentSpec:
 
 
 def required_parameters(spec: DeploymentSpec) -> list[str]:
+    if spec.job:
+        return [name for name, info in spec.job.model_fields.items() if info.is_required()]
     return list(spec.flow.parameters.required or [])
 
 
@@ -293,13 +289,13 @@ def build_deployment(
     """
     defaults = {**spec.preset, **({"dask_address": dask_address} if spec.dask and dask_address else {}),
                 **(parameters or {})}
-    unknown = set(defaults) - set(spec.flow.parameters.properties)
+    unknown = set(defaults) - set(spec.parameter_names())
     if unknown:
         raise ValueError(f"{spec.full_name} has no parameter {', '.join(sorted(unknown))}; "
-                         f"it takes {', '.join(spec.flow.parameters.properties)}")
+                         f"it takes {', '.join(spec.parameter_names())}")
     return spec.flow.to_deployment(
         name=spec.name,
-        parameters=defaults,
+        parameters={"job": defaults} if spec.job and defaults else defaults,
         schedules=[Cron(cron, timezone=timezone)] if cron else None,
         tags=["distillpath", *(tags or [])],
         entrypoint_type=EntrypointType.MODULE_PATH,

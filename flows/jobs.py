@@ -1,0 +1,68 @@
+"""One frozen config per job: every parameter of a command line and of its deployment, stated once.
+
+The command lines derive their options from these models
+(:mod:`flows.config_loader`), and the deployments take them as their one
+parameter, so the Prefect UI's form and each run's record show every field,
+typed, with the same defaults. The domain configs inside (``TilingConfig``,
+``RegistrationConfig``) are the ones the stores record. Importing this module
+imports neither Prefect, torch nor Dask: it is the validation path of every
+command.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registration.config import RegistrationConfig
+from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE
+from tiling.config import TilingConfig
+
+
+def default_workers() -> int:
+    """Half the CPUs: one local Dask worker process per two cores (each slide also uses ``threads``)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TileJob(_Job):
+    """Tile a folder or CSV of slides into a tile store (``distillpath tile``)."""
+
+    slides: str = Field(description="folder of slides, a CSV with columns path[,slide_id,mpp], or one slide file")
+    out: str = Field(description="tile store (a zarr folder) to create or resume")
+    tiling: TilingConfig = Field(TilingConfig(), description="every tiling parameter; recorded in the store")
+    mpp_override_um: float | None = Field(None, gt=0, description="µm/px for slides whose files record none")
+    mpp_replace_um: float | None = Field(None, gt=0, description="µm/px for every slide, replacing the files' own")
+    overwrite: bool = Field(False, description="delete the store and redo every slide")
+    workers: int = Field(default_factory=default_workers, gt=0,
+                         description="local worker processes (1 runs in the flow's process); ignored with dask_address")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
+
+
+class PlismJob(_Job):
+    """Register a PLISM-style study and cut its aligned tiles (``distillpath register-plism`` / ``extract-plism``)."""
+
+    slides: str = Field(description="folder of the study's slides, named {staining}_{scanner}")
+    out: str = Field(description="aligned tile store (a zarr folder) to create or resume")
+    stage: Literal["register", "all"] = Field("all", description="register only, or register and extract (all)")
+    registration: RegistrationConfig = Field(RegistrationConfig(), description="how each condition is registered")
+    tiling: TilingConfig = Field(TilingConfig(), description="tile size, µm/px and tissue detection of the tiles")
+    refine: bool = Field(False, description="refine each registration at high resolution near the tiles")
+    refinement: dict[str, Any] | None = Field(
+        None, description="fields of registration.refine.RefinementConfig (implies refine)")
+    reference: tuple[str, str] = Field(DEFAULT_REFERENCE, description="reference condition: staining and scanner")
+    pattern: str = Field(DEFAULT_PATTERN, description="regular expression with groups staining and scanner")
+    stainings: list[str] | None = Field(None, description="keep only these stainings (the reference's is kept)")
+    overwrite: bool = Field(False, description="delete the store and redo every condition")
+    workers: int = Field(default_factory=default_workers, gt=0,
+                         description="local worker processes (1 runs in the flow's process); ignored with dask_address")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
+
+    def refinement_options(self) -> dict[str, Any] | None:
+        """What the flow takes: ``None`` (no refinement) or the refinement fields."""
+        return (self.refinement or {}) if (self.refine or self.refinement is not None) else None
