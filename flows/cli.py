@@ -29,6 +29,7 @@ def job_main(
     run: Callable[[Any, argparse.Namespace], None],
     check: Callable[[Any], None] | None = None,
     progress: bool = True,
+    preset: Mapping[str, Any] | None = None,
 ) -> int:
     """Parse a job's command line into its config, check it, then run it under Prefect; the process exit code.
 
@@ -41,7 +42,7 @@ def job_main(
     args = job_parser(prog, description, model, flags, progress).parse_intermixed_args(argv)
     name = prog.split()[-1]
     try:
-        job = config_from_args(model, args, flags)
+        job = config_from_args(model, args, flags, preset)
         if check is not None:
             check(job)
     except (ConfigError, UserInputError) as error:

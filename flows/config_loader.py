@@ -34,14 +34,17 @@ def load_config(
     overrides: Sequence[str] = (),
     flags: Mapping[str, Any] | None = None,
     flag_names: Mapping[str, str] | None = None,
+    preset: Mapping[str, Any] | None = None,
 ) -> BaseModel:
-    """The job config: ``model``'s defaults, then the YAML file ``path``, then ``key=value`` overrides, then flags.
+    """The job config: ``model``'s defaults, ``preset``, the YAML file ``path``, ``key=value`` overrides, then flags.
+
+    ``preset`` is what a command changes from the model's defaults (``register-plism``: ``stage=register``).
 
     ``flags`` maps dotted field names to values; ``None`` means "not given".
     ``flag_names`` (dotted field to ``--flag``) lets a missing required field
     be reported by the flag that sets it.
     """
-    data = _read_yaml(path) if path else {}
+    data = {**(preset or {}), **(_read_yaml(path) if path else {})}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value, model)
@@ -163,11 +166,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]
         parser.add_argument(flag, dest=_dest(dotted), default=None, **kwargs)
 
 
-def config_from_args(model: type[BaseModel], args: argparse.Namespace, flags: Mapping[str, str]) -> BaseModel:
+def config_from_args(model: type[BaseModel], args: argparse.Namespace, flags: Mapping[str, str],
+                     preset: Mapping[str, Any] | None = None) -> BaseModel:
     """The job config given by parsed arguments (see :func:`add_config_arguments`)."""
     values = {dotted: getattr(args, _dest(dotted)) for dotted in flags.values()}
     return load_config(model, args.config, [*args.overrides, *args.positional_overrides], values,
-                       {dotted: flag for flag, dotted in flags.items()})
+                       {dotted: flag for flag, dotted in flags.items()}, preset)
 
 
 def _dest(dotted: str) -> str:

@@ -34,12 +34,9 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
 
-from registration.config import RegistrationConfig
-from registration.layout import DEFAULT_PATTERN
-from flows.jobs import TileJob
-from tiling.config import TilingConfig
+from flows.jobs import PlismJob, TileJob
+from flows.register_plism import PRESET as REGISTER_PRESET
 
-_DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) // 2)
 
 
 def _task_runner(workers: int, dask_address: str | None):
@@ -70,47 +67,18 @@ def tile_tcga_deployment(job: TileJob) -> dict:
 
 
 @flow(name="plism", log_prints=True)
-def plism_deployment(
-    slides: str,
-    out: str,
-    stage: Literal["register", "all"] = "all",
-    registration: RegistrationConfig = RegistrationConfig(),
-    tiling: TilingConfig = TilingConfig(),
-    refine: bool = False,
-    refinement: dict[str, Any] | None = None,
-    reference_staining: str = "GMH",
-    reference_scanner: str = "S60",
-    pattern: str = DEFAULT_PATTERN,
-    stainings: list[str] | None = None,
-    overwrite: bool = False,
-    workers: int = _DEFAULT_WORKERS,
-    dask_address: str | None = None,
-) -> dict:
-    """Register a PLISM-style study and cut its aligned tiles (``python -m flows.extract_plism``).
+def plism_deployment(job: PlismJob) -> dict:
+    """Register a PLISM-style study and cut its aligned tiles (``distillpath extract-plism``).
 
     Args:
-        slides: folder of the study's slides, named {staining}_{scanner}.
-        out: aligned tile store (a zarr folder) to create or resume.
-        stage: register only, or register and extract the aligned tiles (all).
-        registration: how each condition is registered to the reference.
-        tiling: tile size, µm/px and tissue detection of the reference's tiles.
-        refine: refine each registration at high resolution near the tiles.
-        refinement: fields of registration.refine.RefinementConfig (implies refine).
-        reference_staining: staining of the reference condition.
-        reference_scanner: scanner of the reference condition.
-        pattern: regular expression with groups staining and scanner for file names.
-        stainings: keep only these stainings (the reference's is always kept).
-        overwrite: delete the store and redo every condition.
-        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
-        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+        job: every parameter of the command line (flows.jobs.PlismJob): paths, stage, registration, tiling.
     """
     from flows.plism_flow import plism
 
-    return plism.with_options(task_runner=_task_runner(workers, dask_address))(
-        slides=slides, out=out, registration=registration, tiling=tiling,
-        refinement=(refinement or {}) if (refine or refinement is not None) else None,
-        pattern=pattern, reference=(reference_staining, reference_scanner), stainings=stainings, stage=stage,
-        overwrite=overwrite,
+    return plism.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
+        slides=job.slides, out=job.out, registration=job.registration, tiling=job.tiling,
+        refinement=job.refinement_options(), pattern=job.pattern, reference=job.reference,
+        stainings=job.stainings, stage=job.stage, overwrite=job.overwrite,
     )
 
 
@@ -256,8 +224,8 @@ class DeploymentSpec:
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True, job=TileJob),
-    DeploymentSpec("register-plism", plism_deployment, {"stage": "register"}, dask=True),
-    DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True),
+    DeploymentSpec("register-plism", plism_deployment, REGISTER_PRESET, dask=True, job=PlismJob),
+    DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True, job=PlismJob),
     DeploymentSpec("embed", embed_deployment, {}, dask=True),
     DeploymentSpec("distill", distill_deployment, {}, dask=False),
     DeploymentSpec("robustness", robustness_deployment, {}, dask=False),

@@ -21,6 +21,9 @@ from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE
 from tiling.config import TilingConfig
 
 
+NODES_PER_SIDE = 8  # registration nodes measured per side of each tile, to know where it falls on a condition
+
+
 def default_workers() -> int:
     """Half the CPUs: one local Dask worker process per two cores (each slide also uses ``threads``)."""
     return max(1, (os.cpu_count() or 2) // 2)
@@ -66,3 +69,15 @@ class PlismJob(_Job):
     def refinement_options(self) -> dict[str, Any] | None:
         """What the flow takes: ``None`` (no refinement) or the refinement fields."""
         return (self.refinement or {}) if (self.refine or self.refinement is not None) else None
+
+
+def plism_store_parameters(
+    reference_name: str, pattern: str, stainings: list[str] | None, registration: RegistrationConfig,
+    refinement: dict[str, Any] | None, tiling: TilingConfig, nodes_per_side: int,
+) -> dict[str, Any]:
+    """What an aligned tile store records of its run, and a rerun must match (checked before Prefect starts too)."""
+    return {
+        "reference": reference_name, "pattern": pattern, "stainings": sorted(stainings) if stainings else None,
+        "registration": registration.model_dump(mode="json"), "refinement": refinement,
+        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}), "nodes_per_side": nodes_per_side,
+    }

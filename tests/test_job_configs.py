@@ -15,9 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    from flows import tile_tcga
+    from flows import register_plism, tile_tcga
+    from flows.jobs import PlismJob
 
-    return {"tile": (tile_tcga, TileJob, {"slides": "s", "out": "o"})}
+    return {
+        "tile": (tile_tcga, TileJob, {"slides": "s", "out": "o"}, {}),
+        "register-plism": (register_plism, PlismJob, {"slides": "s", "out": "o"}, register_plism.PRESET),
+    }
 
 
 def test_loader_order_is_defaults_then_file_then_overrides_then_flags(tmp_path):
@@ -42,20 +46,21 @@ def test_a_bad_key_or_value_is_one_line_naming_it(overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["tile"])
+@pytest.mark.parametrize("name", ["tile", "register-plism"])
 def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     """The drift check: flags set real fields and add no defaults; the deployment form is the model itself."""
     from flows.cli import job_parser
     from flows.config_loader import config_from_args
     from flows.deployments import DEPLOYMENTS, build_deployment
 
-    module, model, required = _commands()[name]
+    module, model, required, preset = _commands()[name]
     for dotted in module.FLAGS.values():
         field_at(model, dotted)  # every flag sets a real field
     args = job_parser("test", "", model, module.FLAGS).parse_intermixed_args(
         [a for key, value in required.items() for a in (f"--{key}", value)])
-    assert config_from_args(model, args, module.FLAGS) == model(**required)  # no flag has a default of its own
-    spec = next(s for s in DEPLOYMENTS if s.job is model)
+    # No flag has a default of its own; the command's preset is the deployment's.
+    assert config_from_args(model, args, module.FLAGS, preset) == model(**required, **preset)
+    spec = next(s for s in DEPLOYMENTS if s.job is model and s.preset == preset)
     schema = build_deployment(spec)._parameter_openapi_schema.model_dump()
     assert list(schema["properties"]) == ["job"]
     definition = schema["definitions"][model.__name__]
@@ -74,6 +79,12 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--tile-size", "x"], "invalid int value"),
     ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--config", "{tmp}/bad.yaml"], "unknown key"),
     ("flows.tile_tcga", ["--out", "{tmp}/o.zarr"], "slides is required (give --slides)"),
+    ("flows.register_plism", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
+    ("flows.register_plism", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr"], "no slide in"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--set", "registration.stages=[x]"],
+     "registration.stages.0: Input should be 'rigid', 'affine' or 'bspline'"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
 ])
 def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
     (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
@@ -82,6 +93,12 @@ def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, a
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_extract_plism_help_names_itself():
+    done = subprocess.run([sys.executable, "-m", "flows.extract_plism", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m flows.extract_plism")
 
 
 def _no_prefect_env():

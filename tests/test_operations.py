@@ -66,7 +66,7 @@ def test_deployment_parameters_cover_the_flows():
         assert deployment.schedules[0].schedule.cron == "0 2 * * *"
         given = deployment.parameters.get("job", {}) if spec.job else deployment.parameters
         assert ("dask_address" in given) == spec.dask
-    assert build_deployment(deployment_spec("register-plism")).parameters == {"stage": "register"}
+    assert build_deployment(deployment_spec("register-plism")).parameters == {"job": {"stage": "register"}}
     with pytest.raises(ValueError, match="no parameter"):
         build_deployment(deployment_spec("tile-tcga"), {"slide": "typo"})
     with pytest.raises(ValueError, match="no deployment"):
