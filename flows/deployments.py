@@ -34,7 +34,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
 
-from flows.jobs import PlismJob, TileJob
+from flows.jobs import EmbedJob, PlismJob, TileJob
 from flows.register_plism import PRESET as REGISTER_PRESET
 
 
@@ -83,52 +83,16 @@ def plism_deployment(job: PlismJob) -> dict:
 
 
 @flow(name="embed", log_prints=True)
-def embed_deployment(
-    tiles: str,
-    out: str,
-    model: str = "h0-mini",
-    weights: str | None = None,
-    pooling: Literal["cls+mean", "cls"] = "cls+mean",
-    dtype: Literal["float16", "float32"] = "float16",
-    device: str = "auto",
-    batch_size: int | None = None,
-    loader_workers: int | None = None,
-    partitions: int = 1,
-    dask_address: str | None = None,
-    overwrite: bool = False,
-    seed: int = 0,
-) -> dict:
-    """Embed a tile store with a model (``python -m flows.embed``).
+def embed_deployment(job: EmbedJob) -> dict:
+    """Embed a tile store with a model (``distillpath embed``).
 
     Args:
-        tiles: tile store or aligned tile store to read.
-        out: embedding store to create or resume.
-        model: h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm model name.
-        weights: local weights file (safetensors or torch checkpoint); none gives a random model.
-        pooling: class token and mean patch token, or the class token only.
-        dtype: stored precision.
-        device: cpu, cuda, cuda:N, or auto (CUDA when available).
-        batch_size: tiles per forward pass (default 256 on CUDA, 32 on CPU).
-        loader_workers: processes decoding tiles (default 4 on CUDA, 0 on CPU).
-        partitions: processes splitting the shards, one GPU each (a local Dask cluster when > 1).
-        dask_address: scheduler of an existing Dask cluster with one GPU per worker.
-        overwrite: delete the embedding store and start again.
-        seed: without weights, the random weights are drawn from (model, seed), recorded in the store.
+        job: every parameter of the command line (flows.jobs.EmbedJob): paths, model, weights, device.
     """
-    import torch
-
     from flows.embedding_flow import embed_tiles
-    from pipeline.embed import EmbeddingSettings
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    on_gpu = device.startswith("cuda")
-    settings = EmbeddingSettings(
-        model=model, weights=weights, pooling=pooling, dtype=dtype,
-        batch_size=batch_size or (256 if on_gpu else 32), device=device,
-        loader_workers=loader_workers if loader_workers is not None else 4 * on_gpu, init_seed=seed,
-    )
-    return embed_tiles.with_options(task_runner=_task_runner(partitions, dask_address))(
-        tiles=tiles, out=out, settings=settings, partitions=partitions, overwrite=overwrite,
+    return embed_tiles.with_options(task_runner=_task_runner(job.partitions, job.dask_address))(
+        tiles=job.tiles, out=job.out, settings=job.settings(), partitions=job.partitions, overwrite=job.overwrite,
     )
 
 
@@ -226,7 +190,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True, job=TileJob),
     DeploymentSpec("register-plism", plism_deployment, REGISTER_PRESET, dask=True, job=PlismJob),
     DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True, job=PlismJob),
-    DeploymentSpec("embed", embed_deployment, {}, dask=True),
+    DeploymentSpec("embed", embed_deployment, {}, dask=True, job=EmbedJob),
     DeploymentSpec("distill", distill_deployment, {}, dask=False),
     DeploymentSpec("robustness", robustness_deployment, {}, dask=False),
     DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False),

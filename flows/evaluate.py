@@ -19,8 +19,8 @@ from pathlib import Path
 from flows.cli import run_flow_command
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__.split("\n\n")[0])
+def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--embeddings", required=True, type=Path, help="embedding store (of a per-slide tile store)")
     parser.add_argument("--labels", required=True, type=Path, help="CSV: slide_id [, tile | x, y], fold, targets")
     parser.add_argument("--task", required=True, choices=("regression", "classification"))
@@ -34,8 +34,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m flows.evaluate") -> int:
+    args = _parse_args(argv, prog)
 
     def run() -> None:
         from flows.evaluate_flow import evaluate_embeddings
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_embeddings(embeddings=str(args.embeddings), labels=str(args.labels), out=str(args.out),
                             settings=settings)
 
-    return run_flow_command("python -m flows.evaluate", "flows.evaluate_flow", run)
+    return run_flow_command(prog, "flows.evaluate_flow", run)
 
 
 if __name__ == "__main__":

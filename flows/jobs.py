@@ -71,6 +71,38 @@ class PlismJob(_Job):
         return (self.refinement or {}) if (self.refine or self.refinement is not None) else None
 
 
+class EmbedJob(_Job):
+    """Embed a tile store with a model (``distillpath embed``)."""
+
+    tiles: str = Field(description="tile store or aligned tile store to read")
+    out: str = Field(description="embedding store to create or resume")
+    model: str = Field(description="h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm model name")
+    weights: str | None = Field(None, description="local weights file (safetensors or torch checkpoint); none: random")
+    pooling: Literal["cls+mean", "cls"] = Field(
+        "cls+mean", description="class token and mean patch token (the paper's HEST/EVA embedding), or the class "
+        "token only (what the PLISM leaderboard uses)")
+    seed: int = Field(0, description="without weights: the random weights are drawn from (model, seed)")
+    dtype: Literal["float16", "float32"] = Field("float16", description="stored precision")
+    batch_size: int | None = Field(None, gt=0, description="tiles per forward pass (none: 256 on CUDA, 32 on CPU)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="cpu, cuda, cuda:N, or auto (CUDA when available)")
+    loader_workers: int | None = Field(None, ge=0, description="processes decoding tiles (none: 4 on CUDA, 0 on CPU)")
+    partitions: int = Field(1, gt=0, description="processes splitting the shards, one GPU each (Dask when > 1)")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (one GPU per worker)")
+    overwrite: bool = Field(False, description="delete the embedding store and start again")
+
+    def settings(self):  # -> pipeline.embed.EmbeddingSettings; imports torch, so only once the job runs
+        """The embedding settings, with ``auto`` resolved to this machine's device."""
+        import torch
+
+        from pipeline.embed import EmbeddingSettings
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        return EmbeddingSettings(model=self.model, weights=self.weights, pooling=self.pooling, dtype=self.dtype,
+                                 batch_size=self.batch_size, device=device, loader_workers=self.loader_workers,
+                                 init_seed=self.seed)
+
+
 def plism_store_parameters(
     reference_name: str, pattern: str, stainings: list[str] | None, registration: RegistrationConfig,
     refinement: dict[str, Any] | None, tiling: TilingConfig, nodes_per_side: int,

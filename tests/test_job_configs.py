@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    from flows import register_plism, tile_tcga
-    from flows.jobs import PlismJob
+    from flows import embed, register_plism, tile_tcga
+    from flows.jobs import EmbedJob, PlismJob
 
     return {
         "tile": (tile_tcga, TileJob, {"slides": "s", "out": "o"}, {}),
         "register-plism": (register_plism, PlismJob, {"slides": "s", "out": "o"}, register_plism.PRESET),
+        "embed": (embed, EmbedJob, {"tiles": "t", "out": "o", "model": "h0-mini"}, {}),
     }
 
 
@@ -46,7 +47,7 @@ def test_a_bad_key_or_value_is_one_line_naming_it(overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["tile", "register-plism"])
+@pytest.mark.parametrize("name", ["tile", "register-plism", "embed"])
 def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     """The drift check: flags set real fields and add no defaults; the deployment form is the model itself."""
     from flows.cli import job_parser
@@ -85,6 +86,12 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
      "registration.stages.0: Input should be 'rigid', 'affine' or 'bspline'"),
     ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
     ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
+    ("flows.embed", ["--tiles", "{tmp}/missing", "--out", "{tmp}/e", "--model", "h0-mini"], "no such file"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0mini"], "did you mean h0-mini?"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--batch-size", "0"],
+     "batch_size: Input should be greater than 0"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--device", "gpu"], "device: "),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--config", "{tmp}/bad.yaml"], "unknown key"),
 ])
 def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
     (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
@@ -107,3 +114,37 @@ def _no_prefect_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # a server that is never reached: validation comes first
     return env
+
+
+def test_the_project_model_names_known_without_torch_are_the_registry_s():
+    from flows.checks import PROJECT_MODELS
+    from pipeline.models.registry import MODEL_SPECS
+
+    assert set(PROJECT_MODELS) == set(MODEL_SPECS)
+
+
+def test_one_embedding_batch_size_default_whatever_the_entry_point():
+    """The flow, the deployment and ``torchrun -m pipeline.embed`` all leave it to EmbeddingSettings."""
+    from flows.jobs import EmbedJob
+    from pipeline.embed import EmbeddingSettings
+
+    assert EmbedJob.model_fields["batch_size"].default is None
+    assert EmbeddingSettings("h0-mini", device="cpu").batch_size == 32
+    assert EmbeddingSettings("h0-mini", device="cuda:1").batch_size == 256
+    assert EmbeddingSettings("h0-mini", device="cuda", batch_size=8).batch_size == 8
+    job = EmbedJob(tiles="t", out="o", model="tiny-student", device="cpu")
+    assert (job.settings().batch_size, job.settings().loader_workers) == (32, 0)
+
+
+def test_distillpath_subcommands_run_the_module_commands(capsys, tmp_path):
+    from flows.distillpath import COMMANDS, main
+
+    assert main(["tile", "--slides", str(tmp_path / "missing"), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert capsys.readouterr().err.strip() == f"tile: --slides {tmp_path / 'missing'}: no such file or folder"
+    assert main(["tyle"]) == 2 and "no command 'tyle'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["extract-plism", "--help"])
+    assert capsys.readouterr().out.startswith("usage: distillpath extract-plism")
+    for module, _ in COMMANDS.values():
+        __import__(module)  # each subcommand's module exists and has a main
+        assert callable(sys.modules[module].main)

@@ -59,6 +59,9 @@ def test_deployment_parameters_cover_the_flows():
     names = {spec.full_name for spec in DEPLOYMENTS}
     assert names == {"tile-tcga/tile-tcga", "plism/register-plism", "plism/extract-plism", "embed/embed",
                      "distill/distill", "robustness/robustness", "evaluate/evaluate"}
+    from flows.serve import DEPLOYMENT_NAMES
+
+    assert DEPLOYMENT_NAMES == tuple(spec.name for spec in DEPLOYMENTS)  # what serve's options are made of
     for spec in DEPLOYMENTS:
         deployment = build_deployment(spec, cron="0 2 * * *", dask_address="tcp://127.0.0.1:8786")
         schema = deployment._parameter_openapi_schema.model_dump()
