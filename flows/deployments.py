@@ -34,7 +34,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
 
-from flows.jobs import EmbedJob, PlismJob, TileJob
+from flows.jobs import EmbedJob, EvaluateJob, PlismJob, TileJob
 from flows.register_plism import PRESET as REGISTER_PRESET
 
 
@@ -137,31 +137,16 @@ def robustness_deployment(
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_deployment(
-    embeddings: str,
-    labels: str,
-    out: str,
-    task: Literal["regression", "classification"] = "regression",
-    level: Literal["slide", "tile"] = "slide",
-    folds_column: str = "fold",
-    targets: list[str] | None = None,
-) -> dict[str, float]:
-    """Probe an embedding store against a labels CSV (``python -m flows.evaluate``).
+def evaluate_deployment(job: EvaluateJob) -> dict[str, float]:
+    """Probe an embedding store against a labels CSV (``distillpath evaluate``).
 
     Args:
-        embeddings: embedding store of a per-slide tile store.
-        labels: CSV with slide_id [, tile | x, y], the folds column and the targets.
-        out: folder for results.csv and results.md.
-        task: HEST-style ridge regression or linear-probe classification.
-        level: one sample per slide (mean of its tiles) or per tile.
-        folds_column: column giving each sample's test fold.
-        targets: target columns (default: every other column).
+        job: every parameter of the command line (flows.jobs.EvaluateJob): paths, task, level, targets.
     """
     from flows.evaluate_flow import evaluate_embeddings
-    from pipeline.probes import ProbeSettings
 
-    settings = ProbeSettings(task=task, level=level, folds_column=folds_column, targets=tuple(targets or ()))
-    return evaluate_embeddings(embeddings=embeddings, labels=labels, out=out, settings=settings)
+    return evaluate_embeddings(embeddings=job.embeddings, labels=job.labels, out=job.out,
+                               settings=job.probe_settings())
 
 
 @dataclass(frozen=True)
@@ -193,7 +178,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec("embed", embed_deployment, {}, dask=True, job=EmbedJob),
     DeploymentSpec("distill", distill_deployment, {}, dask=False),
     DeploymentSpec("robustness", robustness_deployment, {}, dask=False),
-    DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False),
+    DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False, job=EvaluateJob),
 )
 
 

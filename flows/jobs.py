@@ -103,6 +103,24 @@ class EmbedJob(_Job):
                                  init_seed=self.seed)
 
 
+class EvaluateJob(_Job):
+    """Probe an embedding store against a labels CSV (``distillpath evaluate``)."""
+
+    embeddings: str = Field(description="embedding store of a per-slide tile store")
+    labels: str = Field(description="CSV: slide_id [, tile | x, y], the folds column and the targets")
+    out: str = Field(description="folder for results.csv and results.md")
+    task: Literal["regression", "classification"] = Field(
+        description="HEST-style ridge regression, or linear-probe classification")
+    level: Literal["slide", "tile"] = Field("slide", description="one sample per slide (mean of its tiles) or tile")
+    folds_column: str = Field("fold", description="column giving each sample's test fold")
+    targets: tuple[str, ...] = Field((), description="target columns (none: every column but keys and folds)")
+
+    def probe_settings(self):  # -> pipeline.probes.ProbeSettings; imported once the job runs
+        from pipeline.probes import ProbeSettings
+
+        return ProbeSettings(task=self.task, level=self.level, folds_column=self.folds_column, targets=self.targets)
+
+
 def plism_store_parameters(
     reference_name: str, pattern: str, stainings: list[str] | None, registration: RegistrationConfig,
     refinement: dict[str, Any] | None, tiling: TilingConfig, nodes_per_side: int,

@@ -15,13 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    from flows import embed, register_plism, tile_tcga
-    from flows.jobs import EmbedJob, PlismJob
+    from flows import embed, evaluate, register_plism, tile_tcga
+    from flows.jobs import EmbedJob, EvaluateJob, PlismJob
 
     return {
         "tile": (tile_tcga, TileJob, {"slides": "s", "out": "o"}, {}),
         "register-plism": (register_plism, PlismJob, {"slides": "s", "out": "o"}, register_plism.PRESET),
         "embed": (embed, EmbedJob, {"tiles": "t", "out": "o", "model": "h0-mini"}, {}),
+        "evaluate": (evaluate, EvaluateJob, {"embeddings": "e", "labels": "l", "out": "o", "task": "regression"}, {}),
     }
 
 
@@ -47,7 +48,7 @@ def test_a_bad_key_or_value_is_one_line_naming_it(overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["tile", "register-plism", "embed"])
+@pytest.mark.parametrize("name", ["tile", "register-plism", "embed", "evaluate"])
 def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     """The drift check: flags set real fields and add no defaults; the deployment form is the model itself."""
     from flows.cli import job_parser
@@ -57,7 +58,7 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     module, model, required, preset = _commands()[name]
     for dotted in module.FLAGS.values():
         field_at(model, dotted)  # every flag sets a real field
-    args = job_parser("test", "", model, module.FLAGS).parse_intermixed_args(
+    args = job_parser("test", "", model, module.FLAGS, progress=False).parse_intermixed_args(
         [a for key, value in required.items() for a in (f"--{key}", value)])
     # No flag has a default of its own; the command's preset is the deployment's.
     assert config_from_args(model, args, module.FLAGS, preset) == model(**required, **preset)
@@ -92,13 +93,19 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
      "batch_size: Input should be greater than 0"),
     ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--device", "gpu"], "device: "),
     ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    ("flows.evaluate", ["--embeddings", "{tmp}/missing", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
+                        "--task", "regression"], "--embeddings {tmp}/missing: no such file"),
+    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
+                        "--task", "regresion"], "argument --task: invalid choice"),
+    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r"],
+     "task is required (give --task)"),
 ])
 def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
     (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
     done = subprocess.run([sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in argv)], cwd=REPO,
                           capture_output=True, text=True, timeout=60, env=_no_prefect_env())
     assert done.returncode == 2
-    assert "Traceback" not in done.stderr and message in done.stderr
+    assert "Traceback" not in done.stderr and message.format(tmp=tmp_path) in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
