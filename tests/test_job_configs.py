@@ -58,7 +58,7 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     module, model, required, preset = _commands()[name]
     for dotted in module.FLAGS.values():
         field_at(model, dotted)  # every flag sets a real field
-    args = job_parser("test", "", model, module.FLAGS, progress=False).parse_intermixed_args(
+    args = job_parser("test", "", model, module.FLAGS).parse_intermixed_args(
         [a for key, value in required.items() for a in (f"--{key}", value)])
     # No flag has a default of its own; the command's preset is the deployment's.
     assert config_from_args(model, args, module.FLAGS, preset) == model(**required, **preset)
