@@ -7,13 +7,71 @@ import of the flow module.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flows.prefect_api import PrefectServerError, prefect_api
+
+
+def job_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    model: type,
+    flags: Mapping[str, str],
+    flow_module: str,
+    run: Callable[[Any, argparse.Namespace], None],
+    check: Callable[[Any], None] | None = None,
+    progress: bool = True,
+    preset: Mapping[str, Any] | None = None,
+) -> int:
+    """Parse a job's command line into its config, check it, then run it under Prefect; the process exit code.
+
+    Everything up to ``check`` imports neither Prefect, torch nor Dask: a
+    typo, a missing path or a store made with other parameters answers in
+    one line and exit code 2 before any server starts.
+    """
+    from flows.config_loader import ConfigError, config_from_args
+
+    args = job_parser(prog, description, model, flags, progress).parse_intermixed_args(argv)
+    name = prog.split()[-1]
+    try:
+        job = config_from_args(model, args, flags, preset)
+        if check is not None:
+            check(job)
+    except (ConfigError, UserInputError) as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 2
+    return run_flow_command(prog, flow_module, lambda: run(job, args))
+
+
+def job_parser(prog: str, description: str, model: type, flags: Mapping[str, str],
+               progress: bool = True) -> argparse.ArgumentParser:
+    """The command line of a job: derived from its config model, plus ``--no-progress`` where there is a bar."""
+    from flows.config_loader import add_config_arguments
+
+    parser = _OneLineParser(prog=prog, description=description)
+    add_config_arguments(parser, model, flags)
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Answers a wrong option with one line, not the usage of every option before it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog.split()[-1]}: {message} (see --help)\n")
+
+
+class UserInputError(ValueError):
+    """A job's input that the user can fix (a missing path, a store made with other parameters)."""
 
 
 def run_flow_command(prog: str, flow_module: str, run: Callable[[], object]) -> int:

@@ -28,16 +28,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
 
-from registration.config import RegistrationConfig
-from registration.layout import DEFAULT_PATTERN
-from tiling.config import TilingConfig
+from flows.jobs import EmbedJob, EvaluateJob, PlismJob, TileJob
+from flows.register_plism import PRESET as REGISTER_PRESET
 
-_DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) // 2)
 
 
 def _task_runner(workers: int, dask_address: str | None):
@@ -53,128 +52,47 @@ def _task_runner(workers: int, dask_address: str | None):
 
 
 @flow(name="tile-tcga", log_prints=True)
-def tile_tcga_deployment(
-    slides: str,
-    out: str,
-    config: TilingConfig = TilingConfig(),
-    mpp_override_um: float | None = None,
-    mpp_replace_um: float | None = None,
-    overwrite: bool = False,
-    workers: int = _DEFAULT_WORKERS,
-    dask_address: str | None = None,
-) -> dict:
-    """Tile a folder or CSV of slides into a tile store (``python -m flows.tile_tcga``).
+def tile_tcga_deployment(job: TileJob) -> dict:
+    """Tile a folder or CSV of slides into a tile store (``distillpath tile``).
 
     Args:
-        slides: folder of slides, or CSV with columns path[,slide_id,mpp], as seen by this machine.
-        out: tile store (a zarr folder) to create or resume.
-        config: every tiling parameter (tile size, µm/px, tissue detection, tile QC).
-        mpp_override_um: µm/px for slides whose files record none (a recorded value is kept).
-        mpp_replace_um: µm/px for every slide, replacing what the files record (logged per slide).
-        overwrite: delete the store and redo every slide.
-        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
-        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+        job: every parameter of the command line (flows.jobs.TileJob): paths, tiling, workers.
     """
     from flows.tiling_flow import tile_tcga
 
-    return tile_tcga.with_options(task_runner=_task_runner(workers, dask_address))(
-        slides=slides, out=out, config=config, mpp_override_um=mpp_override_um, mpp_replace_um=mpp_replace_um,
-        overwrite=overwrite,
+    return tile_tcga.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
+        slides=job.slides, out=job.out, config=job.tiling, mpp_override_um=job.mpp_override_um,
+        mpp_replace_um=job.mpp_replace_um, overwrite=job.overwrite,
     )
 
 
 @flow(name="plism", log_prints=True)
-def plism_deployment(
-    slides: str,
-    out: str,
-    stage: Literal["register", "all"] = "all",
-    registration: RegistrationConfig = RegistrationConfig(),
-    tiling: TilingConfig = TilingConfig(),
-    refine: bool = False,
-    refinement: dict[str, Any] | None = None,
-    reference_staining: str = "GMH",
-    reference_scanner: str = "S60",
-    pattern: str = DEFAULT_PATTERN,
-    stainings: list[str] | None = None,
-    overwrite: bool = False,
-    workers: int = _DEFAULT_WORKERS,
-    dask_address: str | None = None,
-) -> dict:
-    """Register a PLISM-style study and cut its aligned tiles (``python -m flows.extract_plism``).
+def plism_deployment(job: PlismJob) -> dict:
+    """Register a PLISM-style study and cut its aligned tiles (``distillpath extract-plism``).
 
     Args:
-        slides: folder of the study's slides, named {staining}_{scanner}.
-        out: aligned tile store (a zarr folder) to create or resume.
-        stage: register only, or register and extract the aligned tiles (all).
-        registration: how each condition is registered to the reference.
-        tiling: tile size, µm/px and tissue detection of the reference's tiles.
-        refine: refine each registration at high resolution near the tiles.
-        refinement: fields of registration.refine.RefinementConfig (implies refine).
-        reference_staining: staining of the reference condition.
-        reference_scanner: scanner of the reference condition.
-        pattern: regular expression with groups staining and scanner for file names.
-        stainings: keep only these stainings (the reference's is always kept).
-        overwrite: delete the store and redo every condition.
-        workers: local worker processes (1 runs in the flow's process); ignored with dask_address.
-        dask_address: scheduler of an existing Dask cluster, e.g. tcp://host:8786.
+        job: every parameter of the command line (flows.jobs.PlismJob): paths, stage, registration, tiling.
     """
     from flows.plism_flow import plism
 
-    return plism.with_options(task_runner=_task_runner(workers, dask_address))(
-        slides=slides, out=out, registration=registration, tiling=tiling,
-        refinement=(refinement or {}) if (refine or refinement is not None) else None,
-        pattern=pattern, reference=(reference_staining, reference_scanner), stainings=stainings, stage=stage,
-        overwrite=overwrite,
+    return plism.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
+        slides=job.slides, out=job.out, registration=job.registration, tiling=job.tiling,
+        refinement=job.refinement_options(), pattern=job.pattern, reference=job.reference,
+        stainings=job.stainings, stage=job.stage, overwrite=job.overwrite,
     )
 
 
 @flow(name="embed", log_prints=True)
-def embed_deployment(
-    tiles: str,
-    out: str,
-    model: str = "h0-mini",
-    weights: str | None = None,
-    pooling: Literal["cls+mean", "cls"] = "cls+mean",
-    dtype: Literal["float16", "float32"] = "float16",
-    device: str = "auto",
-    batch_size: int | None = None,
-    loader_workers: int | None = None,
-    partitions: int = 1,
-    dask_address: str | None = None,
-    overwrite: bool = False,
-    seed: int = 0,
-) -> dict:
-    """Embed a tile store with a model (``python -m flows.embed``).
+def embed_deployment(job: EmbedJob) -> dict:
+    """Embed a tile store with a model (``distillpath embed``).
 
     Args:
-        tiles: tile store or aligned tile store to read.
-        out: embedding store to create or resume.
-        model: h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm model name.
-        weights: local weights file (safetensors or torch checkpoint); none gives a random model.
-        pooling: class token and mean patch token, or the class token only.
-        dtype: stored precision.
-        device: cpu, cuda, cuda:N, or auto (CUDA when available).
-        batch_size: tiles per forward pass (default 256 on CUDA, 32 on CPU).
-        loader_workers: processes decoding tiles (default 4 on CUDA, 0 on CPU).
-        partitions: processes splitting the shards, one GPU each (a local Dask cluster when > 1).
-        dask_address: scheduler of an existing Dask cluster with one GPU per worker.
-        overwrite: delete the embedding store and start again.
-        seed: without weights, the random weights are drawn from (model, seed), recorded in the store.
+        job: every parameter of the command line (flows.jobs.EmbedJob): paths, model, weights, device.
     """
-    import torch
-
     from flows.embedding_flow import embed_tiles
-    from pipeline.embed import EmbeddingSettings
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    on_gpu = device.startswith("cuda")
-    settings = EmbeddingSettings(
-        model=model, weights=weights, pooling=pooling, dtype=dtype,
-        batch_size=batch_size or (256 if on_gpu else 32), device=device,
-        loader_workers=loader_workers if loader_workers is not None else 4 * on_gpu, init_seed=seed,
-    )
-    return embed_tiles.with_options(task_runner=_task_runner(partitions, dask_address))(
-        tiles=tiles, out=out, settings=settings, partitions=partitions, overwrite=overwrite,
+    return embed_tiles.with_options(task_runner=_task_runner(job.partitions, job.dask_address))(
+        tiles=job.tiles, out=job.out, settings=job.settings(), partitions=job.partitions, overwrite=job.overwrite,
     )
 
 
@@ -219,55 +137,48 @@ def robustness_deployment(
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_deployment(
-    embeddings: str,
-    labels: str,
-    out: str,
-    task: Literal["regression", "classification"] = "regression",
-    level: Literal["slide", "tile"] = "slide",
-    folds_column: str = "fold",
-    targets: list[str] | None = None,
-) -> dict[str, float]:
-    """Probe an embedding store against a labels CSV (``python -m flows.evaluate``).
+def evaluate_deployment(job: EvaluateJob) -> dict[str, float]:
+    """Probe an embedding store against a labels CSV (``distillpath evaluate``).
 
     Args:
-        embeddings: embedding store of a per-slide tile store.
-        labels: CSV with slide_id [, tile | x, y], the folds column and the targets.
-        out: folder for results.csv and results.md.
-        task: HEST-style ridge regression or linear-probe classification.
-        level: one sample per slide (mean of its tiles) or per tile.
-        folds_column: column giving each sample's test fold.
-        targets: target columns (default: every other column).
+        job: every parameter of the command line (flows.jobs.EvaluateJob): paths, task, level, targets.
     """
     from flows.evaluate_flow import evaluate_embeddings
-    from pipeline.probes import ProbeSettings
 
-    settings = ProbeSettings(task=task, level=level, folds_column=folds_column, targets=tuple(targets or ()))
-    return evaluate_embeddings(embeddings=embeddings, labels=labels, out=out, settings=settings)
+    return evaluate_embeddings(embeddings=job.embeddings, labels=job.labels, out=job.out,
+                               settings=job.probe_settings())
 
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """One deployment: its name (the command line's), its wrapper flow, and parameters preset for it."""
+    """One deployment: its name (the command line's), its flow, and parameters preset for it.
+
+    A flow migrated to a job config (``job``) takes that object as its one
+    parameter ``job``; presets and served defaults name the job's fields.
+    """
 
     name: str
     flow: Flow
     preset: dict[str, Any]
     dask: bool  # takes ``dask_address``
+    job: type[BaseModel] | None = None
 
     @property
     def full_name(self) -> str:
         return f"{self.flow.name}/{self.name}"
 
+    def parameter_names(self) -> list[str]:
+        return list(self.job.model_fields) if self.job else list(self.flow.parameters.properties)
+
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
-    DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True),
-    DeploymentSpec("register-plism", plism_deployment, {"stage": "register"}, dask=True),
-    DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True),
-    DeploymentSpec("embed", embed_deployment, {}, dask=True),
+    DeploymentSpec("tile-tcga", tile_tcga_deployment, {}, dask=True, job=TileJob),
+    DeploymentSpec("register-plism", plism_deployment, REGISTER_PRESET, dask=True, job=PlismJob),
+    DeploymentSpec("extract-plism", plism_deployment, {"stage": "all"}, dask=True, job=PlismJob),
+    DeploymentSpec("embed", embed_deployment, {}, dask=True, job=EmbedJob),
     DeploymentSpec("distill", distill_deployment, {}, dask=False),
     DeploymentSpec("robustness", robustness_deployment, {}, dask=False),
-    DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False),
+    DeploymentSpec("evaluate", evaluate_deployment, {}, dask=False, job=EvaluateJob),
 )
 
 
@@ -279,6 +190,8 @@ def deployment_spec(name: str) -> DeploymentSpec:
 
 
 def required_parameters(spec: DeploymentSpec) -> list[str]:
+    if spec.job:
+        return [name for name, info in spec.job.model_fields.items() if info.is_required()]
     return list(spec.flow.parameters.required or [])
 
 
@@ -293,13 +206,13 @@ def build_deployment(
     """
     defaults = {**spec.preset, **({"dask_address": dask_address} if spec.dask and dask_address else {}),
                 **(parameters or {})}
-    unknown = set(defaults) - set(spec.flow.parameters.properties)
+    unknown = set(defaults) - set(spec.parameter_names())
     if unknown:
         raise ValueError(f"{spec.full_name} has no parameter {', '.join(sorted(unknown))}; "
-                         f"it takes {', '.join(spec.flow.parameters.properties)}")
+                         f"it takes {', '.join(spec.parameter_names())}")
     return spec.flow.to_deployment(
         name=spec.name,
-        parameters=defaults,
+        parameters={"job": defaults} if spec.job and defaults else defaults,
         schedules=[Cron(cron, timezone=timezone)] if cron else None,
         tags=["distillpath", *(tags or [])],
         entrypoint_type=EntrypointType.MODULE_PATH,

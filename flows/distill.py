@@ -20,8 +20,8 @@ from pathlib import Path
 from flows.cli import run_flow_command
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.distill", description=__doc__.split("\n\n")[0])
+def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="distillation config (YAML)")
     parser.add_argument("--tiles", required=True, nargs="+", help="tile stores to train on")
     parser.add_argument("--out", required=True, type=Path, help="run directory to create or resume")
@@ -47,12 +47,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
         print(f"WARNING: {warning}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m flows.distill") -> int:
+    args = _parse_args(argv, prog)
     try:
         _check_inputs(args)
     except (OSError, ValueError) as error:
-        print(f"python -m flows.distill: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return 2
 
     def run() -> None:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 processes=args.processes, device=args.device, sharding=args.sharding,
                 progress_bar=not args.no_progress)
 
-    return run_flow_command("python -m flows.distill", "flows.distill_flow", run)
+    return run_flow_command(prog, "flows.distill_flow", run)
 
 
 if __name__ == "__main__":

@@ -1,74 +1,65 @@
-"""Embed a tile store with a model: ``python -m flows.embed``.
+"""Embed a tile store with a model: ``python -m flows.embed`` (``distillpath embed``).
 
 Reads any tile store of this project (per-slide tiles or the aligned
 ``[condition, tile]`` store) and writes an embedding store with the same
 structure. ``--model``: ``h-optimus-0``, ``h0-mini``, ``tiny-teacher``,
 ``tiny-student`` or any timm model name, with random weights unless
 ``--weights FILE`` (safetensors or a torch checkpoint; nothing is
-downloaded). A rerun resumes shard by shard; a finished job does nothing.
-For several GPUs, ``--partitions N`` runs N processes on a local Dask
-cluster, one GPU each; ``torchrun -m pipeline.embed`` is the alternative.
+downloaded). Every field of :class:`flows.jobs.EmbedJob` can be set from
+``--config FILE`` or ``--set``. A rerun resumes shard by shard; a finished
+job does nothing. For several GPUs, ``--partitions N`` runs N processes on a
+local Dask cluster, one GPU each; ``torchrun -m pipeline.embed`` is the
+alternative.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from flows.cli import run_flow_command
+from flows.cli import job_main
+from flows.jobs import EmbedJob
 
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.embed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiles", required=True, type=Path, help="tile store or aligned tile store to read")
-    parser.add_argument("--out", required=True, type=Path, help="embedding store to create or resume")
-    parser.add_argument("--model", required=True, help="h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm name")
-    parser.add_argument("--weights", type=Path, help="local weights file (safetensors or torch checkpoint)")
-    parser.add_argument("--pooling", choices=("cls+mean", "cls"), default="cls+mean",
-                        help="class token and mean patch token (default; the paper's HEST/EVA embedding), or the "
-                        "class token only (what the PLISM leaderboard uses)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="without --weights: the random weights are drawn from (model, seed), recorded in the store")
-    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
-    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default 256 on CUDA, 32 on CPU)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
-    parser.add_argument("--partitions", type=int, default=1,
-                        help="processes splitting the shards, one GPU each (a local Dask cluster when > 1)")
-    parser.add_argument("--dask-address", help="scheduler of an existing Dask cluster (one GPU per worker)")
-    parser.add_argument("--loader-workers", type=int,
-                        help="processes reading and decoding tiles (default 4 on CUDA; 0 on a CPU, where decoding "
-                        "inline costs under 1 %% of the model and workers only add start-up)")
-    parser.add_argument("--overwrite", action="store_true", help="delete the embedding store and start again")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+FLAGS = {
+    "--tiles": "tiles",
+    "--out": "out",
+    "--model": "model",
+    "--weights": "weights",
+    "--pooling": "pooling",
+    "--seed": "seed",
+    "--dtype": "dtype",
+    "--batch-size": "batch_size",
+    "--device": "device",
+    "--partitions": "partitions",
+    "--dask-address": "dask_address",
+    "--loader-workers": "loader_workers",
+    "--overwrite": "overwrite",
+}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+def check(job: EmbedJob) -> None:
+    """Found before Prefect and torch start: the tile store and the weights file exist, the model name is known."""
+    from flows.checks import existing_path, known_model
 
-    def run() -> None:
-        import torch
+    existing_path(job.tiles, "--tiles")
+    if job.weights:
+        existing_path(job.weights, "--weights")
+    known_model(job.model, "--model")
 
-        from flows.embedding_flow import embed_tiles
-        from flows.runners import make_task_runner
-        from pipeline.embed import EmbeddingSettings
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        settings = EmbeddingSettings(
-            model=args.model, weights=str(args.weights) if args.weights else None, pooling=args.pooling,
-            dtype=args.dtype, batch_size=args.batch_size or (256 if device.startswith("cuda") else 32),
-            device=device,
-            loader_workers=args.loader_workers if args.loader_workers is not None else 4 * device.startswith("cuda"),
-            init_seed=args.seed,
-        )
-        runner = make_task_runner(args.partitions, args.dask_address)
-        embed_tiles.with_options(task_runner=runner)(
-            tiles=str(args.tiles), out=str(args.out), settings=settings, partitions=args.partitions,
-            overwrite=args.overwrite, progress_bar=not args.no_progress,
-        )
+def run(job: EmbedJob, args: argparse.Namespace) -> None:
+    from flows.embedding_flow import embed_tiles
+    from flows.runners import make_task_runner
 
-    return run_flow_command("python -m flows.embed", "flows.embedding_flow", run)
+    embed_tiles.with_options(task_runner=make_task_runner(job.partitions, job.dask_address))(
+        tiles=job.tiles, out=job.out, settings=job.settings(), partitions=job.partitions,
+        overwrite=job.overwrite, progress_bar=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.embed") -> int:
+    return job_main(argv, prog=prog, description=__doc__.split("\n\n")[0], model=EmbedJob, flags=FLAGS,
+                    flow_module="flows.embedding_flow", run=run, check=check)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from tqdm import tqdm
 
+from flows.jobs import NODES_PER_SIDE, plism_store_parameters
 from flows.runners import is_transient_io_error
 from flows.submission import as_completed_bounded, dask_client_of_flow, window_for
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
@@ -153,7 +154,7 @@ def plism(
     pattern: str = DEFAULT_PATTERN,
     reference: tuple[str, str] = DEFAULT_REFERENCE,
     stainings: list[str] | None = None,
-    nodes_per_side: int = 8,
+    nodes_per_side: int = NODES_PER_SIDE,
     stage: Stage = "all",
     overwrite: bool = False,
     progress_bar: bool = False,
@@ -175,11 +176,7 @@ def plism(
         logger.warning("ignored %s: its name does not match %r", path.name, pattern)
     if layout.missing:
         logger.warning("no slide for %s", ", ".join(layout.missing))
-    parameters = {
-        "reference": ref.name, "pattern": pattern, "stainings": sorted(stainings) if stainings else None,
-        "registration": registration.model_dump(mode="json"), "refinement": refinement,
-        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}), "nodes_per_side": nodes_per_side,
-    }
+    parameters = plism_store_parameters(ref.name, pattern, stainings, registration, refinement, tiling, nodes_per_side)
     store = AlignedTileStore.create_or_open(out, parameters, overwrite=overwrite)
     store.acquire_run_lock()
     records: dict[str, SlideRecord] = {}

@@ -14,6 +14,7 @@ that it can run first.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -135,6 +136,7 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
             yield PREFECT_API_URL.value()
             return
         api_url = server.wait_until_ready()
+        _hide_run_links()
         os.environ["PREFECT_API_URL"] = api_url  # inherited by Dask worker processes started later
         try:
             with temporary_settings({PREFECT_API_URL: api_url}):
@@ -147,3 +149,17 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
     finally:
         if server is not None:
             server.stop()
+
+
+class _NoRunLinks(logging.Filter):
+    """Drops Prefect's "View at http://127.0.0.1:<port>/runs/..." lines: that server has no UI and ends with the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("View at ")
+
+
+def _hide_run_links() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoRunLinks) for f in logger.filters):
+            logger.addFilter(_NoRunLinks())

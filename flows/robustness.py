@@ -18,8 +18,8 @@ from pathlib import Path
 from flows.cli import run_flow_command
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.robustness", description=__doc__.split("\n\n")[0])
+def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--embeddings", required=True, nargs="+", help="embedding stores, one per model")
     parser.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10], help="k of the top-k accuracies")
@@ -30,8 +30,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m flows.robustness") -> int:
+    args = _parse_args(argv, prog)
 
     def run() -> None:
         from flows.robustness_flow import robustness
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         robustness(embeddings=[str(e) for e in args.embeddings], out=str(args.out), ks=tuple(args.ks),
                    subset=str(args.subset) if args.subset else None, labels=args.label)
 
-    return run_flow_command("python -m flows.robustness", "flows.robustness_flow", run)
+    return run_flow_command(prog, "flows.robustness_flow", run)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,12 @@ from pathlib import Path
 
 from flows.prefect_api import PrefectServerError
 
+# The names of flows.deployments.DEPLOYMENTS, known without importing Prefect (tests/test_operations.py compares).
+DEPLOYMENT_NAMES = ("tile-tcga", "register-plism", "extract-plism", "embed", "distill", "robustness", "evaluate")
 
-def _parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
+
+def _parse_args(argv: list[str] | None, names: list[str], prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path,
                         help="YAML file: per deployment name, optional cron, timezone and default parameters")
     for name in names:
@@ -87,12 +90,12 @@ def _check_api() -> str:
     return url
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m flows.serve") -> int:
+    names = list(DEPLOYMENT_NAMES)
+    args = _parse_args(argv, names, prog)  # before Prefect is imported: --help and a wrong option answer at once
     from flows.deployments import DEPLOYMENTS, build_deployment, required_parameters
     from flows.runners import quiet_dask_logging
 
-    names = [spec.name for spec in DEPLOYMENTS]
-    args = _parse_args(argv, names)
     try:
         sections = _sections(args, names)
         deployments = []

@@ -13,13 +13,12 @@ a slide tiled twice by Dask is found complete the second time.
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from tqdm import tqdm
 
+from flows import progress
 from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
 from flows.tiling_task import tile_slide_task
@@ -91,22 +90,22 @@ def tile_tcga(
         client = dask_client_of_flow()
         submit = submit_on_flow_runner(client, tile_slide_task)
         finished = as_completed_bounded(lambda spec: submit(spec, str(store.root), config), todo, window_for(client))
-        bar = tqdm(total=len(todo), unit="slide", disable=not progress_bar, file=sys.stderr)
         reported_at = time.monotonic()
-        for count, (spec, future) in enumerate(finished, start=1):
-            record = _outcome(store, spec, future)
-            summary.add(record)
-            if record.status == FAILED:
-                logger.warning("%s failed: %s", record.slide_id, record.error)
-            else:
-                logger.info("%s: %d tiles in %.1f s%s", record.slide_id, record.n_tiles, record.seconds,
-                            f" ({record.message})" if record.message else "")
-            bar.update(1)
-            bar.set_postfix(tiles=summary.tiles, failed=summary.count(FAILED))
-            if count == len(todo) or time.monotonic() - reported_at >= PROGRESS_EVERY_S:
-                update_progress_artifact(progress_id, 100.0 * count / len(todo))
-                reported_at = time.monotonic()
-        bar.close()
+        with progress.progress_bar(len(todo), "slide", enabled=progress_bar,
+                                   already_done=summary.count(SKIPPED)) as bar:
+            for count, (spec, future) in enumerate(finished, start=1):
+                record = _outcome(store, spec, future)
+                summary.add(record)
+                if record.status == FAILED:
+                    logger.warning("%s failed: %s", record.slide_id, record.error)
+                else:
+                    logger.info("%s: %d tiles in %.1f s%s", record.slide_id, record.n_tiles, record.seconds,
+                                f" ({record.message})" if record.message else "")
+                bar.update(1)
+                bar.set_postfix(tiles=summary.tiles, failed=summary.count(FAILED))
+                if count == len(todo) or time.monotonic() - reported_at >= PROGRESS_EVERY_S:
+                    update_progress_artifact(progress_id, 100.0 * count / len(todo))
+                    reported_at = time.monotonic()
         logger.info("QC page: %s", write_qc_index(store))
     finally:
         store.release_run_lock()

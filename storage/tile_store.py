@@ -58,6 +58,17 @@ def _effective_parameters(parameters: dict) -> dict:
     return {key: value for key, value in parameters.items() if key not in _PARAMETERS_WITHOUT_EFFECT}
 
 
+def _flat(parameters: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys, so that a refusal names the one field that differs."""
+    flat = {}
+    for key, value in parameters.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 class RunStore:
     """What every store of this project shares: a versioned root, a parameter check, a run lock, staging.
 
@@ -107,13 +118,7 @@ class RunStore:
             shutil.rmtree(store.root)
             existing = None
         if existing is not None:
-            recorded = _effective_parameters(existing.get(cls.PARAMETERS_KEY, {}))
-            if recorded != _effective_parameters(parameters):
-                changed = sorted(k for k in set(recorded) | set(parameters) if recorded.get(k) != parameters.get(k))
-                raise StoreError(
-                    f"{store.root} was made with other {cls.PARAMETERS_KEY} parameters ({', '.join(changed)}); "
-                    "use --overwrite to redo it, or another --out"
-                )
+            store._refuse_other_parameters(existing, parameters)
         else:
             attributes = {
                 "layout": cls.LAYOUT_NAME,
@@ -137,6 +142,31 @@ class RunStore:
             elif not metadata.exists():
                 write_zarr_group_atomic(store.root / name, {"description": purpose})
         return store
+
+    @classmethod
+    def check_can_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> None:
+        """Raise the :class:`StoreError` that :meth:`create_or_open` would, without writing anything.
+
+        Commands call it before any server or worker starts, so that a store
+        made with other parameters is refused at once.
+        """
+        store = cls(root)
+        existing = store.read_attributes()
+        if existing is None and store.root.exists() and any(store.root.iterdir()):
+            raise StoreError(f"{store.root} exists and is not a distillpath {cls.KIND}; choose another --out")
+        if existing is not None and not overwrite:
+            store._refuse_other_parameters(existing, parameters)
+
+    def _refuse_other_parameters(self, existing: dict, parameters: dict) -> None:
+        recorded = _flat(_effective_parameters(existing.get(self.PARAMETERS_KEY, {})))
+        wanted = _flat(_effective_parameters(json.loads(json.dumps(parameters))))  # tuples as the store has lists
+        if recorded != wanted:
+            changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+            detail = ", ".join(f"{k}: {recorded.get(k)!r} in the store, {wanted.get(k)!r} now" for k in changed)
+            raise StoreError(
+                f"{self.root} was made with other {self.PARAMETERS_KEY} parameters ({detail}); "
+                "use --overwrite to redo it, or another --out"
+            )
 
     def read_attributes(self) -> dict | None:
         """Root attributes, or ``None`` if ``root`` is not this kind of store."""

@@ -59,13 +59,17 @@ def test_deployment_parameters_cover_the_flows():
     names = {spec.full_name for spec in DEPLOYMENTS}
     assert names == {"tile-tcga/tile-tcga", "plism/register-plism", "plism/extract-plism", "embed/embed",
                      "distill/distill", "robustness/robustness", "evaluate/evaluate"}
+    from flows.serve import DEPLOYMENT_NAMES
+
+    assert DEPLOYMENT_NAMES == tuple(spec.name for spec in DEPLOYMENTS)  # what serve's options are made of
     for spec in DEPLOYMENTS:
         deployment = build_deployment(spec, cron="0 2 * * *", dask_address="tcp://127.0.0.1:8786")
         schema = deployment._parameter_openapi_schema.model_dump()
-        assert set(schema["required"]) <= {"slides", "out", "tiles", "config", "embeddings", "labels"}
+        assert set(schema["required"]) <= {"job", "slides", "out", "tiles", "config", "embeddings", "labels"}
         assert deployment.schedules[0].schedule.cron == "0 2 * * *"
-        assert ("dask_address" in deployment.parameters) == spec.dask
-    assert build_deployment(deployment_spec("register-plism")).parameters == {"stage": "register"}
+        given = deployment.parameters.get("job", {}) if spec.job else deployment.parameters
+        assert ("dask_address" in given) == spec.dask
+    assert build_deployment(deployment_spec("register-plism")).parameters == {"job": {"stage": "register"}}
     with pytest.raises(ValueError, match="no parameter"):
         build_deployment(deployment_spec("tile-tcga"), {"slide": "typo"})
     with pytest.raises(ValueError, match="no deployment"):
@@ -126,7 +130,7 @@ def test_served_tile_tcga_deployment_runs_from_the_api(private_prefect_server, s
                 assert not tiling.schedules
                 out = tmp_path / "tiles.zarr"
                 run = run_deployment(name="tile-tcga/tile-tcga", timeout=150, poll_interval=1,
-                                     parameters={"slides": str(slide_dir), "out": str(out), "workers": 2})
+                                     parameters={"job": {"slides": str(slide_dir), "out": str(out), "workers": 2}})
                 state = client.read_flow_run(run.id).state
                 assert state is not None and state.is_completed(), (state, _tail(log))
                 # The work is a child run of the real flow, which holds the summary artifact.

@@ -112,3 +112,11 @@ def test_mpp_override_fills_in_and_mpp_replace_replaces(tmp_path):
     csv.write_text("path,slide_id,mpp\nx.svs,a,0.3\nx.svs,b,\n")
     specs, _ = list_slides(csv, mpp_override_um=0.5, mpp_replace_um=0.25)
     assert [(s.mpp_override_um, s.mpp_replace_um) for s in specs] == [(0.3, 0.25), (0.5, 0.25)]
+
+
+def test_one_slide_file_is_a_list_of_one(tmp_path):
+    """``--slides scan.svs`` tiles that slide; it was read as a CSV and failed to decode."""
+    slide = tmp_path / "TCGA-AA-3512-01Z-00-DX1.0a1b2c3d.svs"
+    slide.write_bytes(b"\xff\xd8 not text")
+    specs, rejected = list_slides(slide)
+    assert [(s.path, s.slide_id) for s in specs] == [(slide, slide_id_from_path(slide))] and not rejected

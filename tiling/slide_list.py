@@ -139,7 +139,7 @@ def _read_csv(source: Path) -> list[tuple[Path, str | None, str | None]]:
 def list_slides(
     source: Path | str, mpp_override_um: float | None = None, mpp_replace_um: float | None = None
 ) -> tuple[list[SlideSpec], list[RejectedSlide]]:
-    """Read a folder of slides or a CSV (columns ``path``, optional ``slide_id``, ``mpp``).
+    """Read a folder of slides, a CSV (columns ``path``, optional ``slide_id``, ``mpp``), or one slide file.
 
     Relative CSV paths are relative to the CSV's folder. A per-row ``mpp``,
     like the global ``mpp_override_um``, is used only for slides whose files
@@ -162,6 +162,8 @@ def list_slides(
         candidates = [(path, None, None) for path in find_slide_files(source)]
         if not candidates:
             raise ValueError(f"{source}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})")
+    elif source.is_file() and source.name.lower().endswith(SLIDE_SUFFIXES):
+        candidates = [(source, None, None)]  # one slide file, not a list
     elif source.is_file():
         candidates = _read_csv(source)
     else:

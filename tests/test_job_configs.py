@@ -1,0 +1,157 @@
+"""Each job's parameters are stated once: the command line and the deployment are derived from its config model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.config_loader import ConfigError, field_at, load_config
+from flows.jobs import TileJob
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _commands():
+    from flows import embed, evaluate, register_plism, tile_tcga
+    from flows.jobs import EmbedJob, EvaluateJob, PlismJob
+
+    return {
+        "tile": (tile_tcga, TileJob, {"slides": "s", "out": "o"}, {}),
+        "register-plism": (register_plism, PlismJob, {"slides": "s", "out": "o"}, register_plism.PRESET),
+        "embed": (embed, EmbedJob, {"tiles": "t", "out": "o", "model": "h0-mini"}, {}),
+        "evaluate": (evaluate, EvaluateJob, {"embeddings": "e", "labels": "l", "out": "o", "task": "regression"}, {}),
+    }
+
+
+def test_loader_order_is_defaults_then_file_then_overrides_then_flags(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("slides: a\nout: b\ntiling:\n  tile_size_px: 256\n  threads: 3\n  tissue:\n    closing_um: 10\n")
+    job = load_config(TileJob, config, ["tiling.threads=4", "tiling.qc.min_tissue_fraction=0.3"],
+                      {"tiling.threads": 5, "workers": None})
+    assert job.tiling.tile_size_px == 256 and job.tiling.threads == 5
+    assert job.tiling.tissue.closing_um == 10 and job.tiling.qc.min_tissue_fraction == 0.3
+    assert job.tiling.target_mpp_um == 0.5  # the paper's default, untouched
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["tiling.tissue.closing=3"], "unknown key tiling.tissue.closing (did you mean tiling.tissue.closing_um?)"),
+    (["tiling.tile_size_px=big"], "tiling.tile_size_px: Input should be a valid integer"),
+    (["tiling=3"], "tiling: "),
+    (["workers"], "'workers' is not key=value"),
+])
+def test_a_bad_key_or_value_is_one_line_naming_it(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(TileJob, None, ["slides=a", "out=b", *overrides])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["tile", "register-plism", "embed", "evaluate"])
+def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
+    """The drift check: flags set real fields and add no defaults; the deployment form is the model itself."""
+    from flows.cli import job_parser
+    from flows.config_loader import config_from_args
+    from flows.deployments import DEPLOYMENTS, build_deployment
+
+    module, model, required, preset = _commands()[name]
+    for dotted in module.FLAGS.values():
+        field_at(model, dotted)  # every flag sets a real field
+    args = job_parser("test", "", model, module.FLAGS).parse_intermixed_args(
+        [a for key, value in required.items() for a in (f"--{key}", value)])
+    # No flag has a default of its own; the command's preset is the deployment's.
+    assert config_from_args(model, args, module.FLAGS, preset) == model(**required, **preset)
+    spec = next(s for s in DEPLOYMENTS if s.job is model and s.preset == preset)
+    schema = build_deployment(spec)._parameter_openapi_schema.model_dump()
+    assert list(schema["properties"]) == ["job"]
+    definition = schema["definitions"][model.__name__]
+    assert set(definition["properties"]) == set(model.model_fields)
+    for field, info in model.model_fields.items():
+        if not info.is_required() and info.default_factory is None:
+            default = info.get_default()
+            default = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+            assert definition["properties"][field].get("default") == (
+                list(default) if isinstance(default, tuple) else default), field
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), [
+    ("flows.tile_tcga", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
+    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "tiling.tile_sise_px=3"], "unknown key"),
+    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--tile-size", "x"], "invalid int value"),
+    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    ("flows.tile_tcga", ["--out", "{tmp}/o.zarr"], "slides is required (give --slides)"),
+    ("flows.register_plism", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
+    ("flows.register_plism", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr"], "no slide in"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--set", "registration.stages=[x]"],
+     "registration.stages.0: Input should be 'rigid', 'affine' or 'bspline'"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
+    ("flows.embed", ["--tiles", "{tmp}/missing", "--out", "{tmp}/e", "--model", "h0-mini"], "no such file"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0mini"], "did you mean h0-mini?"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--batch-size", "0"],
+     "batch_size: Input should be greater than 0"),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--device", "gpu"], "device: "),
+    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--config", "{tmp}/bad.yaml"], "unknown key"),
+    ("flows.evaluate", ["--embeddings", "{tmp}/missing", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
+                        "--task", "regression"], "--embeddings {tmp}/missing: no such file"),
+    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
+                        "--task", "regresion"], "argument --task: invalid choice"),
+    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r"],
+     "task is required (give --task)"),
+])
+def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
+    (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
+    done = subprocess.run([sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in argv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=_no_prefect_env())
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and message.format(tmp=tmp_path) in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_extract_plism_help_names_itself():
+    done = subprocess.run([sys.executable, "-m", "flows.extract_plism", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m flows.extract_plism")
+
+
+def _no_prefect_env():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # a server that is never reached: validation comes first
+    return env
+
+
+def test_the_project_model_names_known_without_torch_are_the_registry_s():
+    from flows.checks import PROJECT_MODELS
+    from pipeline.models.registry import MODEL_SPECS
+
+    assert set(PROJECT_MODELS) == set(MODEL_SPECS)
+
+
+def test_one_embedding_batch_size_default_whatever_the_entry_point():
+    """The flow, the deployment and ``torchrun -m pipeline.embed`` all leave it to EmbeddingSettings."""
+    from flows.jobs import EmbedJob
+    from pipeline.embed import EmbeddingSettings
+
+    assert EmbedJob.model_fields["batch_size"].default is None
+    assert EmbeddingSettings("h0-mini", device="cpu").batch_size == 32
+    assert EmbeddingSettings("h0-mini", device="cuda:1").batch_size == 256
+    assert EmbeddingSettings("h0-mini", device="cuda", batch_size=8).batch_size == 8
+    job = EmbedJob(tiles="t", out="o", model="tiny-student", device="cpu")
+    assert (job.settings().batch_size, job.settings().loader_workers) == (32, 0)
+
+
+def test_distillpath_subcommands_run_the_module_commands(capsys, tmp_path):
+    from flows.distillpath import COMMANDS, main
+
+    assert main(["tile", "--slides", str(tmp_path / "missing"), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert capsys.readouterr().err.strip() == f"tile: --slides {tmp_path / 'missing'}: no such file or folder"
+    assert main(["tyle"]) == 2 and "no command 'tyle'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["extract-plism", "--help"])
+    assert capsys.readouterr().out.startswith("usage: distillpath extract-plism")
+    for module, _ in COMMANDS.values():
+        __import__(module)  # each subcommand's module exists and has a main
+        assert callable(sys.modules[module].main)
