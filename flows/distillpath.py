@@ -23,9 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("flows.evaluate", "probe an embedding store against a labels table"),
     "serve": ("flows.serve", "serve every job as a Prefect deployment"),
     "break-lock": ("flows.break_lock", "show or break a store's run lock"),
-    # TO ADD when flows/inspect.py (issue 16) is merged: "info", "preview" and "qc", each dispatching to
-    # flows.inspect.main(argv) with the subcommand name in front of the remaining arguments.
+    "info": ("flows.inspect", "summarise a store: kind, slides, tiles, failures, parameters, size"),
+    "preview": ("flows.inspect", "paste a slide's tiles back at their coordinates, as a PNG"),
+    "qc": ("flows.inspect", "(re)write a tile store's qc/index.html"),
 }
+# Commands that are subcommands of their module's own command line: the name is passed on in front.
+NAMED_IN_MODULE = {"info", "preview", "qc"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distillpath: no command {name!r}; there are {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    if name in NAMED_IN_MODULE:
+        return module.main([name, *rest], prog="distillpath")
     return module.main(rest, prog=f"distillpath {name}")
 
 

@@ -20,8 +20,8 @@ from storage.inspection import PREVIEW_LONG_EDGE_PX, format_info, info, preview
 from storage.tile_store import StoreError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.inspect", description=__doc__.split("\n\n")[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("info", help="kind, slides or conditions, tiles, failures, parameters, size on disk")
     show.add_argument("store", type=Path)
@@ -36,9 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m flows.inspect") -> int:
     """Run one subcommand; return the exit status (2 for a store or slide that cannot be used)."""
-    arguments = _parser().parse_args(argv)
+    arguments = _parser(prog).parse_args(argv)
     try:
         if arguments.command == "info":
             summary = info(arguments.store)

@@ -152,6 +152,8 @@ def test_distillpath_subcommands_run_the_module_commands(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["extract-plism", "--help"])
     assert capsys.readouterr().out.startswith("usage: distillpath extract-plism")
+    assert main(["info", str(tmp_path)]) == 2  # dispatched to flows.inspect's own "info" subcommand
+    assert "not a distillpath store" in capsys.readouterr().err
     for module, _ in COMMANDS.values():
         __import__(module)  # each subcommand's module exists and has a main
         assert callable(sys.modules[module].main)
