@@ -42,7 +42,7 @@ from registration.study import (
 )
 from storage.aligned_store import REGISTERED, AlignedTileStore
 from storage.atomic import write_bytes_atomic
-from storage.manifest import FAILED, SlideRecord, write_record
+from storage.manifest import FAILED, SlideRecord, failed_record, write_record
 from storage.tile_store import utc_now
 from tiling.config import TilingConfig
 from tiling.errors import MissingMppError
@@ -112,11 +112,8 @@ def _run_per_condition(
 
 def _crash_record(store: AlignedTileStore, stage: str) -> Callable[[PlismCondition, Exception], SlideRecord]:
     def record(condition: PlismCondition, error: Exception) -> SlideRecord:
-        failed = SlideRecord(
-            slide_id=condition.name, source_path=str(condition.path), status=FAILED,
-            error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
-            extra={"stage": stage},
-        )
+        failed = failed_record(condition.name, condition.path, error, unexpected=True, finished_at=utc_now(),
+                               extra={"stage": stage})
         write_record(store, failed)
         return failed
 

@@ -23,7 +23,15 @@ from tqdm import tqdm
 from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
 from flows.tiling_task import tile_slide_task
-from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, clear_rejected_records, write_record
+from storage.manifest import (
+    FAILED,
+    REJECTED_PREFIX,
+    SKIPPED,
+    SlideRecord,
+    clear_rejected_records,
+    failed_record,
+    write_record,
+)
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
@@ -34,11 +42,8 @@ PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     """Persist a refused slide-list row under a safe key derived from its row and path."""
     key = f"{REJECTED_PREFIX}{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
-    record = SlideRecord(
-        slide_id=key, source_path=str(rejected.path), status=FAILED, error=str(rejected.error),
-        error_type=type(rejected.error).__name__, finished_at=utc_now(),
-        extra={"requested_slide_id": rejected.slide_id, "row": rejected.row},
-    )
+    record = failed_record(key, rejected.path, rejected.error, finished_at=utc_now(),
+                           extra={"requested_slide_id": rejected.slide_id, "row": rejected.row})
     write_record(store, record)
     return record
 
@@ -48,10 +53,7 @@ def _outcome(store: TileStore, spec: SlideSpec, future) -> SlideRecord:
     try:
         return future.result()
     except Exception as error:  # retries exhausted, a bug, or a worker lost too often: record it, go on
-        record = SlideRecord(
-            slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
-            error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
-        )
+        record = failed_record(spec.slide_id, spec.path, error, unexpected=True, finished_at=utc_now())
         write_record(store, record)
         return record
 
