@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from tqdm import tqdm
 
 from flows.runners import is_transient_io_error
-from flows.submission import as_completed_bounded, dask_client_of_flow, window_for
+from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, window_for
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
 from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE, PlismCondition, PlismLayout
@@ -101,11 +101,8 @@ def _run_per_condition(
         lambda i: submit(conditions[i]), range(len(conditions)), window_for(dask_client_of_flow())
     )
     with tqdm(total=len(conditions), unit="condition", desc=label, disable=not progress_bar, file=sys.stderr) as bar:
-        for i, future in finished:
-            try:
-                results[i] = future.result()
-            except Exception as error:  # retries exhausted: the condition fails, the others go on
-                results[i] = on_error(conditions[i], error)
+        for i, result in outcomes(finished, lambda i, error: on_error(conditions[i], error)):
+            results[i] = result
             bar.update(1)
     return results
 

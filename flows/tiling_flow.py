@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from functools import partial
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from tqdm import tqdm
 
-from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
+from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
 from flows.tiling_task import tile_slide_task
 from storage.manifest import (
@@ -48,14 +49,11 @@ def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     return record
 
 
-def _outcome(store: TileStore, spec: SlideSpec, future) -> SlideRecord:
-    """The slide's record, or a ``failed`` one (written to the store) if its task raised."""
-    try:
-        return future.result()
-    except Exception as error:  # retries exhausted, a bug, or a worker lost too often: record it, go on
-        record = failed_record(spec.slide_id, spec.path, error, unexpected=True, finished_at=utc_now())
-        write_record(store, record)
-        return record
+def _record_crash(store: TileStore, spec: SlideSpec, error: Exception) -> SlideRecord:
+    """Record, in ``store``, a slide whose task raised (retries exhausted, a bug, a worker lost too often)."""
+    record = failed_record(spec.slide_id, spec.path, error, unexpected=True, finished_at=utc_now())
+    write_record(store, record)
+    return record
 
 
 @flow(name="tile-tcga", log_prints=True)
@@ -94,8 +92,7 @@ def tile_tcga(
         finished = as_completed_bounded(lambda spec: submit(spec, str(store.root), config), todo, window_for(client))
         bar = tqdm(total=len(todo), unit="slide", disable=not progress_bar, file=sys.stderr)
         reported_at = time.monotonic()
-        for count, (spec, future) in enumerate(finished, start=1):
-            record = _outcome(store, spec, future)
+        for count, (_, record) in enumerate(outcomes(finished, partial(_record_crash, store)), start=1):
             summary.add(record)
             if record.status == FAILED:
                 logger.warning("%s failed: %s", record.slide_id, record.error)
