@@ -35,6 +35,7 @@ from storage.manifest import (
 )
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
+from tiling.qc_index import write_qc_index
 from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
 
 PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this often: one API call each
@@ -105,6 +106,7 @@ def tile_tcga(
                 update_progress_artifact(progress_id, 100.0 * count / len(todo))
                 reported_at = time.monotonic()
         bar.close()
+        logger.info("QC page: %s", write_qc_index(store))
     finally:
         store.release_run_lock()
     summary.finish()

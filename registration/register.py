@@ -5,6 +5,13 @@ different mpp register directly. A coarse rotation search initialises
 elastix, which then runs the configured stages (rigid → affine → B-spline by
 default). The result is refused, with a QC picture, when a slide shows no
 tissue, when elastix fails, or when the tissue masks or stains still agree too little.
+
+Stains differ in what they show, so a pair the checks refuse is registered
+again before it is refused: with the other intensity channel (optical
+density summed over RGB, which any stain has, or haematoxylin, which H&E and
+IHC counterstains share), then on views twice as coarse (where the shapes
+of the tissue, not single cells, lead). Only when every attempt fails is
+the pair refused, with each attempt's reason and what the user can change.
 """
 
 from __future__ import annotations
@@ -69,35 +76,44 @@ def _fail(fixed: SlideView, moving: SlideView, reason: str, panels: list, qc_pat
     return RegistrationError(fixed.path, moving.path, reason, qc_png)
 
 
-def register_slides(
-    fixed_path: Path | str,
-    moving_path: Path | str,
-    *,
-    qc_path: Path | str | None = None,
-    **options: object,
-) -> RegistrationResult:
-    """Align ``moving_path`` to ``fixed_path`` and return the transform with its quality figures.
+def _attempts(config: RegistrationConfig) -> list[RegistrationConfig]:
+    """The configured registration, then the fallbacks tried when its result is refused."""
+    if not config.fallbacks:
+        return [config]
+    other = "haematoxylin" if config.channel == "od" else "od"
+    return [
+        config,
+        config.model_copy(update={"channel": other}),
+        config.model_copy(update={"view_mpp_um": 2 * config.view_mpp_um}),
+    ]
 
-    Parameters
-    ----------
-    fixed_path, moving_path : Path or str
-        Slides in any format :func:`tiling.slide.open_backend` reads.
-    qc_path : Path or str, optional
-        Where to write the QC picture (PNG), on success and on failure alike.
-    **options
-        Fields of :class:`~registration.config.RegistrationConfig`.
 
-    Raises
-    ------
-    RegistrationError
-        Naming both files, when a slide shows no tissue, elastix fails, or the
-        tissue Dice or stain NCC after registration is under ``min_tissue_dice``
-        or ``min_ncc``.
-    """
-    config = RegistrationConfig(**options)
-    qc_path = Path(qc_path) if qc_path is not None else None
-    fixed = render_view(fixed_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.fixed_mpp_um)
-    moving = render_view(moving_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.moving_mpp_um)
+def _label(config: RegistrationConfig) -> str:
+    return f"channel {config.channel}, view {config.view_mpp_um:g} um/px"
+
+
+_ADVICE = (
+    "If both slides do show the same tissue, look at the QC picture; then lower min_ncc (stain NCC across "
+    "different stains is typically 0.15-0.3) or min_tissue_dice, or set view_mpp_um, mask_dilation_um or "
+    "fixed_mpp_um / moving_mpp_um"
+)
+
+
+class _Refused(Exception):
+    """One attempt's result failed the checks: the reason and the QC panels that show it."""
+
+    def __init__(self, reason: str, panels: list, fixed_check: SlideView, moving: SlideView) -> None:
+        super().__init__(reason)
+        self.reason, self.panels, self.fixed_check, self.moving = reason, panels, fixed_check, moving
+
+
+def _register_once(fixed_path: Path | str, moving_path: Path | str, config: RegistrationConfig,
+                   qc_path: Path | None) -> RegistrationResult:
+    """One registration with ``config``; raises :class:`_Refused` when the checks refuse its result."""
+    fixed = render_view(fixed_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.fixed_mpp_um,
+                        config.min_tissue_od)
+    moving = render_view(moving_path, config.view_mpp_um, config.channel, config.mask_dilation_um,
+                         config.moving_mpp_um, config.min_tissue_od)
     # Quality, refusals and the QC picture on the fixed view's grid, shrunk to check_max_pixels.
     check_mpp_um = _check_mpp_um(fixed, config.check_max_pixels)
     fixed_check, moving_check = _coarsened(fixed, check_mpp_um), _coarsened(moving, check_mpp_um)
@@ -107,8 +123,9 @@ def register_slides(
     panels = [("as scanned", before[0], before[2])]
     for view in (fixed, moving):
         if not view.tissue_mask.any():
-            raise _fail(fixed_check, moving, f"no tissue found in {view.path} at {config.view_mpp_um} um/px", panels,
-                        qc_path)
+            reason = (f"no tissue found in {view.path} at {config.view_mpp_um} um/px: the slide looks blank. If it "
+                      f"is not, lower min_tissue_od (now {config.min_tissue_od}) or check its pixel size")
+            raise _fail(fixed_check, moving, reason, panels, qc_path)
 
     initial_map = initial_transform_map(fixed, moving, config.initial_mpp_um, config.rotation_step_deg)
     stage_maps = [stage_map(stage, config.bspline_grid_spacing_um) for stage in config.stages]
@@ -122,7 +139,7 @@ def register_slides(
             config.number_of_threads,
         )
     except RuntimeError as error:
-        raise _fail(fixed_check, moving, str(error), panels, qc_path) from error
+        raise _Refused(str(error), panels, fixed_check, moving) from error
 
     displacement = deformation_um(transform_maps, check_shape, fixed_check.spacing_um)
     after = _moving_on_fixed_grid(fixed_check, moving_check, grid_um + displacement.reshape(-1, 2))
@@ -131,7 +148,7 @@ def register_slides(
     caption = f"registered: NCC {quality.ncc_after:.2f}, tissue Dice {quality.dice_after:.2f}"
     panels.append((f"refused, {caption}" if problem else caption, after[0], after[2]))
     if problem:
-        raise _fail(fixed_check, moving, problem, panels, qc_path)
+        raise _Refused(problem, panels, fixed_check, moving)
     qc_png = render_registration_qc(fixed_check.rgb, fixed_check.tissue_mask, panels)
     if qc_path is not None:
         qc_path.write_bytes(qc_png)
@@ -150,3 +167,45 @@ def register_slides(
         config=config.model_dump(mode="json"),
         qc_png=qc_png,
     )
+
+
+def register_slides(
+    fixed_path: Path | str,
+    moving_path: Path | str,
+    *,
+    qc_path: Path | str | None = None,
+    **options: object,
+) -> RegistrationResult:
+    """Align ``moving_path`` to ``fixed_path`` and return the transform with its quality figures.
+
+    Parameters
+    ----------
+    fixed_path, moving_path : Path or str
+        Slides in any format :func:`tiling.slide.open_backend` reads.
+    qc_path : Path or str, optional
+        Where to write the QC picture (PNG), on success and on failure alike.
+    **options
+        Fields of :class:`~registration.config.RegistrationConfig`.
+
+    The result's ``config`` is the attempt that succeeded (its channel and
+    view may differ from the ones asked for, see ``fallbacks``).
+
+    Raises
+    ------
+    RegistrationError
+        Naming both files, when a slide shows no tissue, or when every attempt
+        failed in elastix or left the tissue Dice or stain NCC under
+        ``min_tissue_dice`` or ``min_ncc``; the message gives each attempt's
+        reason and what can be changed.
+    """
+    config = RegistrationConfig(**options)
+    qc_path = Path(qc_path) if qc_path is not None else None
+    failures: list[tuple[RegistrationConfig, _Refused]] = []
+    for attempt in _attempts(config):
+        try:
+            return _register_once(fixed_path, moving_path, attempt, qc_path)
+        except _Refused as refused:
+            failures.append((attempt, refused))
+    last = failures[-1][1]
+    tried = "; ".join(f"{_label(attempt)}: {refused.reason}" for attempt, refused in failures)
+    raise _fail(last.fixed_check, last.moving, f"{tried}. {_ADVICE}", last.panels, qc_path)

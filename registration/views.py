@@ -99,8 +99,12 @@ def render_view(
     channel: str = "od",
     mask_dilation_um: float = 80.0,
     mpp_override_um: float | None = None,
+    min_od_above_glass: float | None = 0.05,
 ) -> SlideView:
     """Read the whole slide at ``view_mpp_um`` and derive its registration channel and tissue mask.
+
+    The mask counts stained (saturated) and absorbing pixels as tissue (see
+    :func:`tiling.tissue.detect_tissue`), so pale IHC is found.
 
     Raises
     ------
@@ -117,7 +121,7 @@ def render_view(
     height, width = thumbnail.rgb.shape[:2]
     extent_x, extent_y = thumbnail.covered_level0_px
     spacing_um = (extent_x * mpp_um / width, extent_y * mpp_um / height)
-    tissue_mask = detect_tissue(thumbnail, TissueConfig())
+    tissue_mask = detect_tissue(thumbnail, TissueConfig(min_od_above_glass=min_od_above_glass))
     dilation_px = round(mask_dilation_um / view_mpp_um)
     intensity = _background_free(stain_intensity(thumbnail.rgb, channel), tissue_mask, dilation_px)
     return SlideView(path, thumbnail.rgb, intensity, tissue_mask, spacing_um, mpp_um, dimensions_level0)

@@ -1,13 +1,16 @@
 """Zarr stores of tiles and their manifests: layout, writers and the read API.
 
-The read API (xarray, dask, pandas) is imported on first use, so that tiling
-workers, which only write, start without it.
+Importing this package loads only numpy, zarr and imagecodecs; the read API
+(xarray, pandas, and dask when installed) is imported on first use, so that
+tiling workers, which only write, start without it, and analysts read stores
+without the pipeline's dependencies installed.
 """
 
 from __future__ import annotations
 
 import importlib
 
+import storage.jpeg_codec  # noqa: F401  registers the tiles' codec names with zarr
 from storage.manifest import SlideRecord
 from storage.tile_store import StoreError, TileStore
 

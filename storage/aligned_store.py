@@ -167,14 +167,15 @@ def condition_records(store: AlignedTileStore) -> dict[str, SlideRecord]:
 
 
 def open_aligned_tiles(path: Path | str):
-    """The store as a lazy xarray Dataset ``[condition, tile, …]``, dask chunks = shards.
+    """The store as a lazy xarray Dataset ``[condition, tile, …]``, dask chunks = shards (when dask is installed).
 
     Coordinates ``condition`` (names), ``staining``, ``scanner``, ``mpp_um``;
     variable ``extracted`` ``[condition]`` says which conditions' tiles are
     complete (the others read as zeros).
     """
-    import dask.array as da
     import xarray as xr
+
+    from storage.lazy_arrays import zarr_variable
 
     store = open_aligned_store(path)
     plan = store.read_plan()
@@ -185,10 +186,10 @@ def open_aligned_tiles(path: Path | str):
     table = plan["table"]
     return xr.Dataset(
         {
-            "tiles": (tiles.metadata.dimension_names, da.from_zarr(tiles, chunks=tiles.shards)),
-            "coords": (("condition", "tile", "xy"), da.from_zarr(group["coords"])),
-            "tissue_fraction": (("condition", "tile"), da.from_zarr(group["tissue_fraction"])),
-            "grid": (("tile", "colrow"), da.from_zarr(group["grid"])),
+            "tiles": (tiles.metadata.dimension_names, zarr_variable(tiles, chunks=tiles.shards)),
+            "coords": (("condition", "tile", "xy"), zarr_variable(group["coords"])),
+            "tissue_fraction": (("condition", "tile"), zarr_variable(group["tissue_fraction"])),
+            "grid": (("tile", "colrow"), zarr_variable(group["grid"])),
             "extracted": (("condition",), np.array([store.is_extracted(row["name"]) for row in table])),
         },
         coords={

@@ -51,3 +51,20 @@ def write_json_atomic(path: Path, document: object) -> None:
 def write_zarr_group_atomic(path: Path, attributes: dict[str, object]) -> None:
     """Create a zarr v3 group whose metadata (with ``attributes``) is written atomically."""
     write_json_atomic(path / "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+
+
+def write_opaque_folder_atomic(path: Path, attributes: dict[str, object]) -> None:
+    """Declare ``path`` a folder of plain files (JSON, PNG, markers) that zarr must not list.
+
+    zarr lists a group's folder and warns about every entry without
+    ``zarr.json``. An array is never listed: zarr reads its metadata and,
+    on demand, its chunk keys under ``c/``. So such a folder is declared an
+    empty array (shape ``[0]``, no chunks) whose attributes say what the files
+    are; ``zarr.open_group(store).tree()`` then shows it without a warning.
+    """
+    write_json_atomic(path / "zarr.json", {
+        "zarr_format": 3, "node_type": "array", "shape": [0], "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0, "codecs": [{"name": "bytes"}], "attributes": attributes,
+    })

@@ -36,7 +36,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.atomic import write_bytes_atomic, write_json_atomic, write_zarr_group_atomic
+from storage.atomic import (
+    write_bytes_atomic,
+    write_json_atomic,
+    write_zarr_group_atomic,
+)
 from storage.store_index import StoreIndex, indexed_entries, published_names
 from storage.tile_store import RunStore, StoreError, TileStore, utc_now
 from storage.tile_units import TileSource, TileUnit
@@ -244,16 +248,16 @@ def open_embeddings(path: Path | str):
     """The store as a lazy xarray Dataset.
 
     From a tile store: ``embeddings [tile, feature]``, ``coords [tile, xy]``,
-    ``slide_index [tile]`` over the slides whose embeddings are complete
-    (coordinate ``slide_id``). From an aligned tile store:
+    per-tile coordinates ``slide_id`` (indexed) and ``slide_index`` (numpy)
+    over the slides whose embeddings are complete (coordinate ``slide``,
+    as in :func:`storage.read.open_tiles`). From an aligned tile store:
     ``embeddings [condition, tile, feature]`` with ``complete [condition]``.
     Slides and their sizes come from the index and completeness from one
     listing of ``done/``: no slide group is opened until its data is computed.
     """
-    import dask.array as da
     import xarray as xr
 
-    from storage.lazy_arrays import concatenated_rows, repeated_values
+    from storage.lazy_arrays import concatenated_rows, tile_coordinates, with_slide_index, zarr_variable
 
     store = open_embedding_store(path)
     parameters = store.read_attributes()["embedding"]
@@ -264,9 +268,9 @@ def open_embeddings(path: Path | str):
         embeddings = group["embeddings"]
         return xr.Dataset(
             {
-                "embeddings": (("condition", "tile", "feature"), da.from_zarr(embeddings)),
-                "coords": (("condition", "tile", "xy"), da.from_zarr(group["coords"])),
-                "grid": (("tile", "colrow"), da.from_zarr(group["grid"])),
+                "embeddings": (("condition", "tile", "feature"), zarr_variable(embeddings)),
+                "coords": (("condition", "tile", "xy"), zarr_variable(group["coords"])),
+                "grid": (("tile", "colrow"), zarr_variable(group["grid"])),
                 "complete": (("condition",), _complete_rows(done, embeddings)),
             },
             coords={"condition": group.attrs["conditions"], "xy": ["x", "y"], "colrow": ["col", "row"]},
@@ -276,15 +280,14 @@ def open_embeddings(path: Path | str):
             if entry["n_tiles"] and all(f"{slide_id}.{k}" in done for k in range(-(-entry["n_tiles"] // entry["chunk"])))}
     paths = [f"{store.slides_dir}/{slide_id}" for slide_id in kept]
     counts, chunks = [e["n_tiles"] for e in kept.values()], [e["chunk"] for e in kept.values()]
-    return xr.Dataset(
+    return with_slide_index(xr.Dataset(
         {
             "embeddings": (("tile", "feature"), concatenated_rows(
                 "embeddings", [(f"{p}/embeddings", n, k) for p, n, k in zip(paths, counts, chunks)],
                 (parameters["dim"],), parameters["dtype"])),
             "coords": (("tile", "xy"), concatenated_rows(
                 "coords", [(f"{p}/coords", n, n) for p, n in zip(paths, counts)], (2,), np.int64)),
-            "slide_index": (("tile",), repeated_values("slide-index", counts, list(range(len(kept))), chunks, np.int32)),
         },
-        coords={"slide_id": ("slide", list(kept)), "xy": ["x", "y"]},
+        coords={**tile_coordinates(list(kept), counts), "xy": ["x", "y"]},
         attrs=attrs,
-    )
+    ))

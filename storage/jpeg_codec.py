@@ -1,11 +1,26 @@
 """JPEG as a zarr v3 array→bytes codec, one RGB image per chunk.
 
-zarr resolves codecs by the ``name`` written in ``zarr.json``. This codec is
-registered under :data:`CODEC_NAME` through the ``zarr.codecs`` entry point in
-``pyproject.toml``, so any process that has distillpath installed (a Dask
-worker, an analyst's notebook) decodes tile stores without importing anything
-first. Without that, a worker that unpickles a zarr array cannot resolve the
-codec and, in Dask, hangs instead of failing.
+Arrays are written with the codec of the zarr-extensions proposal "jpeg"
+(zarr-developers/zarr-extensions#66, also in zarr-java and compatible with
+neuroglancer's ``jpeg`` chunks): ``{"name": "jpeg", "configuration":
+{"quality": 90, "encoded_color_space": "ycbcr"}}``, uint8, the channel axis
+innermost with extent 3, the decoded samples reshaped by the chunk shape. Our
+chunks are ``[1, H, W, 3]`` (one tile of a ``[tile, y, x, channel]`` array):
+the leading axis of extent 1 does not change the samples' C order, so a
+reader of the proposal decodes them as they are. The chroma subsampling, an
+encoding choice the proposal leaves to the encoder, is written as
+``subsampling`` only when it is not the default 4:4:4.
+
+Stores written before under the name ``distillpath.jpeg`` keep opening: the
+same class reads both names and writes each array back under its own.
+
+zarr resolves codecs by the ``name`` written in ``zarr.json``. Both names are
+registered through the ``zarr.codecs`` entry points in ``pyproject.toml``, so
+any process with distillpath installed, even without its pipeline
+dependencies (``pip install --no-deps``), decodes tiles without importing
+anything first; importing this module registers them too (an environment
+whose entry points predate a name). Without that, a Dask worker that
+unpickles a zarr array cannot resolve the codec and hangs instead of failing.
 """
 
 from __future__ import annotations
@@ -21,7 +36,8 @@ from typing import TYPE_CHECKING
 import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.core.common import JSON, parse_named_configuration
+from zarr.core.common import JSON
+from zarr.registry import register_codec
 
 if TYPE_CHECKING:
     from typing import Self
@@ -29,7 +45,9 @@ if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
     from zarr.core.buffer import Buffer, NDBuffer
 
-CODEC_NAME = "distillpath.jpeg"
+CODEC_NAME = "jpeg"
+LEGACY_CODEC_NAME = "distillpath.jpeg"
+ENCODED_COLOR_SPACE = "ycbcr"  # JFIF: the colour space of natural-colour images such as H&E
 DEFAULT_JPEG_QUALITY = 90
 # Chroma subsampling 4:2:0 costs ~10 dB PSNR on H&E (stain colour changes at nuclear scale).
 DEFAULT_SUBSAMPLING = "444"
@@ -71,6 +89,19 @@ def coding_threads() -> ThreadPoolExecutor:
     return pool
 
 
+def _forget_pool_in_child() -> None:
+    """Give a forked child (a DataLoader worker) a pool of its own on first use.
+
+    The parent's threads do not exist in the child: work handed to the
+    parent's pool would wait for ever, and its lock may have been held at the fork.
+    """
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 async def _map_in_threads(code: Callable, items: Iterable[tuple[object | None, ArraySpec]]) -> list:
     """Apply ``code(chunk, spec)`` to every non-missing chunk on the coding threads, keeping order."""
     loop = asyncio.get_running_loop()
@@ -89,27 +120,49 @@ class JpegCodec(ArrayBytesCodec):
     subsampling
         Chroma subsampling. Quality 90 at 4:4:4 keeps H&E tiles above 38 dB
         PSNR (~27 kB per 224-px tile); 4:2:0 drops them to ~30 dB.
+    name
+        The codec name written to ``zarr.json``: :data:`CODEC_NAME` for new
+        arrays, :data:`LEGACY_CODEC_NAME` for arrays read from older stores.
     """
 
     is_fixed_size = False
     quality: int = DEFAULT_JPEG_QUALITY
     subsampling: str = DEFAULT_SUBSAMPLING
+    name: str = CODEC_NAME
 
-    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY, subsampling: str = DEFAULT_SUBSAMPLING) -> None:
+    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY, subsampling: str = DEFAULT_SUBSAMPLING,
+                 name: str = CODEC_NAME) -> None:
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
         if subsampling not in SUBSAMPLINGS:
             raise ValueError(f"JPEG subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
+        if name not in (CODEC_NAME, LEGACY_CODEC_NAME):
+            raise ValueError(f"not a JPEG codec name: {name!r}")
         object.__setattr__(self, "quality", int(quality))
         object.__setattr__(self, "subsampling", subsampling)
+        object.__setattr__(self, "name", name)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
-        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
-        return cls(**(configuration or {}))  # type: ignore[arg-type]
+        name = data.get("name")
+        if name not in (CODEC_NAME, LEGACY_CODEC_NAME):
+            raise ValueError(f"not a JPEG codec: {data}")
+        configuration = dict(data.get("configuration") or {})  # type: ignore[arg-type]
+        color_space = configuration.pop("encoded_color_space", ENCODED_COLOR_SPACE)
+        if color_space != ENCODED_COLOR_SPACE:
+            raise ValueError(f"JPEG encoded_color_space {color_space!r} is not supported; only {ENCODED_COLOR_SPACE!r}")
+        unknown = sorted(set(configuration) - {"quality", "subsampling"})
+        if unknown:
+            raise ValueError(f"unknown JPEG codec configuration {unknown} in {data}")
+        return cls(name=name, **configuration)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {"name": CODEC_NAME, "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
+        if self.name == LEGACY_CODEC_NAME:
+            return {"name": self.name, "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
+        configuration: dict[str, JSON] = {"quality": self.quality, "encoded_color_space": ENCODED_COLOR_SPACE}
+        if self.subsampling != DEFAULT_SUBSAMPLING:
+            configuration["subsampling"] = self.subsampling
+        return {"name": self.name, "configuration": configuration}
 
     def validate(self, *, shape: tuple[int, ...], dtype: object, chunk_grid: object) -> None:
         """Reject layouts JPEG cannot hold, when the array is created rather than at first write."""
@@ -119,10 +172,10 @@ class JpegCodec(ArrayBytesCodec):
             leading = tuple(chunk_shape)[:-3]
             if len(chunk_shape) < 3 or image_shape[-1] != 3 or any(n != 1 for n in leading):
                 raise ValueError(
-                    f"{CODEC_NAME} needs chunks of one RGB image ([1, ..., H, W, 3]), got {chunk_shape}"
+                    f"{self.name} needs chunks of one RGB image ([1, ..., H, W, 3]), got {chunk_shape}"
                 )
         if np.dtype(getattr(dtype, "to_native_dtype", lambda: dtype)()) != np.uint8:
-            raise ValueError(f"{CODEC_NAME} stores uint8 images, got dtype {dtype}")
+            raise ValueError(f"{self.name} stores uint8 images, got dtype {dtype}")
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         image = imagecodecs.jpeg8_decode(chunk_bytes.as_numpy_array())
@@ -155,3 +208,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG output size depends on the image content")
+
+
+for _name in (CODEC_NAME, LEGACY_CODEC_NAME):
+    register_codec(_name, JpegCodec)

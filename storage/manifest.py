@@ -9,8 +9,9 @@ shared file, so parallel workers cannot race and a killed run loses no record.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,13 @@ def failed_record(slide_id: str, source_path: Path | str, error: BaseException, 
 
 
 def write_record(store: RunStore, record: SlideRecord) -> None:
-    """Persist ``record`` as the slide's latest status."""
+    """Persist ``record`` as the slide's latest status, its ``source_path`` made absolute.
+
+    A relative path means nothing once the run's working directory is
+    forgotten; the manifest names the file wherever it is read from.
+    """
+    if record.source_path and not os.path.isabs(record.source_path):
+        record = replace(record, source_path=os.path.abspath(record.source_path))
     write_zarr_group_atomic(store.status_dir / record.slide_id, record.to_dict())
 
 

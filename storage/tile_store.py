@@ -21,6 +21,7 @@ store's stamp of it) never changes.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -32,8 +33,7 @@ from typing import ClassVar, Self
 
 import zarr
 
-from storage.atomic import write_zarr_group_atomic
-from storage.run_lock import LOCK_NAME, LockHeldError, RunLock
+from storage.atomic import write_opaque_folder_atomic, write_zarr_group_atomic
 from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
@@ -72,13 +72,21 @@ class RunStore:
     KIND: ClassVar[str]  # "tile store", in messages
     PARAMETERS_KEY: ClassVar[str]  # root attribute holding the run parameters
     FOLDERS: ClassVar[dict[str, str]] = {}  # top-level groups besides status/, qc/ and staging/, with their purpose
+    # Folders of plain files, declared opaque to zarr (see storage.atomic.write_opaque_folder_atomic).
+    OPAQUE: ClassVar[frozenset[str]] = frozenset({"qc", "staging", "index", "done", "registration"})
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.status_dir = self.root / "status"
         self.qc_dir = self.root / "qc"
         self.staging_dir = self.root / "staging"
-        self._run_lock = RunLock(self.staging_dir / LOCK_NAME, str(self.root))
+
+    @functools.cached_property
+    def _run_lock(self):
+        """The store's run lock, made on first use: readers never lock, and its module needs psutil."""
+        from storage.run_lock import LOCK_NAME, RunLock
+
+        return RunLock(self.staging_dir / LOCK_NAME, str(self.root))
 
     @classmethod
     def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> Self:
@@ -118,11 +126,15 @@ class RunStore:
         folders = {
             **cls.FOLDERS,
             "status": "latest run record of each item",
-            "qc": "QC pictures (PNG files)",
-            "staging": "items being written",
+            "qc": "QC pictures (PNG files) and the run's qc/index.html",
+            "staging": "items being written, and the run lock",
         }
         for name, purpose in folders.items():
-            if not (store.root / name / "zarr.json").exists():
+            metadata = store.root / name / "zarr.json"
+            if name in cls.OPAQUE:
+                if not metadata.exists() or json.loads(metadata.read_bytes()).get("node_type") != "array":
+                    write_opaque_folder_atomic(store.root / name, {"description": purpose})  # also upgrades old stores
+            elif not metadata.exists():
                 write_zarr_group_atomic(store.root / name, {"description": purpose})
         return store
 
@@ -176,6 +188,8 @@ class RunStore:
 
     def _refuse_if_in_use(self) -> None:
         """Raise if a run that may still be alive holds the lock (see :mod:`storage.run_lock`)."""
+        from storage.run_lock import LockHeldError
+
         try:
             self._run_lock.refuse_if_held()
         except LockHeldError as error:
@@ -183,6 +197,8 @@ class RunStore:
 
     def acquire_run_lock(self) -> None:
         """Refuse a second concurrent run on the same store at once; take over a dead run's lock."""
+        from storage.run_lock import LockHeldError
+
         try:
             self._run_lock.acquire()
         except LockHeldError as error:

@@ -68,12 +68,12 @@ def test_embeddings_mirror_the_tile_store_and_equal_a_direct_model_call(tile_sto
     out = tmp_path / "emb.zarr"
     summary = _run(tile_store, out, _settings(weights, loader_workers=2))
     data = open_embeddings(out)
-    assert list(data.slide_id.values) == ["CMU-1-Small-Region", "OS-1-detail"]
+    assert list(data.slide.values) == ["CMU-1-Small-Region", "OS-1-detail"]
     model = build_model("tiny-student", device="meta")
     assert data.embeddings.shape[1] == 2 * model.embed_dim
     assert data.attrs["model"] == "tiny-student" and len(data.attrs["weights_sha256"]) == 64
     assert data.embeddings.dtype == np.float16
-    for index, slide_id in enumerate(data.slide_id.values):
+    for index, slide_id in enumerate(data.slide.values):
         source = open_slide_group(tile_store, slide_id)
         rows = (data.slide_index == index).values
         np.testing.assert_array_equal(data["coords"].values[rows], source["coords"][...])

@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.plism_flow import plism
 from registration.config import RegistrationConfig
+from registration.phase_correlation import phase_shift_px
 from registration.refine import RefinedRegistration
 from registration.synthetic import make_synthetic_plism
 from storage.aligned_store import open_aligned_store, open_aligned_tiles
@@ -81,6 +82,9 @@ def test_every_condition_gets_the_same_tiles_aligned_to_the_reference(study, ext
         off_by_2um = (tiles[:, 4:, 4:] * reference[:, :-4, :-4]).mean(axis=(1, 2))
         assert np.median(correlation) > 0.85, name
         assert np.median(correlation) > np.median(off_by_2um) + 0.3, name
+        # Pixel-aligned (issue 12): no systematic shift between a condition's tiles and the reference's.
+        shifts = np.array([phase_shift_px(r, t)[0] for r, t in zip(reference, tiles)])
+        assert np.abs(np.median(shifts, axis=0)).max() <= 0.1, (name, np.median(shifts, axis=0))
 
 
 def test_a_condition_that_cannot_be_registered_is_reported_with_a_qc_picture(extracted):

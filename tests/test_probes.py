@@ -20,6 +20,7 @@ from pipeline.probes import (
     ridge_pipeline,
     ridge_regression_cv,
 )
+from storage.lazy_arrays import tile_coordinates
 from tests.flow_helpers import run_cli
 
 FOLDS = np.repeat(["a", "b", "c"], 80)
@@ -90,9 +91,8 @@ def _dataset(rng) -> xr.Dataset:
     coords = np.array([[0, 0], [224, 0], [0, 224], [0, 0], [448, 448]])
     return xr.Dataset(
         {"embeddings": (("tile", "feature"), da.from_array(embeddings, chunks=2)),
-         "coords": (("tile", "xy"), da.from_array(coords)),
-         "slide_index": (("tile",), da.from_array(np.array([0, 0, 0, 1, 1], np.int32)))},
-        coords={"slide_id": ("slide", ["s1", "s2"]), "xy": ["x", "y"]},
+         "coords": (("tile", "xy"), da.from_array(coords))},
+        coords={**tile_coordinates(["s1", "s2"], [3, 2]), "xy": ["x", "y"]},
     )
 
 
@@ -165,7 +165,7 @@ def test_the_command_line_probes_tiles_of_a_real_store(embedding_store, tmp_path
     from storage.embedding_store import open_embeddings
 
     data = open_embeddings(embedding_store)
-    slide_ids = data.slide_id.values[data.slide_index.values]
+    slide_ids = data.slide_id.values
     tile = np.concatenate([np.arange(n) for n in np.bincount(data.slide_index.values)])
     X = data.embeddings.values.astype(np.float64)
     signal = (X - X.mean(0)) / (X.std(0) + 1e-6) @ rng.normal(size=X.shape[1])
@@ -200,8 +200,8 @@ def test_the_flow_classifies_slides_of_origin_and_records_an_artifact(embedding_
     data = open_embeddings(embedding_store)
     index = data.slide_index.values
     tile = np.concatenate([np.arange(n) for n in np.bincount(index)])
-    labels = pd.DataFrame({"slide_id": data.slide_id.values[index], "tile": tile, "fold": tile % 2,
-                           "origin": data.slide_id.values[index]})
+    labels = pd.DataFrame({"slide_id": data.slide_id.values, "tile": tile, "fold": tile % 2,
+                           "origin": data.slide_id.values})
     labels.to_csv(tmp_path / "labels.csv", index=False)
     means = evaluate_embeddings(str(embedding_store), str(tmp_path / "labels.csv"), str(tmp_path / "out"),
                                 ProbeSettings(task="classification", level="tile"))

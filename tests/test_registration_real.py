@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import pytest
 
-from registration import RegistrationError, RegistrationResult, register_slides
+from registration import RegistrationResult, register_slides
 from tests.conftest import write_tiff
 
 DATA = Path(__file__).parent / "data" / "registration"
@@ -53,10 +53,11 @@ CIMA_OPTIONS = {
     "mask_dilation_um": 4000.0,
     # A 500 µm B-spline gains little (median rTRE 0.43, 1.00, 0.78 %) for 30 s a pair instead of 5 s.
     "stages": ("rigid", "affine"),
-    # Dice of such masks says nothing here (0.10 for a good proSPC result); NCC across stains after
-    # registration is 0.16-0.28, under the default refusal threshold of 0.3.
+    # Dice of field-filling masks says nothing here. NCC across stains after a right registration is 0.38-0.63;
+    # CD31 -> Cc10 on optical density converged wrongly (rTRE 24 %) at NCC 0.18: refused at 0.25, the haematoxylin
+    # fallback registers it (0.64 %).
     "min_tissue_dice": 0.0,
-    "min_ncc": 0.05,
+    "min_ncc": 0.25,
 }
 # 2 µm/px resolves nuclei (6-10 µm) in a 250-px view of the 500 µm crop. A rescan of the same glass has
 # no tissue deformation, so no B-spline stage; the affine stage is free to find the scale.
@@ -125,10 +126,11 @@ def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, s
     assert result.quality.ncc_after > result.quality.ncc_before + 0.1  # measured gains 0.16-0.39
 
 
-@pytest.mark.xfail(raises=RegistrationError, strict=True,
-                   reason="Cc10 is so pale that the tissue detector finds no tissue at 7 or 14 um/px")
-def test_he_to_cc10_section_registers(cima_slides):
-    register_slides(cima_slides["He"], cima_slides["Cc10-5"], **CIMA_OPTIONS)
+def test_he_to_pale_cc10_section_registers(cima_slides):
+    """Cc10 is pale grey-lavender: saturation finds no tissue in it; its optical density does (issue 12)."""
+    result = register_slides(cima_slides["He"], cima_slides["Cc10-5"], **CIMA_OPTIONS)
+    rtre = _relative_tre(result, _landmarks_px("He"), _landmarks_px("Cc10-5"))
+    assert np.median(rtre) <= 0.012  # measured 0.81 %
 
 
 @pytest.fixture(scope="module")

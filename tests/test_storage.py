@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
+import warnings
 
+import imagecodecs
 import numpy as np
 import pytest
 import zarr
 
 from storage.jpeg_codec import JpegCodec
+from storage.manifest import read_manifest, write_record
 from storage.read import TileReader, open_slide_group, open_tiles
+from storage.shard_file import read_shard_encoded
 from storage.tile_store import StoreError, TileStore
 from tests.conftest import CMU_SVS, OME_TIFF
 from tiling.config import TilingConfig
@@ -55,7 +60,7 @@ def test_open_tiles_concatenates_slides_lazily_in_shard_chunks(store):
     cmu, ome = (open_slide_group(store, s) for s in ("cmu", "ome"))
     n_cmu, n_ome = cmu["tiles"].shape[0], ome["tiles"].shape[0]
     assert dataset.sizes["tile"] == n_cmu + n_ome
-    assert list(dataset["slide_id"].values) == ["cmu", "ome"]
+    assert list(dataset["slide"].values) == ["cmu", "ome"]
     assert dataset["tiles"].data.chunks[0][0] == 16
     np.testing.assert_array_equal(dataset["tiles"][n_cmu].values, ome["tiles"][0])
     np.testing.assert_array_equal(dataset["coords"].values[:n_cmu], cmu["coords"][:])
@@ -104,3 +109,94 @@ def test_domain_packages_import_without_torch_or_prefect():
     code = "import sys, tiling, storage; bad = {'torch', 'prefect', 'timm'} & set(sys.modules); assert not bad, bad"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_tiles_use_the_proposed_jpeg_codec_and_are_plain_baseline_jpegs(store):
+    tiles = open_slide_group(store, "cmu")["tiles"]
+    metadata = json.loads((store.slide_path("cmu") / "tiles" / "zarr.json").read_text())
+    inner = metadata["codecs"][0]["configuration"]["codecs"]
+    assert inner == [{"name": "jpeg", "configuration": {"quality": 90, "encoded_color_space": "ycbcr"}}]
+    encoded = read_shard_encoded(store.slide_path("cmu") / "tiles", tiles, 0, 2)
+    assert encoded[1][:2] == b"\xff\xd8"  # a JPEG stream, decoded below by libjpeg itself with nothing of ours
+    np.testing.assert_array_equal(imagecodecs.jpeg8_decode(encoded[1]), tiles[1])
+
+
+def test_arrays_written_under_the_old_codec_name_still_open_and_keep_it(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, size=(2, 16, 16, 3), dtype=np.uint8)
+    array = zarr.create_array(tmp_path / "old", shape=images.shape, chunks=(1, 16, 16, 3), dtype="uint8",
+                              serializer=JpegCodec(), compressors=None)
+    array[:] = images
+    expected = array[:]
+    path = tmp_path / "old" / "zarr.json"
+    metadata = json.loads(path.read_text())
+    metadata["codecs"] = [{"name": "distillpath.jpeg", "configuration": {"quality": 90, "subsampling": "444"}}]
+    path.write_text(json.dumps(metadata))
+    reopened = zarr.open_array(tmp_path / "old", mode="r")
+    np.testing.assert_array_equal(reopened[:], expected)
+    assert reopened.metadata.to_dict()["codecs"][0]["name"] == "distillpath.jpeg"
+    with pytest.raises(ValueError, match="encoded_color_space"):
+        JpegCodec.from_dict({"name": "jpeg", "configuration": {"quality": 90, "encoded_color_space": "rgb"}})
+
+
+def test_xarray_idioms_select_one_slide_by_its_id(store):
+    dataset = open_tiles(store)
+    n_cmu = open_slide_group(store, "cmu")["tiles"].shape[0]
+    assert isinstance(dataset.slide_id.data, np.ndarray) and isinstance(dataset.slide_index.data, np.ndarray)
+    ome = dataset.sel(slide_id="ome")
+    np.testing.assert_array_equal(ome.tiles.values, open_slide_group(store, "ome")["tiles"][:])
+    dropped = dataset.where(dataset.slide_id == "ome", drop=True)
+    assert dropped.sizes["tile"] == dataset.sizes["tile"] - n_cmu
+    assert {key: group.sizes["tile"] for key, group in dataset.groupby("slide_id")} == {
+        "cmu": n_cmu, "ome": dataset.sizes["tile"] - n_cmu}
+    means = dataset.tissue_fraction.groupby("slide_id").mean()
+    assert means.sel(slide_id="cmu") == pytest.approx(float(open_slide_group(store, "cmu")["tissue_fraction"][:].mean()))
+    assert list(dataset.n_tiles.values) == [n_cmu, dataset.sizes["tile"] - n_cmu]
+
+
+def test_tile_reader_slices_counts_and_gives_slide_ids_and_coords_in_batches(store):
+    reader = TileReader(store)
+    cmu, ome = (open_slide_group(store, s) for s in ("cmu", "ome"))
+    n_cmu = cmu["tiles"].shape[0]
+    assert len(reader) == n_cmu + ome["tiles"].shape[0]
+    assert repr(reader) == f"TileReader({str(store.root)!r}, 2 slides, {len(reader)} tiles of 224 px)"
+    across = reader[n_cmu - 2 : n_cmu + 2]
+    np.testing.assert_array_equal(across, np.concatenate([cmu["tiles"][-2:], ome["tiles"][:2]]))
+    np.testing.assert_array_equal(reader[[n_cmu, 0]], np.stack([ome["tiles"][0], cmu["tiles"][0]]))
+    assert list(reader.tile_slide_ids([0, n_cmu, -1])) == ["cmu", "ome", "ome"]
+    np.testing.assert_array_equal(reader.tile_coords(), np.concatenate([cmu["coords"][:], ome["coords"][:]]))
+    np.testing.assert_array_equal(reader.tile_coords(slice(n_cmu, None)), ome["coords"][:])
+    with pytest.raises(IndexError):
+        reader[[0, len(reader)]]
+
+
+def test_the_store_tree_lists_without_warnings_and_the_manifest_names_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(OME_TIFF.parent)
+    config = TilingConfig(tiles_per_shard=16)
+    store = TileStore.create_or_open(tmp_path / "tiles.zarr", config.model_dump())
+    write_record(store, tile_slide(SlideSpec(type(OME_TIFF)(OME_TIFF.name), "ome"), store, config))
+    assert store.qc_path("ome").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = str(zarr.open_group(store.root, mode="r").tree())
+    assert "qc (0,) uint8" in text and "tiles (3, 224, 224, 3) uint8" in text
+    assert read_manifest(store).source_path.tolist() == [str(OME_TIFF)]
+
+
+@pytest.mark.parametrize("key", [slice(None), slice(2, 9), slice(None, None, -3), slice(8, 1, -2), 4, -1, [6, 0, 3],
+                                 slice(5, 5)])
+def test_rows_without_dask_index_like_numpy(tmp_path, key):
+    """The dask-free view reads the same rows numpy indexing of the concatenation gives."""
+    import xarray as xr
+
+    from storage.lazy_arrays import ZarrRows, lazily
+
+    parts = [np.arange(n * 6).reshape(n, 2, 3) + 100 * i for i, n in enumerate((3, 0, 5, 2))]
+    paths = []
+    for i, part in enumerate(parts):
+        array = zarr.create_array(tmp_path / str(i), shape=part.shape, chunks=(2, 2, 3), dtype="int64")
+        array[...] = part
+        paths.append((str(tmp_path / str(i)), len(part)))
+    variable = xr.Variable(("row", "a", "b"), lazily(ZarrRows(paths, (2, 3), np.int64)))
+    np.testing.assert_array_equal(variable[key].values, np.concatenate(parts)[key])
+    np.testing.assert_array_equal(variable[key, 1:, ::2].values, np.concatenate(parts)[key][..., 1:, ::2]
+                                  if not isinstance(key, int) else np.concatenate(parts)[key][1:, ::2])

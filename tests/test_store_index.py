@@ -90,7 +90,7 @@ def test_readers_take_the_slides_from_the_index_without_opening_groups(tmp_path,
     assert len(reader) == 8 and reader.locate(3) == ("s2", 0)
     dataset = open_tiles(store)
     assert dataset["tiles"].data.chunks[0] == (2, 1, 2, 2, 1)
-    assert list(dataset["slide_id"].values) == ["s0", "s1", "s2"]
+    assert list(dataset["slide"].values) == ["s0", "s1", "s2"]
     s2 = zarr.open_group(store.slide_path("s2"), mode="r")
     np.testing.assert_array_equal(dataset["tiles"].values[3:], s2["tiles"][...])
     np.testing.assert_array_equal(dataset["coords"].values[3:], s2["coords"][...])
@@ -164,7 +164,7 @@ def test_re_preparing_a_slide_drops_its_markers_and_spares_a_slide_whose_id_exte
     write_slide(tiles, "a", 3, created_at="t1")
     store.prepare(source, 4, "float32")
     assert sorted(store.done_keys()) == ["a.1.0", "a.1.1"]
-    assert list(open_embeddings(store.root).slide_id.values) == ["a.1"]
+    assert list(open_embeddings(store.root).slide.values) == ["a.1"]
 
 
 def test_open_embeddings_reads_only_the_index_and_the_done_listing(tmp_path, monkeypatch):
@@ -180,11 +180,11 @@ def test_open_embeddings_reads_only_the_index_and_the_done_listing(tmp_path, mon
         store.write_unit(unit, values[unit.key])
     monkeypatch.setattr(embedding_store_module, "_embedding_entry", lambda group: pytest.fail(f"walked {group}"))
     data = open_embeddings(store.root)
-    assert list(data.slide_id.values) == ["x"]
+    assert list(data.slide.values) == ["x"]
     np.testing.assert_allclose(data.embeddings.values, np.concatenate([values["x.0"], values["x.1"]]), rtol=1e-6)
     np.testing.assert_array_equal(data["coords"].values[:, 0], [0, 1, 2])
     store.write_unit(units[-1], values["z.0"])
-    assert list(open_embeddings(store.root).slide_id.values) == ["x", "z"]
+    assert list(open_embeddings(store.root).slide.values) == ["x", "z"]
 
 
 @pytest.mark.slow
@@ -242,4 +242,4 @@ def test_ranks_embed_the_prepared_units_once_while_the_tiler_publishes(tmp_path,
         embed_partition(str(tiles.root), str(out), settings, rank, 2)
     assert Counter(written[first:]) == Counter(set(store.done_keys()) - set(prepared))
     assert max(Counter(written).values()) == 1
-    assert list(open_embeddings(out).slide_id.values) == tiles.complete_slide_ids() and len(tiles.complete_slide_ids()) == 10
+    assert list(open_embeddings(out).slide.values) == tiles.complete_slide_ids() and len(tiles.complete_slide_ids()) == 10

@@ -115,10 +115,15 @@ def test_coarse_slide_fails_clearly_or_is_upsampled_and_says_so(tmp_path, cmu_pi
     assert resolution["upsampled"] and resolution["tile_size_level"] == 112
 
 
-def test_qc_picture_shows_mask_and_tiles(tmp_path):
-    tile_into_store(tmp_path, CMU_SVS, "cmu")
+def test_qc_picture_is_large_enough_to_judge_and_draws_tiles_where_they_are(tmp_path):
+    group = tile_into_store(tmp_path, CMU_SVS, "cmu")
     picture = cv2.imread(str(tmp_path / "tiles.zarr" / "qc" / "cmu.png"))
-    assert picture.shape[:2] == (round(2967 * 0.499 / 8), round(2220 * 0.499 / 8))
-    tile_colour = np.all(picture == (0, 200, 255), axis=2)  # BGR of the tile squares
-    mask_colour = np.all(picture == (0, 200, 0), axis=2)
-    assert tile_colour.sum() > 500 and mask_colour.sum() > 100
+    header = 106  # title, counts and legend above the slide
+    assert picture.shape[0] - header == 1600 and picture.shape[1] >= 1024  # 2967 px long side shown at 1,600
+    scale = 1600 / 2967  # picture px per level-0 px
+    tile_colour = np.all(picture[header:] == (0, 200, 255), axis=2)  # BGR of the kept tiles' squares
+    assert np.all(picture[header:] == (0, 170, 0), axis=2).sum() > 1000  # tissue outline, several px wide
+    assert not np.all(picture[header:] == (0, 0, 220), axis=2).any()  # no tile was rejected on this slide
+    for x, y in group["coords"][:]:  # each tile's top-left corner lies on a drawn square (±1 px of rounding)
+        column, row = round(x * scale), round(y * scale)
+        assert tile_colour[max(0, row - 1) : row + 3, max(0, column - 1) : column + 3].any(), (x, y)

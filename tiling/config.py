@@ -28,6 +28,12 @@ class TissueConfig(_Frozen):
     closing_um: float = Field(32.0, ge=0, description="morphological closing radius, µm")
     min_component_area_um2: float = Field(20_000.0, ge=0, description="drop tissue pieces smaller than this")
     max_hole_area_um2: float = Field(10_000.0, ge=0, description="fill holes smaller than this inside tissue")
+    # Pale IHC (a haematoxylin counterstain and little DAB) is grey, not saturated: saturation alone finds none
+    # of CIMA's Cc10 section. Registration turns this on; tiling keeps saturation alone unless asked.
+    min_od_above_glass: float | None = Field(
+        None, gt=0, description="also count as tissue pixels whose optical density (summed over RGB) exceeds the "
+        "glass's by this much; None: saturation alone"
+    )
 
 
 class TileQCConfig(_Frozen):

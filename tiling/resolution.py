@@ -66,6 +66,15 @@ class ResolutionPlan:
         return {**asdict(self), "tile_size_level0": self.tile_size_level0}
 
 
+def format_mpp(mpp_um: float) -> str:
+    """A pixel size for people: rounded to 4 decimals (0.1 nm), trailing zeros dropped, with its unit.
+
+    The one rule for every message, QC picture and summary; stores and
+    manifests keep the exact value.
+    """
+    return f"{round(float(mpp_um), 4):g} µm/px"
+
+
 def decode_reduction(tile_size_level: float, tile_size_px: int) -> int:
     """Largest of 8, 4, 2 that divides ``tile_size_level`` and leaves at least 95 % of ``tile_size_px``.
 
@@ -132,7 +141,7 @@ def plan_resolution(
     if not allow_upsampling:
         raise ResolutionTooLowError(
             slide_path,
-            f"finest level is {level_mpps[finest]:.3f} µm/px, coarser than the requested "
-            f"{target_mpp_um} µm/px (tolerance {mpp_tolerance:.0%}); pass allow_upsampling to upsample",
+            f"finest level is {format_mpp(level_mpps[finest])}, coarser than the requested "
+            f"{format_mpp(target_mpp_um)} (tolerance {mpp_tolerance:.0%}); pass allow_upsampling to upsample",
         )
     return plan(finest, footprint(finest))

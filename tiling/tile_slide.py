@@ -27,8 +27,8 @@ from storage.tile_store import TileStore, software_version, utc_now
 from tiling.config import TilingConfig
 from tiling.errors import MissingMppError, SlideError
 from tiling.grid import TileGrid, level0_coordinates, plan_grid
-from tiling.preview import render_qc_picture
-from tiling.resolution import ResolutionPlan, plan_resolution
+from tiling.preview import slide_qc_picture
+from tiling.resolution import ResolutionPlan, format_mpp, plan_resolution
 from tiling.slide import SlideBackend, header_attributes, opened_slide
 from tiling.slide_list import SlideSpec
 from tiling.tile_reader import iter_tile_batches
@@ -45,7 +45,7 @@ def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str, st
     if spec.mpp_replace_um is not None:
         if recorded is None:
             return spec.mpp_replace_um, "replacement", ""
-        note = f"pixel size replaced: the file records {recorded:g} µm/px, tiled as {spec.mpp_replace_um:g} µm/px"
+        note = f"pixel size replaced: the file records {format_mpp(recorded)}, tiled as {format_mpp(spec.mpp_replace_um)}"
         return spec.mpp_replace_um, "replacement", note
     if recorded is not None:
         return recorded, "file", ""
@@ -143,7 +143,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
                 "created_at": utc_now(),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            picture = render_qc_picture(thumbnail, mask, coords, plan.tile_size_level0, mpp_um)
+            picture = slide_qc_picture(backend, spec.slide_id, mpp_um, tile_plan, index, config.tile_size_px)
             write_bytes_atomic(store.qc_path(spec.slide_id), picture)
             writer.finish(coords, grid.tissue_fraction[index], mask, thumbnail.mpp_um, attributes)
         except BaseException:
@@ -151,7 +151,7 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
             raise
     message = "no tissue found" if len(grid) == 0 else ""
     if plan.upsampled:
-        message = f"upsampled from {plan.level_mpp_um:.3f} µm/px"
+        message = f"upsampled from {format_mpp(plan.level_mpp_um)}"
     message = "; ".join(m for m in (mpp_note, message) if m)
     return SlideRecord(
         slide_id=spec.slide_id, source_path=str(spec.path), status=DONE, n_tiles=writer.written,

@@ -2,7 +2,9 @@
 
 Tissue is saturated (stained) and not black; glass is grey-white. The
 saturation threshold is Otsu's, but never below a floor, so a blank slide
-(pure noise) yields an empty mask instead of a random one. Marker ink is
+(pure noise) yields an empty mask instead of a random one. Optionally
+(``min_od_above_glass``) tissue is also what absorbs more light than the
+glass, whatever its hue: pale IHC is grey-brown, hardly saturated. Marker ink is
 removed by hue: green and strongly saturated blue are never H&E stains.
 """
 
@@ -111,6 +113,34 @@ def _fill_small_holes(mask: np.ndarray, max_hole_area_px: float) -> np.ndarray:
     return mask | (fill[labels] & holes)
 
 
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 ``values``; 255 (nothing above it) when there are none."""
+    if not values.size:
+        return 255.0
+    return float(cv2.threshold(values.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+
+
+_OD_LEVELS_PER_UNIT = 100.0  # optical density (summed over RGB) as uint8: 0.01 a level, up to 2.55
+_PURE_WHITE_OD = 0.03  # about (254, 254, 254): a canvas, not scanned glass
+
+
+def _absorbing(rgb: np.ndarray, min_od_above_glass: float) -> np.ndarray:
+    """Pixels that absorb clearly more light than the glass, whatever their colour.
+
+    The glass level is the 5th percentile of optical density (the brightest
+    area: glass on most slides, the air spaces of a field filled with lung),
+    leaving out pure white: the canvas around a resampled or padded slide is
+    brighter than any scanned glass and would make real glass count as tissue.
+    No Otsu threshold: on a pale IHC slide it falls between the pale tissue
+    and its few dark nuclei, and half the tissue was lost.
+    """
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0).sum(axis=-1)
+    od = cv2.medianBlur(np.clip(od * _OD_LEVELS_PER_UNIT, 0, 255).astype(np.uint8), 5)
+    scanned = od[od >= _PURE_WHITE_OD * _OD_LEVELS_PER_UNIT]
+    glass = float(np.percentile(scanned, 5)) if scanned.size >= 0.1 * od.size else 0.0
+    return od > glass + min_od_above_glass * _OD_LEVELS_PER_UNIT
+
+
 def detect_tissue(thumbnail: Thumbnail, config: TissueConfig) -> np.ndarray:
     """Return a boolean tissue mask with the thumbnail's shape ``[H, W]``."""
     hsv = cv2.cvtColor(thumbnail.rgb, cv2.COLOR_RGB2HSV)
@@ -120,10 +150,10 @@ def detect_tissue(thumbnail: Thumbnail, config: TissueConfig) -> np.ndarray:
         ink = cv2.dilate(_ink_mask(hsv).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         candidates &= ~ink
     # Otsu over candidate pixels only: saturated ink would otherwise pull the threshold above the stain.
-    values = saturation[candidates]
-    otsu = cv2.threshold(values.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0] if values.size else 255
-    threshold = max(float(otsu), float(config.min_saturation))
+    threshold = max(_otsu(saturation[candidates]), float(config.min_saturation))
     mask = (saturation > threshold) & candidates
+    if config.min_od_above_glass is not None:
+        mask |= _absorbing(thumbnail.rgb, config.min_od_above_glass) & candidates
     radius = round(config.closing_um / thumbnail.mpp_um)
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

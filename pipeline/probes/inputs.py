@@ -73,7 +73,7 @@ def probe_inputs(dataset, table: pd.DataFrame, settings: ProbeSettings, source: 
     targets = _targets(table, settings, source)
     folds = _required(table, settings.folds_column, source)
     slide_ids = _required(table, "slide_id", source).astype(str)
-    known = {slide_id: i for i, slide_id in enumerate(dataset.slide_id.values)}
+    known = {slide_id: i for i, slide_id in enumerate(dataset.slide.values)}
     unknown = sorted(set(slide_ids) - set(known))
     if unknown:
         raise LabelsError(f"{source}: {len(unknown)} slide_id(s) not in the embedding store (or not completely "
@@ -128,7 +128,7 @@ def _tile_rows(dataset, table: pd.DataFrame, slides: np.ndarray, bounds: np.ndar
     coords = dataset["coords"].data
     wanted = sorted(set(slides))
     stored = pd.concat([
-        pd.DataFrame({"slide_id": dataset.slide_id.values[i], "x": xy[:, 0], "y": xy[:, 1],
+        pd.DataFrame({"slide_id": dataset.slide.values[i], "x": xy[:, 0], "y": xy[:, 1],
                       "row": np.arange(bounds[i], bounds[i + 1])})
         for i, xy in zip(wanted, _compute([coords[bounds[i]:bounds[i + 1]] for i in wanted]))
     ])
