@@ -46,7 +46,7 @@ def main() -> None:
             n = len(open_tiles(store).tiles.values)
             dataset.append(n / (time.perf_counter() - started))
     print(f"load {os.getloadavg()[0]:.1f}")
-    print("| measure | tiles/s (best of %d) |" % repeats)
+    print(f"| measure | tiles/s (best of {repeats}) |")
     print("|---|---|")
     print(f"| tiling CMU-1-Small-Region (50 tiles) | {max(tiling):.0f} |")
     print(f"| reading all tiles, TileReader | {max(reading):.0f} |")

@@ -1,6 +1,6 @@
 """The whole paper pipeline on the shipped sample data: ``python -m flows.demo --out DIR``.
 
-1. tile the real slides of ``tests/data/slides`` into ``DIR/tiles.zarr``;
+1. tile the real sample slides shipped in ``flows/samples`` into ``DIR/tiles.zarr``;
 2. make a synthetic PLISM-like study from the real CMU sample (``DIR/plism-slides``: stainings ×
    scanners with known warps, stain and scanner changes);
 3. register it and cut the aligned tiles into ``DIR/plism.zarr``;
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from flows.cli import run_flow_command
 
-SAMPLE_SLIDES = Path(__file__).resolve().parents[1] / "tests" / "data" / "slides"
 DEFAULT_MODELS = ("tiny-student", "tiny-teacher")
 
 

@@ -15,7 +15,7 @@ from pipeline.embed import EmbeddingSettings
 from registration.config import RegistrationConfig
 from registration.synthetic import make_synthetic_plism
 
-SAMPLE_SLIDES = Path(__file__).resolve().parents[1] / "tests" / "data" / "slides"
+SAMPLE_SLIDES = Path(__file__).resolve().parent / "samples"  # package data: the wheel holds them too
 CMU_SAMPLE = SAMPLE_SLIDES / "CMU-1-Small-Region.svs"
 # The CMU sample is 1.1 x 1.5 mm: register at 4 µm/px with a 120 µm B-spline grid (docs/performance.md).
 SAMPLE_REGISTRATION = RegistrationConfig(view_mpp_um=4.0, bspline_grid_spacing_um=120.0)

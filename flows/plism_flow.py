@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from flows.jobs import NODES_PER_SIDE, plism_store_parameters
 from flows.runners import is_transient_io_error
-from flows.submission import as_completed_bounded, dask_client_of_flow, window_for
+from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, window_for
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
 from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE, PlismCondition, PlismLayout
@@ -43,7 +43,7 @@ from registration.study import (
 )
 from storage.aligned_store import REGISTERED, AlignedTileStore
 from storage.atomic import write_bytes_atomic
-from storage.manifest import FAILED, SlideRecord, write_record
+from storage.manifest import FAILED, SlideRecord, failed_record, write_record
 from storage.tile_store import utc_now
 from tiling.config import TilingConfig
 from tiling.errors import MissingMppError
@@ -102,22 +102,16 @@ def _run_per_condition(
         lambda i: submit(conditions[i]), range(len(conditions)), window_for(dask_client_of_flow())
     )
     with tqdm(total=len(conditions), unit="condition", desc=label, disable=not progress_bar, file=sys.stderr) as bar:
-        for i, future in finished:
-            try:
-                results[i] = future.result()
-            except Exception as error:  # retries exhausted: the condition fails, the others go on
-                results[i] = on_error(conditions[i], error)
+        for i, result in outcomes(finished, lambda i, error: on_error(conditions[i], error)):
+            results[i] = result
             bar.update(1)
     return results
 
 
 def _crash_record(store: AlignedTileStore, stage: str) -> Callable[[PlismCondition, Exception], SlideRecord]:
     def record(condition: PlismCondition, error: Exception) -> SlideRecord:
-        failed = SlideRecord(
-            slide_id=condition.name, source_path=str(condition.path), status=FAILED,
-            error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
-            extra={"stage": stage},
-        )
+        failed = failed_record(condition.name, condition.path, error, unexpected=True, finished_at=utc_now(),
+                               extra={"stage": stage})
         write_record(store, failed)
         return failed
 

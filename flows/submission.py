@@ -46,6 +46,23 @@ def _run_here(function: Callable[..., Any], *args: Any, **kwargs: Any) -> concur
     return future
 
 
+def outcomes(
+    finished: Iterable[tuple[Item, Any]], on_error: Callable[[Item, Exception], Any]
+) -> Iterator[tuple[Item, Any]]:
+    """``(item, result)`` for each finished ``(item, future)``; a task that raised gives ``on_error(item, error)``.
+
+    One failed item (retries exhausted, a bug, a lost worker) is recorded by ``on_error`` and the run
+    goes on. The future is dropped before the result is handed on (see :func:`as_completed_bounded`).
+    """
+    for item, future in finished:
+        try:
+            result = future.result()
+        except Exception as error:  # the item fails, the others go on
+            result = on_error(item, error)
+        del future
+        yield item, result
+
+
 def window_for(client, refresh_s: float = _WINDOW_REFRESH_S) -> Callable[[], int]:
     """Items to keep in flight: two per worker thread, so no worker waits for the driver; one in this process.
 

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows import progress
-from flows.submission import as_completed_bounded, dask_client_of_flow, submit_on_flow_runner, window_for
+from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
 from flows.tiling_task import tile_slide_task
-from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, clear_rejected_records, write_record
+from storage.manifest import (
+    FAILED,
+    REJECTED_PREFIX,
+    SKIPPED,
+    SlideRecord,
+    clear_rejected_records,
+    failed_record,
+    write_record,
+)
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
 from tiling.qc_index import write_qc_index
@@ -34,26 +43,17 @@ PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     """Persist a refused slide-list row under a safe key derived from its row and path."""
     key = f"{REJECTED_PREFIX}{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
-    record = SlideRecord(
-        slide_id=key, source_path=str(rejected.path), status=FAILED, error=str(rejected.error),
-        error_type=type(rejected.error).__name__, finished_at=utc_now(),
-        extra={"requested_slide_id": rejected.slide_id, "row": rejected.row},
-    )
+    record = failed_record(key, rejected.path, rejected.error, finished_at=utc_now(),
+                           extra={"requested_slide_id": rejected.slide_id, "row": rejected.row})
     write_record(store, record)
     return record
 
 
-def _outcome(store: TileStore, spec: SlideSpec, future) -> SlideRecord:
-    """The slide's record, or a ``failed`` one (written to the store) if its task raised."""
-    try:
-        return future.result()
-    except Exception as error:  # retries exhausted, a bug, or a worker lost too often: record it, go on
-        record = SlideRecord(
-            slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
-            error=f"{type(error).__name__}: {error}", error_type=type(error).__name__, finished_at=utc_now(),
-        )
-        write_record(store, record)
-        return record
+def _record_crash(store: TileStore, spec: SlideSpec, error: Exception) -> SlideRecord:
+    """Record, in ``store``, a slide whose task raised (retries exhausted, a bug, a worker lost too often)."""
+    record = failed_record(spec.slide_id, spec.path, error, unexpected=True, finished_at=utc_now())
+    write_record(store, record)
+    return record
 
 
 @flow(name="tile-tcga", log_prints=True)
@@ -93,8 +93,7 @@ def tile_tcga(
         reported_at = time.monotonic()
         with progress.progress_bar(len(todo), "slide", enabled=progress_bar,
                                    already_done=summary.count(SKIPPED)) as bar:
-            for count, (spec, future) in enumerate(finished, start=1):
-                record = _outcome(store, spec, future)
+            for count, (_, record) in enumerate(outcomes(finished, partial(_record_crash, store)), start=1):
                 summary.add(record)
                 if record.status == FAILED:
                     logger.warning("%s failed: %s", record.slide_id, record.error)

@@ -30,18 +30,15 @@ from registration.register import register_slides
 from registration.result import RegistrationResult
 from storage.aligned_store import EXTRACTED, REGISTERED, AlignedTileStore
 from storage.atomic import write_bytes_atomic
-from storage.manifest import FAILED, SlideRecord, write_record
+from storage.manifest import SlideRecord, failed_record, write_record
 from storage.tile_store import utc_now
 from tiling.config import TilingConfig
 from tiling.errors import SlideError
 
 
 def _failure(condition: PlismCondition, stage: str, error: Exception, started: float) -> SlideRecord:
-    return SlideRecord(
-        slide_id=condition.name, source_path=str(condition.path), status=FAILED, error=str(error),
-        error_type=type(error).__name__, seconds=round(time.perf_counter() - started, 3),
-        finished_at=utc_now(), extra={"stage": stage},
-    )
+    return failed_record(condition.name, condition.path, error, seconds=round(time.perf_counter() - started, 3),
+                         finished_at=utc_now(), extra={"stage": stage})
 
 
 def register_condition(

@@ -250,10 +250,10 @@ def make_synthetic_plism(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m registration.synthetic OUT_DIR``: write a synthetic PLISM set for demos."""
-    default_source = Path(__file__).resolve().parents[1] / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
     parser = argparse.ArgumentParser(prog="python -m registration.synthetic", description=main.__doc__)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--source", type=Path, default=default_source, help="small slide with a pixel size")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="small slide with a pixel size (the repository has tests/data/slides/CMU-1-Small-Region.svs)")
     parser.add_argument("--stainings", nargs="+", default=["GMH", "GIVH", "HR"])
     parser.add_argument("--scanners", nargs="+", default=["S60", "AT2", "GT450"], choices=sorted(SCANNER_MPP_UM))
     parser.add_argument("--reference", nargs=2, default=["GMH", "S60"], metavar=("STAINING", "SCANNER"))

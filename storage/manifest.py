@@ -49,6 +49,18 @@ class SlideRecord:
         return asdict(self)
 
 
+def failed_record(slide_id: str, source_path: Path | str, error: BaseException, *, unexpected: bool = False,
+                  **fields: object) -> SlideRecord:
+    """A ``failed`` record of ``error``; other :class:`SlideRecord` fields (``seconds``, ``extra``...) by name.
+
+    ``unexpected`` marks a crash rather than a refused input (retries exhausted, a bug, a lost worker):
+    the message then names the exception type too, since it is not one of the project's own errors.
+    """
+    message = f"{type(error).__name__}: {error}" if unexpected else str(error)
+    return SlideRecord(slide_id=slide_id, source_path=str(source_path), status=FAILED, error=message,
+                       error_type=type(error).__name__, **fields)  # type: ignore[arg-type]
+
+
 def write_record(store: RunStore, record: SlideRecord) -> None:
     """Persist ``record`` as the slide's latest status, its ``source_path`` made absolute.
 

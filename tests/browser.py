@@ -23,7 +23,9 @@ window.addEventListener("load", () => {
   if (sortColumn !== null) document.querySelectorAll("th")[sortColumn].click();
   const images = Array.from(document.images);
   const firstRow = document.querySelector("tbody tr");
-  const smallest = Math.min(...images.filter(i => i.naturalWidth > 0 && !i.classList.contains("thumbnail")).map(i => i.getBoundingClientRect().width / i.naturalWidth), 1);
+  const smallest = Math.min(
+    ...images.filter(i => i.naturalWidth > 0 && !i.classList.contains("thumbnail"))
+      .map(i => i.getBoundingClientRect().width / i.naturalWidth), 1);
   document.body.setAttribute("data-measured", JSON.stringify({
     scroll_width: document.documentElement.scrollWidth,
     images: images.length,

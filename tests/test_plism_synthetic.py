@@ -173,7 +173,7 @@ def test_a_seed_and_a_condition_name_fix_the_condition(plism, tmp_path):
 @pytest.mark.slow
 def test_command_line_writes_the_conditions_asked_for(tmp_path):
     command = [sys.executable, "-m", "registration.synthetic", str(tmp_path), "--stainings", "GMH", "HR",
-               "--scanners", "S60", "AT2", "--seed", "3", "--mpp-scale", "8"]
+               "--scanners", "S60", "AT2", "--seed", "3", "--mpp-scale", "8", "--source", str(CMU_SVS)]
     run = subprocess.run(command, capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["GMH_AT2.tif", "GMH_S60.tif", "HR_AT2.tif", "HR_S60.tif"]

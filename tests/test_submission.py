@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from flows.retries import retrying
-from flows.submission import as_completed_bounded, submit_on_flow_runner
+from flows.submission import as_completed_bounded, outcomes, submit_on_flow_runner
 from tiling.errors import SlideError
 
 
@@ -79,3 +79,22 @@ def test_retrying_repeats_transient_io_errors_only():
     with pytest.raises(SlideError):
         retrying(flaky, retries=2, delay_s=0)("slide")
     assert len(calls) == 1
+
+
+def test_a_raising_item_becomes_its_recorded_failure_and_the_others_still_come_back():
+    def work(item: int) -> int:
+        if item == 2:
+            raise ValueError(f"slide {item} is broken")
+        return item * 10
+
+    failures = []
+
+    def on_error(item: int, error: Exception) -> str:
+        failures.append(item)
+        return f"failed: {error}"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        finished = as_completed_bounded(lambda item: pool.submit(work, item), range(4), 2)
+        results = dict(outcomes(finished, on_error))
+    assert results == {0: 0, 1: 10, 2: "failed: slide 2 is broken", 3: 30}
+    assert failures == [2]

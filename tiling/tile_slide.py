@@ -21,7 +21,7 @@ import numpy as np
 from storage.atomic import write_bytes_atomic
 from storage.checksum import sha256_of_file
 from storage.jpeg_codec import set_coding_threads
-from storage.manifest import DONE, FAILED, SKIPPED, SlideRecord, read_record, write_record
+from storage.manifest import DONE, SKIPPED, SlideRecord, failed_record, read_record, write_record
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore, software_version, utc_now
 from tiling.config import TilingConfig
@@ -193,10 +193,7 @@ def tile_slide(spec: SlideSpec, store: TileStore, config: TilingConfig) -> Slide
         with opened_slide(spec.path) as backend:
             record = _tile_open_slide(spec, backend, store, config)
     except SlideError as error:
-        record = SlideRecord(
-            slide_id=spec.slide_id, source_path=str(spec.path), status=FAILED,
-            error=str(error), error_type=type(error).__name__,
-        )
+        record = failed_record(spec.slide_id, spec.path, error)
     record.seconds = round(time.perf_counter() - started, 3)
     record.finished_at = utc_now()
     write_record(store, record)
