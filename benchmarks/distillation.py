@@ -105,9 +105,16 @@ def tile_store(workdir: Path) -> Path:
 
 def batch_seconds(config: DistillConfig, store: Path, repeats: int = 3) -> float:
     """Seconds to make one batch in this process, as a loader worker makes it (the stream's first steps)."""
-    stream = TileStream([str(store)], seed=config.train.seed, global_batch=config.train.batch_size_total, rank=0,
-                        world=1, transform=MultiCrop(config.crops), piece_tiles=config.train.piece_tiles,
-                        window_tiles=config.train.window_tiles)
+    stream = TileStream(
+        [str(store)],
+        seed=config.train.seed,
+        global_batch=config.train.batch_size_total,
+        rank=0,
+        world=1,
+        transform=MultiCrop(config.crops),
+        piece_tiles=config.train.piece_tiles,
+        window_tiles=config.train.window_tiles,
+    )
     seconds = []
     for step in range(repeats):
         start = time.perf_counter()
@@ -118,8 +125,9 @@ def batch_seconds(config: DistillConfig, store: Path, repeats: int = 3) -> float
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=steps.REPO / "benchmarks" / ".work" / "distillation",
-                        help="the tile store")
+    parser.add_argument(
+        "--workdir", type=Path, default=steps.REPO / "benchmarks" / ".work" / "distillation", help="the tile store"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the loader worker takes another core)")
@@ -153,16 +161,28 @@ def main() -> None:
     memory.close()
     times = steps.medians(records)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"\n{os.cpu_count()} cores, {args.threads} torch thread(s), load average "
-          f"{os.getloadavg()[0]:.1f}; {setup.teacher} → {setup.student}, batch {setup.batch} × (2 × "
-          f"{setup.global_px} px + {setup.local_crops} × {setup.local_px} px crops), {setup.prototypes:,} prototypes, "
-          f"head MLP {setup.hidden_dim}, {setup.precision}; "
-          f"steps.medians of {args.steps} steps after {args.warmup} warm-up. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
-    print(steps.table(times, memory, before, built, setup,
-                [f"| ru_maxrss (whole process) | | | {max_rss / steps.MIB:,.0f} | check on the sampled peaks |",
-                 f"| loader: one batch made in this process | {batch_s * 1e3:,.0f} | | | what the worker spends "
-                 "on each batch: JPEG decode and multi-crop, median of 3, before training |"]))
+    print(
+        f"\n{os.cpu_count()} cores, {args.threads} torch thread(s), load average "
+        f"{os.getloadavg()[0]:.1f}; {setup.teacher} → {setup.student}, batch {setup.batch} × (2 × "
+        f"{setup.global_px} px + {setup.local_crops} × {setup.local_px} px crops), {setup.prototypes:,} prototypes, "
+        f"head MLP {setup.hidden_dim}, {setup.precision}; "
+        f"steps.medians of {args.steps} steps after {args.warmup} warm-up. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
+    print(
+        steps.table(
+            times,
+            memory,
+            before,
+            built,
+            setup,
+            [
+                f"| ru_maxrss (whole process) | | | {max_rss / steps.MIB:,.0f} | check on the sampled peaks |",
+                f"| loader: one batch made in this process | {batch_s * 1e3:,.0f} | | | what the worker spends "
+                "on each batch: JPEG decode and multi-crop, median of 3, before training |",
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,11 @@ def synthetic_batches(setup, device: torch.device) -> Iterator[dict]:
         noise = torch.randint(0, 256, (count, setup.batch, size_px, size_px, 3), dtype=torch.uint8, generator=generator)
         return noise.pin_memory() if pin else noise
 
-    batch = {"global_crops": crops(2, setup.global_px), "local_crops": crops(setup.local_crops, setup.local_px),
-             "index": torch.arange(setup.batch)}
+    batch = {
+        "global_crops": crops(2, setup.global_px),
+        "local_crops": crops(setup.local_crops, setup.local_px),
+        "index": torch.arange(setup.batch),
+    }
     while True:
         yield batch
 
@@ -125,24 +128,32 @@ def main() -> None:
     build_s = time.perf_counter() - started
     batches = synthetic_batches(setup, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    header = (f"\n{name}, {os.cpu_count()} cores; {setup.teacher} → {setup.student}, batch {setup.batch} × "
-              f"(2 × {setup.global_px} px + {setup.local_crops} × {setup.local_px} px crops) of synthetic uint8, "
-              f"{setup.prototypes:,} prototypes, {setup.precision}; build {build_s:.0f} s")
+    header = (
+        f"\n{name}, {os.cpu_count()} cores; {setup.teacher} → {setup.student}, batch {setup.batch} × "
+        f"(2 × {setup.global_px} px + {setup.local_crops} × {setup.local_px} px crops) of synthetic uint8, "
+        f"{setup.prototypes:,} prototypes, {setup.precision}; build {build_s:.0f} s"
+    )
     try:
         step_s = throughput(stage, batches, args.steps, args.warmup, memory)
         records = bench.measure_steps(stage, batches, args.breakdown_steps, 0, memory)
     except torch.OutOfMemoryError as error:
-        print(f"{header}.\n\n| measure | value |\n|---|---|\n| batch {setup.batch} | **out of memory**: "
-              f"{str(error).splitlines()[0]} |")
+        print(
+            f"{header}.\n\n| measure | value |\n|---|---|\n| batch {setup.batch} | **out of memory**: "
+            f"{str(error).splitlines()[0]} |"
+        )
         sys.exit(1)
     memory.close()
     times = bench.medians(records)
     peak_full = memory.peaks["full step"]
-    extra = [f"| **samples/s, unsynchronised `train_step`** | {step_s * 1e3:,.0f} | | {peak_full / bench.MIB:,.0f} | "
-             f"**{setup.batch / step_s:,.1f} samples/s** ({setup.batch * (2 + setup.local_crops) / step_s:,.0f} "
-             f"crops/s), mean of {args.steps} steps after {args.warmup}; MiB: peak over every full step |"]
-    print(f"{header}; part-by-part figures are medians of {args.breakdown_steps} synchronised steps. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
+    extra = [
+        f"| **samples/s, unsynchronised `train_step`** | {step_s * 1e3:,.0f} | | {peak_full / bench.MIB:,.0f} | "
+        f"**{setup.batch / step_s:,.1f} samples/s** ({setup.batch * (2 + setup.local_crops) / step_s:,.0f} "
+        f"crops/s), mean of {args.steps} steps after {args.warmup}; MiB: peak over every full step |"
+    ]
+    print(
+        f"{header}; part-by-part figures are medians of {args.breakdown_steps} synchronised steps. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
     print(bench.table(times, memory, before, built, setup, extra, loader=False))
 
 

@@ -27,8 +27,10 @@ from pipeline.models import build_model
 from pipeline.models.registry import MODEL_SPECS, ViTSpec
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDES = (REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs",
-          REPO / "tests" / "data" / "slides" / "OS-1-detail.ome.tif")
+SLIDES = (
+    REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs",
+    REPO / "tests" / "data" / "slides" / "OS-1-detail.ome.tif",
+)
 MIB = 2**20
 
 # Small twins of the real models (pipeline.models.registry): same family, laid out for the CPU's 112-px global crops.
@@ -55,23 +57,63 @@ class Setup:
 
     def config(self) -> DistillConfig:
         """The distillation config: the paper's defaults except for these sizes."""
-        return DistillConfig.model_validate({
-            "models": {"teacher": self.teacher, "student": self.student},
-            # Random fixed teacher heads are passed to the Stage directly (as mode "checkpoint" would load them).
-            "heads": {"prototypes": self.prototypes, "hidden_dim": self.hidden_dim, "teacher_heads": "fit"},
-            "train": {"batch_size_total": self.batch, "iterations": 100_000, "precision": self.precision,
-                      "loader_workers": self.loader_workers, "piece_tiles": 16, "window_tiles": 64},
-            "crops": {"global_crop_size": self.global_px, "local_crop_size": self.local_px,
-                      "local_crops_number": self.local_crops},
-        })
+        return DistillConfig.model_validate(
+            {
+                "models": {"teacher": self.teacher, "student": self.student},
+                # Random fixed teacher heads are passed to the Stage directly (as mode "checkpoint" would load them).
+                "heads": {"prototypes": self.prototypes, "hidden_dim": self.hidden_dim, "teacher_heads": "fit"},
+                "train": {
+                    "batch_size_total": self.batch,
+                    "iterations": 100_000,
+                    "precision": self.precision,
+                    "loader_workers": self.loader_workers,
+                    "piece_tiles": 16,
+                    "window_tiles": 64,
+                },
+                "crops": {
+                    "global_crop_size": self.global_px,
+                    "local_crop_size": self.local_px,
+                    "local_crops_number": self.local_crops,
+                },
+            }
+        )
 
 
-CPU_SETUP = Setup("bench-vit-s14", "bench-vit-ti14", batch=16, prototypes=4096, hidden_dim=512, global_px=112,
-                  local_px=56, local_crops=8, precision="fp32", loader_workers=1)
-QUICK_SETUP = Setup("tiny-teacher", "tiny-student", batch=4, prototypes=256, hidden_dim=64, global_px=56,
-                    local_px=28, local_crops=2, precision="fp32", loader_workers=0)
-PAPER_SETUP = Setup("h-optimus-0", "h0-mini", batch=32, prototypes=131_072, hidden_dim=2048, global_px=224,
-                    local_px=98, local_crops=8, precision="bf16")
+CPU_SETUP = Setup(
+    "bench-vit-s14",
+    "bench-vit-ti14",
+    batch=16,
+    prototypes=4096,
+    hidden_dim=512,
+    global_px=112,
+    local_px=56,
+    local_crops=8,
+    precision="fp32",
+    loader_workers=1,
+)
+QUICK_SETUP = Setup(
+    "tiny-teacher",
+    "tiny-student",
+    batch=4,
+    prototypes=256,
+    hidden_dim=64,
+    global_px=56,
+    local_px=28,
+    local_crops=2,
+    precision="fp32",
+    loader_workers=0,
+)
+PAPER_SETUP = Setup(
+    "h-optimus-0",
+    "h0-mini",
+    batch=32,
+    prototypes=131_072,
+    hidden_dim=2048,
+    global_px=224,
+    local_px=98,
+    local_crops=8,
+    precision="bf16",
+)
 
 GOAL_OVERHEAD = 0.15
 
@@ -125,6 +167,7 @@ class StepClock:
         def timed(*args, **kwargs):
             with self.timer(label):
                 return function(*args, **kwargs)
+
         return timed
 
     def take(self) -> dict[str, float]:
@@ -172,8 +215,10 @@ def instrumented(stage: Stage, clock: StepClock) -> Iterator[None]:
         if clock.backbone_backward_from is None:
             clock.backbone_backward_from = clock.now()
 
-    hooks = [stage.student.backbone.norm.register_full_backward_pre_hook(backbone_reached),
-             *(head.register_full_backward_pre_hook(heads_reached) for head in stage.student.heads.values())]
+    hooks = [
+        stage.student.backbone.norm.register_full_backward_pre_hook(backbone_reached),
+        *(head.register_full_backward_pre_hook(heads_reached) for head in stage.student.heads.values()),
+    ]
     nn.utils.clip_grad_norm_ = clock.wrap("grad clip", clip)
     torch.Tensor.backward = timed_backward
     try:
@@ -253,8 +298,9 @@ def device_sync(device: torch.device) -> Callable[[], None]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def measure_steps(stage: Stage, batches: Iterator[dict], steps: int, warmup: int,
-                  memory: PeakMemory) -> list[dict[str, float]]:
+def measure_steps(
+    stage: Stage, batches: Iterator[dict], steps: int, warmup: int, memory: PeakMemory
+) -> list[dict[str, float]]:
     """Per timed step: every part of the full step, the loader wait and the bare step, in seconds."""
     clock = StepClock(device_sync(stage.device))
     records = []
@@ -276,9 +322,12 @@ def measure_steps(stage: Stage, batches: Iterator[dict], steps: int, warmup: int
         record = {**clock.take(), "loader wait": waited}
         if index >= warmup:
             records.append(record)
-        print(f"  step {index}{' (warm-up)' if index < warmup else ''}: {record['step']:.2f} s, bare "
-              f"{sum(v for k, v in record.items() if k.startswith('bare')):.2f} s, loader wait {waited:.2f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  step {index}{' (warm-up)' if index < warmup else ''}: {record['step']:.2f} s, bare "
+            f"{sum(v for k, v in record.items() if k.startswith('bare')):.2f} s, loader wait {waited:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return records
 
 
@@ -293,26 +342,47 @@ def derived(record: dict[str, float]) -> dict[str, float]:
         "backward: losses": record["backward: losses"],
         "backward: student heads": record["backward: student heads"],
         "backward: student backbone": record["backward: student backbone"],
-        "optimizer: zero_grad, grad clip, AdamW step": record["zero_grad"] + record["grad clip"]
+        "optimizer: zero_grad, grad clip, AdamW step": record["zero_grad"]
+        + record["grad clip"]
         + record["optimizer step"],
         "EMA update": record["EMA"],
     }
     parts["other: schedules, crops to device, scaler"] = record["step"] - sum(parts.values())
     bare = {key: value for key, value in record.items() if key.startswith("bare: ")}
-    return {**parts, "step": record["step"], "loader wait": record["loader wait"], **bare,
-            "bare": sum(bare.values()),
-            "heads + losses + optimizer + EMA": sum(v for k, v in parts.items() if k.startswith(
-                ("teacher: heads", "student: heads", "losses", "backward: losses", "backward: student heads",
-                 "optimizer", "EMA")))}
+    return {
+        **parts,
+        "step": record["step"],
+        "loader wait": record["loader wait"],
+        **bare,
+        "bare": sum(bare.values()),
+        "heads + losses + optimizer + EMA": sum(
+            v
+            for k, v in parts.items()
+            if k.startswith(
+                (
+                    "teacher: heads",
+                    "student: heads",
+                    "losses",
+                    "backward: losses",
+                    "backward: student heads",
+                    "optimizer",
+                    "EMA",
+                )
+            )
+        ),
+    }
 
 
 def medians(records: list[dict[str, float]]) -> dict[str, float]:
     """Median of every part; the overhead is the median of the paired ratios (a step and the bare step after it)."""
     parts = [derived(record) for record in records]
-    return {**{key: statistics.median(part[key] for part in parts) for key in parts[0]},
-            "overhead": statistics.median(part["step"] / part["bare"] - 1 for part in parts),
-            "overhead with loader": statistics.median((part["step"] + part["loader wait"]) / part["bare"] - 1
-                                                      for part in parts)}
+    return {
+        **{key: statistics.median(part[key] for part in parts) for key in parts[0]},
+        "overhead": statistics.median(part["step"] / part["bare"] - 1 for part in parts),
+        "overhead with loader": statistics.median(
+            (part["step"] + part["loader wait"]) / part["bare"] - 1 for part in parts
+        ),
+    }
 
 
 def macs_per_sample(setup: Setup) -> dict[str, float]:
@@ -334,10 +404,12 @@ def macs_per_sample(setup: Setup) -> dict[str, float]:
     global_patches = (setup.global_px // patch_px) ** 2
     local_tokens = (setup.local_px // patch_px) ** 2 + prefix
     global_tokens = global_patches + prefix
-    heads_macs = (weights(teacher_heads["dino_head"]) * n_global
-                  + weights(teacher_heads["ibot_head"]) * n_global * global_patches
-                  + 3 * weights(student_heads["dino_head"]) * (n_global + setup.local_crops)
-                  + 3 * weights(student_heads["ibot_head"]) * n_global * global_patches)
+    heads_macs = (
+        weights(teacher_heads["dino_head"]) * n_global
+        + weights(teacher_heads["ibot_head"]) * n_global * global_patches
+        + 3 * weights(student_heads["dino_head"]) * (n_global + setup.local_crops)
+        + 3 * weights(student_heads["ibot_head"]) * n_global * global_patches
+    )
     return {
         "teacher backbone": weights(teacher) * n_global * global_tokens,
         "student backbone": 3 * weights(student) * (n_global * global_tokens + setup.local_crops * local_tokens),
@@ -353,8 +425,15 @@ def heads_share(setup: Setup) -> float:
 # --- the table -------------------------------------------------------------------------------------------------
 
 
-def table(times: dict[str, float], memory: PeakMemory, before_bytes: int, built_bytes: int, setup: Setup,
-          extra_rows: list[str] = (), loader: bool = True) -> str:
+def table(
+    times: dict[str, float],
+    memory: PeakMemory,
+    before_bytes: int,
+    built_bytes: int,
+    setup: Setup,
+    extra_rows: list[str] = (),
+    loader: bool = True,
+) -> str:
     """The markdown table of one run: parts of the step, the bare step, the overhead, memory, the goal.
 
     ``loader=False`` (batches made in memory) leaves the loader wait out.
@@ -362,39 +441,73 @@ def table(times: dict[str, float], memory: PeakMemory, before_bytes: int, built_
     step, bare, wait = times["step"], times["bare"], times["loader wait"]
     unit = "GPU memory allocated" if memory.device.type == "cuda" else "RSS"
 
-    def row(label: str, seconds: float | None = None, of_step: bool = True, mib: float | None = None,
-            notes: str = "") -> str:
+    def row(
+        label: str, seconds: float | None = None, of_step: bool = True, mib: float | None = None, notes: str = ""
+    ) -> str:
         ms = "" if seconds is None else f"{seconds * 1e3:,.0f}"
         share = f"{seconds / step:.1%}" if seconds is not None and of_step else ""
         return f"| {label} | {ms} | {share} | {'' if mib is None else f'{mib:,.0f}'} | {notes} |"
 
-    parts = [key for key in times if key.split(":")[0] in ("teacher", "student", "losses", "backward", "optimizer",
-                                                          "other") or key == "EMA update"]
+    parts = [
+        key
+        for key in times
+        if key.split(":")[0] in ("teacher", "student", "losses", "backward", "optimizer", "other")
+        or key == "EMA update"
+    ]
     overhead, with_data = times["overhead"], times["overhead with loader"]
     share_here, share_paper = heads_share(setup), heads_share(PAPER_SETUP)
     lines = [
         "| measure | ms / step | share of step | MiB | notes |",
         "|---|---:|---:|---:|---|",
-        *([row("loader wait (`next` on the loader)", wait, notes=f"{setup.loader_workers} loader worker(s); "
-               "not part of `train_step`, share given against it")] if loader else []),
+        *(
+            [
+                row(
+                    "loader wait (`next` on the loader)",
+                    wait,
+                    notes=f"{setup.loader_workers} loader worker(s); not part of `train_step`, share given against it",
+                )
+            ]
+            if loader
+            else []
+        ),
         *(row(part, times[part]) for part in parts),
-        row("**`Stage.train_step`, whole**", step, notes=f"{setup.batch / step:,.1f} samples/s without the loader"
-            + (f", {setup.batch / (step + wait):,.1f} with it" if loader else "")),
+        row(
+            "**`Stage.train_step`, whole**",
+            step,
+            notes=f"{setup.batch / step:,.1f} samples/s without the loader"
+            + (f", {setup.batch / (step + wait):,.1f} with it" if loader else ""),
+        ),
         *(row(part, times[part], of_step=False) for part in times if part.startswith("bare: ")),
-        row("**bare step** (no heads, losses, optimizer, EMA)", bare, of_step=False,
-            notes="teacher forward + student forward/backward on the same batch"),
-        row("heads + losses + optimizer + EMA, inside the step", times["heads + losses + optimizer + EMA"],
+        row(
+            "**bare step** (no heads, losses, optimizer, EMA)",
+            bare,
+            of_step=False,
+            notes="teacher forward + student forward/backward on the same batch",
+        ),
+        row(
+            "heads + losses + optimizer + EMA, inside the step",
+            times["heads + losses + optimizer + EMA"],
             notes=f"heads' share of the multiply-adds: {share_here:.1%} here, {share_paper:.1%} for "
-            "H-optimus-0 → H0-mini at 224/98 px with 131,072 prototypes"),
-        row(f"{unit} before building the Stage", mib=before_bytes / MIB,
-            notes="the process: Python, torch, the loader's imports" if unit == "RSS" else ""),
-        row(f"{unit} after building the Stage", mib=built_bytes / MIB,
-            notes="teacher, student, EMA, heads, schedules; before the first step (AdamW state comes after)"),
+            "H-optimus-0 → H0-mini at 224/98 px with 131,072 prototypes",
+        ),
+        row(
+            f"{unit} before building the Stage",
+            mib=before_bytes / MIB,
+            notes="the process: Python, torch, the loader's imports" if unit == "RSS" else "",
+        ),
+        row(
+            f"{unit} after building the Stage",
+            mib=built_bytes / MIB,
+            notes="teacher, student, EMA, heads, schedules; before the first step (AdamW state comes after)",
+        ),
         *(row(f"peak {unit}, {phase}s", mib=memory.peaks[phase] / MIB) for phase in ("full step", "bare step")),
         *extra_rows,
-        row(f"goal: step ≤ bare × {1 + GOAL_OVERHEAD:.2f} (overhead ≤ {GOAL_OVERHEAD:.0%})",
-            notes=f"overhead {overhead:.1%}" + (f" without the loader wait, {with_data:.1%} with it" if loader else "")
+        row(
+            f"goal: step ≤ bare × {1 + GOAL_OVERHEAD:.2f} (overhead ≤ {GOAL_OVERHEAD:.0%})",
+            notes=f"overhead {overhead:.1%}"
+            + (f" without the loader wait, {with_data:.1%} with it" if loader else "")
             + f" (medians of the paired ratios; ratio of the medians {step / bare - 1:.1%}): "
-            f"**{'met' if overhead <= GOAL_OVERHEAD else 'not met'}**"),
+            f"**{'met' if overhead <= GOAL_OVERHEAD else 'not met'}**",
+        ),
     ]
     return "\n".join(lines)

@@ -94,10 +94,13 @@ class Measure:
             "" if self.seconds is None else f"{self.seconds:.1f}",
             "" if rate is None else f"{rate:,.1f}",
             ratio,
-            self.note if self.inner_seconds is None else (
+            self.note
+            if self.inner_seconds is None
+            else (
                 f"flow's own timer: {self.tiles / self.inner_seconds:,.1f} tiles/s in {self.inner_seconds:.1f} s"
                 + ("" if self.ratio is None else f" (**{self.ratio * self.seconds / self.inner_seconds:.0%}**)")
-                + f"; start-up and exit {self.seconds - self.inner_seconds:.1f} s"),
+                + f"; start-up and exit {self.seconds - self.inner_seconds:.1f} s"
+            ),
         ]
         return "| " + " | ".join(cells) + " |"
 
@@ -135,8 +138,13 @@ def build_tile_store(root: Path, n_tiles: int, tiles_per_shard: int, tiles_per_s
     from storage.slide_writer import SlideWriter
     from storage.tile_store import TileStore, software_version, utc_now
 
-    parameters = {"benchmark": "tissue tiles of CMU-1-Small-Region.svs", "n_tiles": n_tiles,
-                  "tiles_per_shard": tiles_per_shard, "tiles_per_slide": tiles_per_slide, "tile_size_px": TILE_PX}
+    parameters = {
+        "benchmark": "tissue tiles of CMU-1-Small-Region.svs",
+        "n_tiles": n_tiles,
+        "tiles_per_shard": tiles_per_shard,
+        "tiles_per_slide": tiles_per_slide,
+        "tile_size_px": TILE_PX,
+    }
     store = TileStore(root)
     n_slides = -(-n_tiles // tiles_per_slide)
     attributes = store.read_attributes()
@@ -147,16 +155,31 @@ def build_tile_store(root: Path, n_tiles: int, tiles_per_shard: int, tiles_per_s
     grid_columns = 64  # fake but distinct level-0 coordinates, in 224-px steps at 0.5 µm/px = 448 level-0 px
     for slide in range(n_slides):
         first, count = slide * tiles_per_slide, min(tiles_per_slide, n_tiles - slide * tiles_per_slide)
-        writer = SlideWriter(store, f"slide-{slide:03d}", capacity=count, tile_size_px=TILE_PX,
-                             tiles_per_shard=tiles_per_shard, jpeg_quality=90, jpeg_subsampling="444")
+        writer = SlideWriter(
+            store,
+            f"slide-{slide:03d}",
+            capacity=count,
+            tile_size_px=TILE_PX,
+            tiles_per_shard=tiles_per_shard,
+            jpeg_quality=90,
+            jpeg_subsampling="444",
+        )
         for start in range(0, count, tiles_per_shard):
             writer.append(pool[np.arange(first + start, first + min(count, start + tiles_per_shard)) % len(pool)])
         index = np.arange(count)
         coords = np.stack([index % grid_columns, index // grid_columns], axis=1).astype(np.int64) * 2 * TILE_PX
-        writer.finish(coords, np.ones(count, np.float32), np.ones((8, 8), bool), 8.0, {
-            "slide_id": f"slide-{slide:03d}", "mpp_level0_um": 0.25, "software_version": software_version(),
-            "created_at": utc_now(),
-        })
+        writer.finish(
+            coords,
+            np.ones(count, np.float32),
+            np.ones((8, 8), bool),
+            8.0,
+            {
+                "slide_id": f"slide-{slide:03d}",
+                "mpp_level0_um": 0.25,
+                "software_version": software_version(),
+                "created_at": utc_now(),
+            },
+        )
     return root
 
 
@@ -208,8 +231,12 @@ def model_only(model_name: str, tiles: np.ndarray, n_tiles: int, batch_size: int
     del model
     tiles_done = n_batches * len(batches[0])
     where = "pinned CPU memory, copied per batch" if on_cuda else "memory"
-    return Measure("model only", tiles_done, seconds,
-                   note=f"`embed` on uint8 tiles in {where}; {WARMUP_BATCHES} warm-up batches not timed")
+    return Measure(
+        "model only",
+        tiles_done,
+        seconds,
+        note=f"`embed` on uint8 tiles in {where}; {WARMUP_BATCHES} warm-up batches not timed",
+    )
 
 
 def run_partition(tiles: Path, out: Path, settings) -> Measure:
@@ -229,9 +256,24 @@ def run_partition(tiles: Path, out: Path, settings) -> Measure:
 def run_flow(tiles: Path, out: Path, settings) -> Measure:
     """``python -m flows.embed`` on a fresh store, wall clock from launch to exit."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "flows.embed", "--tiles", str(tiles), "--out", str(out),
-               "--model", settings.model, "--batch-size", str(settings.batch_size), "--device", settings.device,
-               "--loader-workers", str(settings.loader_workers), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.embed",
+        "--tiles",
+        str(tiles),
+        "--out",
+        str(out),
+        "--model",
+        settings.model,
+        "--batch-size",
+        str(settings.batch_size),
+        "--device",
+        settings.device,
+        "--loader-workers",
+        str(settings.loader_workers),
+        "--no-progress",
+    ]
     log = out.with_suffix(".log")
     started = time.perf_counter()
     with log.open("w") as output:
@@ -253,8 +295,13 @@ def _best_seconds(work, repeats: int = 3) -> float:
     return min(timings)
 
 
-def costs_per_tile(tiles: Path, out: Path, settings, loader_workers: Sequence[int], model_rate: float,
-                   ) -> list[Measure]:
+def costs_per_tile(
+    tiles: Path,
+    out: Path,
+    settings,
+    loader_workers: Sequence[int],
+    model_rate: float,
+) -> list[Measure]:
     """Where end-to-end time goes, each piece alone: decode, write, model build, the loader without a model."""
     from torch.utils.data import DataLoader
 
@@ -277,24 +324,41 @@ def costs_per_tile(tiles: Path, out: Path, settings, loader_workers: Sequence[in
     n_total = sum(u.count for u in units)
     share = lambda per_tile: f"{per_tile * model_rate:.1%} of a model-only tile's time"  # noqa: E731
     rows = [
-        Measure("read + decode one shard", unit.count, decode_s * unit.count, note=(
-            f"{decode_s * 1e3:.2f} ms/tile on {os.cpu_count()} cores ({share(decode_s)})")),
-        Measure("write one unit's embeddings", unit.count, write_s * unit.count, note=(
-            f"{write_s * 1e3:.3f} ms/tile, {settings.dtype} + done marker ({share(write_s)})")),
+        Measure(
+            "read + decode one shard",
+            unit.count,
+            decode_s * unit.count,
+            note=(f"{decode_s * 1e3:.2f} ms/tile on {os.cpu_count()} cores ({share(decode_s)})"),
+        ),
+        Measure(
+            "write one unit's embeddings",
+            unit.count,
+            write_s * unit.count,
+            note=(f"{write_s * 1e3:.3f} ms/tile, {settings.dtype} + done marker ({share(write_s)})"),
+        ),
         Measure(f"build `{settings.model}`", None, build_s, note="random weights; once per partition"),
     ]
     for workers in loader_workers:
         loader = DataLoader(
-            _UnitBatches(source, units, settings.batch_size), batch_size=None, num_workers=workers,
-            prefetch_factor=4 if workers else None, multiprocessing_context="forkserver" if workers else None,
+            _UnitBatches(source, units, settings.batch_size),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+            multiprocessing_context="forkserver" if workers else None,
         )
         started = time.perf_counter()
         first = None
         for _ in loader:
             first = first or time.perf_counter() - started
         seconds = time.perf_counter() - started
-        rows.append(Measure(f"loader alone, `loader_workers={workers}`", n_total, seconds,
-                            note=f"first batch after {first:.1f} s; no model"))
+        rows.append(
+            Measure(
+                f"loader alone, `loader_workers={workers}`",
+                n_total,
+                seconds,
+                note=f"first batch after {first:.1f} s; no model",
+            )
+        )
     return rows
 
 
@@ -303,12 +367,19 @@ def costs_per_tile(tiles: Path, out: Path, settings, loader_workers: Sequence[in
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vit_small_patch16_224",
-                        help="model name for build_model (default ViT-S/16 at 224 px: h0-mini runs ~2.5 tiles/s "
-                             "on 2 cores; timm's DINOv2 ViT-S/14 names are built for 518 px)")
+    parser.add_argument(
+        "--model",
+        default="vit_small_patch16_224",
+        help="model name for build_model (default ViT-S/16 at 224 px: h0-mini runs ~2.5 tiles/s "
+        "on 2 cores; timm's DINOv2 ViT-S/14 names are built for 518 px)",
+    )
     parser.add_argument("--tiles", type=int, default=640, help="tiles in the store (and timed in model-only)")
-    parser.add_argument("--tiles-per-shard", type=int, default=256,
-                        help="shard size of the store (the tiler's default is 2,048; smaller gives several units)")
+    parser.add_argument(
+        "--tiles-per-shard",
+        type=int,
+        default=256,
+        help="shard size of the store (the tiler's default is 2,048; smaller gives several units)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (the CLI's CPU default)")
     parser.add_argument("--loader-workers", type=int, nargs="+", default=(0, 1, 2), help="values to compare")
     parser.add_argument("--device", default="cpu")
@@ -320,8 +391,15 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(model: str, tiles_store: Path, out_dir: Path, batch_size: int, device: str, n_model_tiles: int,
-            loader_workers: Sequence[int]) -> list[Measure]:
+def measure(
+    model: str,
+    tiles_store: Path,
+    out_dir: Path,
+    batch_size: int,
+    device: str,
+    n_model_tiles: int,
+    loader_workers: Sequence[int],
+) -> list[Measure]:
     """Every row for one model on one tile store: model only, each loader setting, the command, the costs.
 
     Model only runs first and again last: ratios are to the mean of the two, and a gap between them shows
@@ -333,17 +411,17 @@ def measure(model: str, tiles_store: Path, out_dir: Path, batch_size: int, devic
     before = model_only(model, held, n_model_tiles, batch_size, device)
     settings = EmbeddingSettings(model=model, batch_size=batch_size, device=device)
     slug = model.replace("/", "_")
-    partitions = [run_partition(tiles_store, out_dir / f"emb-{slug}-w{workers}.zarr",
-                                replace(settings, loader_workers=workers))
-                  for workers in loader_workers]
+    partitions = [
+        run_partition(tiles_store, out_dir / f"emb-{slug}-w{workers}.zarr", replace(settings, loader_workers=workers))
+        for workers in loader_workers
+    ]
     best_workers = loader_workers[max(range(len(partitions)), key=lambda i: partitions[i].rate)]
     flow = run_flow(tiles_store, out_dir / f"emb-{slug}-flow.zarr", replace(settings, loader_workers=best_workers))
     after = replace(model_only(model, held, n_model_tiles, batch_size, device), label="model only, again after")
     del held
     ceiling = (before.rate + after.rate) / 2
     rows = [replace(row, ratio=row.rate / ceiling) for row in (before, *partitions, flow, after)]
-    rows += costs_per_tile(tiles_store, out_dir / f"emb-{slug}-w{best_workers}.zarr", settings, loader_workers,
-                           ceiling)
+    rows += costs_per_tile(tiles_store, out_dir / f"emb-{slug}-w{best_workers}.zarr", settings, loader_workers, ceiling)
     return rows
 
 
@@ -353,14 +431,20 @@ def main() -> None:
     load = os.getloadavg()[0]
     stores = args.workdir / "stores"
     stores.mkdir(parents=True, exist_ok=True)
-    tiles_store = build_tile_store(stores / f"embed-tiles-{args.tiles}-s{args.tiles_per_shard}.zarr",
-                                   args.tiles, args.tiles_per_shard, tiles_per_slide=args.tiles)
+    tiles_store = build_tile_store(
+        stores / f"embed-tiles-{args.tiles}-s{args.tiles_per_shard}.zarr",
+        args.tiles,
+        args.tiles_per_shard,
+        tiles_per_slide=args.tiles,
+    )
     rows = measure(args.model, tiles_store, stores, args.batch_size, args.device, args.tiles, args.loader_workers)
-    print(f"\n`{args.model}` on {args.device}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
-          f"{os.cpu_count()} cores; {args.tiles:,} tissue tiles of {TILE_PX} px in shards of {args.tiles_per_shard} "
-          f"(JPEG q90 4:4:4); load average {load:.1f} at the start. "
-          f"Goal: end to end ≥ {GOAL_RATIO:.0%} of model only. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
+    print(
+        f"\n`{args.model}` on {args.device}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} cores; {args.tiles:,} tissue tiles of {TILE_PX} px in shards of {args.tiles_per_shard} "
+        f"(JPEG q90 4:4:4); load average {load:.1f} at the start. "
+        f"Goal: end to end ≥ {GOAL_RATIO:.0%} of model only. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
     print(TABLE_HEADER)
     print("\n".join(row.row() for row in rows))
 

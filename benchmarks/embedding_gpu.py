@@ -63,8 +63,12 @@ QUICK_TILES_PER_SHARD = 8
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(TILES), help="model names for build_model")
-    parser.add_argument("--tiles", type=int, nargs="+",
-                        help=f"tiles per model, in --models order (default {', '.join(map(str, TILES.values()))})")
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        nargs="+",
+        help=f"tiles per model, in --models order (default {', '.join(map(str, TILES.values()))})",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (the CLI's CUDA default)")
     parser.add_argument("--loader-workers", type=int, nargs="+", default=(4, 8), help="values to compare")
     parser.add_argument("--device", default="cuda")
@@ -92,16 +96,22 @@ def main() -> None:
     stores.mkdir(parents=True, exist_ok=True)
     sections = []
     for model, n_tiles in zip(args.models, args.tiles, strict=True):
-        tiles_store = bench.build_tile_store(stores / f"embed-tiles-{n_tiles}-s{args.tiles_per_shard}.zarr",
-                                             n_tiles, args.tiles_per_shard, tiles_per_slide=TILES_PER_SHARD * 4)
+        tiles_store = bench.build_tile_store(
+            stores / f"embed-tiles-{n_tiles}-s{args.tiles_per_shard}.zarr",
+            n_tiles,
+            args.tiles_per_shard,
+            tiles_per_slide=TILES_PER_SHARD * 4,
+        )
         rows = bench.measure(model, tiles_store, stores, args.batch_size, args.device, n_tiles, args.loader_workers)
         sections.append([f"| **{model}** | | | | | |", *(row.row() for row in rows)])
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(f"\n{device}, {os.cpu_count()} cores; batch {args.batch_size}, bf16 autocast on CUDA; tissue tiles of "
-          f"{bench.TILE_PX} px in shards of {args.tiles_per_shard} (JPEG q90 4:4:4), "
-          f"{TILES_PER_SHARD * 4:,} a slide. "
-          f"Goal: end to end ≥ {bench.GOAL_RATIO:.0%} of model only. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
+    print(
+        f"\n{device}, {os.cpu_count()} cores; batch {args.batch_size}, bf16 autocast on CUDA; tissue tiles of "
+        f"{bench.TILE_PX} px in shards of {args.tiles_per_shard} (JPEG q90 4:4:4), "
+        f"{TILES_PER_SHARD * 4:,} a slide. "
+        f"Goal: end to end ≥ {bench.GOAL_RATIO:.0%} of model only. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
     print(bench.TABLE_HEADER)
     print("\n".join(line for section in sections for line in section))
 

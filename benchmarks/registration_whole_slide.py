@@ -67,8 +67,18 @@ def build_moving(fixed: Path, path: Path) -> Path:
         moved = moved.linear(list(TINT), [0, 0, 0]).cast("uchar")
         mpp_um = FIXED_MPP_UM / SCALE
         temporary = path.with_suffix(".tmp.tif")
-        moved.tiffsave(str(temporary), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg",
-                       Q=85, xres=1000.0 / mpp_um, yres=1000.0 / mpp_um, resunit="cm")
+        moved.tiffsave(
+            str(temporary),
+            tile=True,
+            tile_width=256,
+            tile_height=256,
+            pyramid=True,
+            compression="jpeg",
+            Q=85,
+            xres=1000.0 / mpp_um,
+            yres=1000.0 / mpp_um,
+            resunit="cm",
+        )
         temporary.replace(path)
     return path
 
@@ -116,21 +126,34 @@ def main() -> None:
         results[view] = register_slides(fixed, moving, view_mpp_um=view)
         seconds = time.perf_counter() - begin
         quality = results[view].quality
-        rows.append(_row(f"register, view {view:g} µm/px", seconds, error_um(results[view].map_points(centres)),
-                         f"NCC {quality.ncc_after:.2f}, Dice {quality.dice_after:.2f}"))
+        rows.append(
+            _row(
+                f"register, view {view:g} µm/px",
+                seconds,
+                error_um(results[view].map_points(centres)),
+                f"NCC {quality.ncc_after:.2f}, Dice {quality.dice_after:.2f}",
+            )
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     if not args.quick:
         coarsest = max(args.views)
         begin = time.perf_counter()
         refined = refine_registration(results[coarsest], centres)
         seconds = time.perf_counter() - begin
-        rows.append(_row(f"refine the view-{coarsest:g} registration (defaults: anchors every 400 µm)", seconds,
-                         error_um(refined.map_points(centres)),
-                         f"{len(refined.anchors_xy)} anchors, {int(refined.accepted.sum())} accepted, "
-                         f"{seconds / len(refined.anchors_xy) * 1000:.0f} ms each"))
-    print(f"\nFixed {size:,}² px at {FIXED_MPP_UM} µm/px ({size * FIXED_MPP_UM / 1000:.1f} mm), {len(centres):,} "
-          f"tiles; moving ×{SCALE}, {ANGLE_DEG}°. Goals: ≤ {GOAL_SECONDS:.0f} s a pair, median ≤ {GOAL_UM:.0f} µm. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
+        rows.append(
+            _row(
+                f"refine the view-{coarsest:g} registration (defaults: anchors every 400 µm)",
+                seconds,
+                error_um(refined.map_points(centres)),
+                f"{len(refined.anchors_xy)} anchors, {int(refined.accepted.sum())} accepted, "
+                f"{seconds / len(refined.anchors_xy) * 1000:.0f} ms each",
+            )
+        )
+    print(
+        f"\nFixed {size:,}² px at {FIXED_MPP_UM} µm/px ({size * FIXED_MPP_UM / 1000:.1f} mm), {len(centres):,} "
+        f"tiles; moving ×{SCALE}, {ANGLE_DEG}°. Goals: ≤ {GOAL_SECONDS:.0f} s a pair, median ≤ {GOAL_UM:.0f} µm. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
     print("| measure | seconds | median error (µm) | p90 error (µm) | notes |\n|---|---:|---:|---:|---|")
     print("\n".join(rows))
 

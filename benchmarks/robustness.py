@@ -76,12 +76,15 @@ class Row:
 
     def cells(self) -> str:
         """The markdown row."""
+
         def fmt(value: float | None, spec: str) -> str:
             return "" if value is None else format(value, spec)
 
-        return (f"| {self.name} | {self.tiles} | {self.pairs} | {fmt(self.seconds, '.1f')} | "
-                f"{fmt(self.full_seconds, ',.0f')} | {fmt(self.gflops, '.1f')} | {fmt(self.memory_mib, ',.0f')} "
-                f"| {self.notes} |")
+        return (
+            f"| {self.name} | {self.tiles} | {self.pairs} | {fmt(self.seconds, '.1f')} | "
+            f"{fmt(self.full_seconds, ',.0f')} | {fmt(self.gflops, '.1f')} | {fmt(self.memory_mib, ',.0f')} "
+            f"| {self.notes} |"
+        )
 
 
 class PeakMemory:
@@ -198,8 +201,9 @@ def run(args: argparse.Namespace) -> list[Row]:
     robustness_table(embeddings[:2, :64], conditions[:2], KS, device=device, block=args.block)  # BLAS warm-up
     products = ProductTimer(device)
     with PeakMemory(device) as ours_memory, products:
-        ours_s, table = timed(device, lambda: robustness_table(embeddings, conditions, KS, device=device,
-                                                               block=args.block))
+        ours_s, table = timed(
+            device, lambda: robustness_table(embeddings, conditions, KS, device=device, block=args.block)
+        )
     print(f"  ours: {ours_s:.1f} s for {n_pairs} pairs", file=sys.stderr, flush=True)
 
     naive_times, agree = [], True
@@ -226,31 +230,69 @@ def run(args: argparse.Namespace) -> list[Row]:
     fraction_products = products_gflops / tile_gflops
     verdict = {True: "**met**", False: "**not met**"}
     return [
-        Row("ours: C within-slide + 1 cross block a pair", n, n_pairs, ours_s, ours_s * scale, ours_gflops,
-            ours_memory.mib, f"{n_cond + n_pairs} n × n products; tiles of {args.block}; "
-            f"unit-norm copy of all slides {n_cond * n * dim * 4 / 2**20:,.0f} MiB of the peak"),
-        Row("pair by pair: dense 2n × 2n per pair (reference recipe)", n, n_pairs, naive_s, naive_s * scale,
-            naive_gflops, naive_memory.mib, f"{4 * n_pairs} n × n products; timed on {len(naive_times)} pairs "
-            f"({naive_pair_s:.2f} s each) × {n_pairs}; top-k equal to ours on them: {agree}"),
-        Row(f"plain torch GEMM, {min(args.block, n)} × {dim} × {min(args.block, n)} tiles", gflops=tile_gflops,
-            notes="best of 3; the shape of our products"),
-        Row(f"plain torch GEMM, {2 * n} × {dim} × {2 * n}", gflops=dense_gflops,
-            notes="best of 2; the shape of the pair-by-pair product"),
-        Row(f"goal: ≤ {GOAL_TIME_FRACTION:.0%} of the pair-by-pair time", seconds=None,
-            notes=f"{fraction_time:.1%}: {verdict[fraction_time <= GOAL_TIME_FRACTION]}"),
-        Row("ours: its matrix products alone", n, n_pairs, products.seconds, products.seconds * scale,
-            products_gflops, notes=f"{products.calls:,} tile products timed inside the run ({products.flop / 1e12:.2f} "
-            "TFLOP); the rest of ours is comparisons and counts"),
-        Row(f"goal: products ≥ {GOAL_GEMM_FRACTION:.0%} of plain GEMM rate",
+        Row(
+            "ours: C within-slide + 1 cross block a pair",
+            n,
+            n_pairs,
+            ours_s,
+            ours_s * scale,
+            ours_gflops,
+            ours_memory.mib,
+            f"{n_cond + n_pairs} n × n products; tiles of {args.block}; "
+            f"unit-norm copy of all slides {n_cond * n * dim * 4 / 2**20:,.0f} MiB of the peak",
+        ),
+        Row(
+            "pair by pair: dense 2n × 2n per pair (reference recipe)",
+            n,
+            n_pairs,
+            naive_s,
+            naive_s * scale,
+            naive_gflops,
+            naive_memory.mib,
+            f"{4 * n_pairs} n × n products; timed on {len(naive_times)} pairs "
+            f"({naive_pair_s:.2f} s each) × {n_pairs}; top-k equal to ours on them: {agree}",
+        ),
+        Row(
+            f"plain torch GEMM, {min(args.block, n)} × {dim} × {min(args.block, n)} tiles",
+            gflops=tile_gflops,
+            notes="best of 3; the shape of our products",
+        ),
+        Row(
+            f"plain torch GEMM, {2 * n} × {dim} × {2 * n}",
+            gflops=dense_gflops,
+            notes="best of 2; the shape of the pair-by-pair product",
+        ),
+        Row(
+            f"goal: ≤ {GOAL_TIME_FRACTION:.0%} of the pair-by-pair time",
+            seconds=None,
+            notes=f"{fraction_time:.1%}: {verdict[fraction_time <= GOAL_TIME_FRACTION]}",
+        ),
+        Row(
+            "ours: its matrix products alone",
+            n,
+            n_pairs,
+            products.seconds,
+            products.seconds * scale,
+            products_gflops,
+            notes=f"{products.calls:,} tile products timed inside the run ({products.flop / 1e12:.2f} "
+            "TFLOP); the rest of ours is comparisons and counts",
+        ),
+        Row(
+            f"goal: products ≥ {GOAL_GEMM_FRACTION:.0%} of plain GEMM rate",
             notes=f"{fraction_products:.1%} of the tile GEMM rate: {verdict[fraction_products >= GOAL_GEMM_FRACTION]} "
-                  f"(whole run counted as product time: {fraction_gemm:.1%})"),
+            f"(whole run counted as product time: {fraction_gemm:.1%})",
+        ),
     ]
 
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiles", type=int, default=None,
-                        help=f"tiles per slide (default {PLISM_TILES:,} on CUDA, 4,096 on CPU, 1,024 with --quick)")
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        default=None,
+        help=f"tiles per slide (default {PLISM_TILES:,} on CUDA, 4,096 on CPU, 1,024 with --quick)",
+    )
     parser.add_argument("--dim", type=int, default=1536, help="feature dimension D")
     parser.add_argument("--block", type=int, default=2048, help="side of the similarity tiles")
     parser.add_argument("--naive-pairs", type=int, default=3, help="pairs timed pair by pair")
@@ -267,10 +309,14 @@ def main() -> None:
     started = time.perf_counter()
     rows = run(args)
     load = os.getloadavg()[0]
-    print(f"\n{torch.get_num_threads()} torch threads, load average {load:.1f} at the end; D = {args.dim}; "
-          f"ks = {KS}; random float32 features. Benchmark took {time.perf_counter() - started:.0f} s.\n")
-    print("| computation | tiles | pairs | s measured | s at 16,278 tiles | GEMM GFLOP/s | peak memory (MiB) "
-          "| notes |\n|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        f"\n{torch.get_num_threads()} torch threads, load average {load:.1f} at the end; D = {args.dim}; "
+        f"ks = {KS}; random float32 features. Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
+    print(
+        "| computation | tiles | pairs | s measured | s at 16,278 tiles | GEMM GFLOP/s | peak memory (MiB) "
+        "| notes |\n|---|---:|---:|---:|---:|---:|---:|---|"
+    )
     print("\n".join(row.cells() for row in rows))
 
 

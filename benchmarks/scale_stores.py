@@ -65,11 +65,23 @@ def publish_slides(root: str, numbers: list[int], n_tiles: int, shard: int) -> N
     tiles = np.full((n_tiles, TILE_PX, TILE_PX, 3), 128, np.uint8)
     coords = np.stack([np.arange(n_tiles), np.zeros(n_tiles)], axis=1).astype(np.int64) * 448
     for number in numbers:
-        writer = SlideWriter(store, slide_id(number), capacity=n_tiles, tile_size_px=TILE_PX,
-                             tiles_per_shard=shard, jpeg_quality=90, jpeg_subsampling="444")
+        writer = SlideWriter(
+            store,
+            slide_id(number),
+            capacity=n_tiles,
+            tile_size_px=TILE_PX,
+            tiles_per_shard=shard,
+            jpeg_quality=90,
+            jpeg_subsampling="444",
+        )
         writer.append(tiles)
-        writer.finish(coords, np.ones(n_tiles, np.float32), np.ones((16, 16), bool), 8.0,
-                      {"slide_id": slide_id(number), "created_at": utc_now()})
+        writer.finish(
+            coords,
+            np.ones(n_tiles, np.float32),
+            np.ones((16, 16), bool),
+            8.0,
+            {"slide_id": slide_id(number), "created_at": utc_now()},
+        )
 
 
 def grow(root: Path, first: int, last: int, n_tiles: int, shard: int, workers: int) -> float:
@@ -153,8 +165,10 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "tiles.zarr"
     TileStore.create_or_open(root, {"tile_size_px": TILE_PX})
-    print("| slides | units | publish s/slide | open tiles s | walk s (no index) | before s (per group) | units s "
-          "| prepare s | re-prepare s | poll ms | open embeddings s | load (1 min) |")
+    print(
+        "| slides | units | publish s/slide | open tiles s | walk s (no index) | before s (per group) | units s "
+        "| prepare s | re-prepare s | poll ms | open embeddings s | load (1 min) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     done = 0
     for size in sorted(args.sizes):
@@ -162,11 +176,14 @@ def main() -> None:
         per_slide = publish_s / (size - done)
         done = size
         row = measure(root, args.work, args.threads)
-        print(f"| {size:,} | {row['units']:,} | {per_slide:.3f} | {row['open_tiles_s']:.3f} "
-              f"| {row['open_tiles_walk_s']:.2f} | {row['open_tiles_before_s']:.2f} "
-              f"| {row['units_s']:.3f} | {row['prepare_s']:.1f} "
-              f"| {row['reprepare_s']:.2f} | {1000 * row['poll_s']:.1f} | {row['open_embeddings_s']:.3f} "
-              f"| {os.getloadavg()[0]:.1f} |", flush=True)
+        print(
+            f"| {size:,} | {row['units']:,} | {per_slide:.3f} | {row['open_tiles_s']:.3f} "
+            f"| {row['open_tiles_walk_s']:.2f} | {row['open_tiles_before_s']:.2f} "
+            f"| {row['units_s']:.3f} | {row['prepare_s']:.1f} "
+            f"| {row['reprepare_s']:.2f} | {1000 * row['poll_s']:.1f} | {row['open_embeddings_s']:.3f} "
+            f"| {os.getloadavg()[0]:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,18 @@ def build_small_slide(path: Path) -> Path:
         mpp_um = float(sample.properties["openslide.mpp-x"])
     image = pyvips.Image.new_from_array(np.ascontiguousarray(rgb))
     partial = path.with_suffix(".partial.tif")
-    image.tiffsave(str(partial), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg",
-                   Q=90, xres=1000.0 / mpp_um, yres=1000.0 / mpp_um, resunit="cm")
+    image.tiffsave(
+        str(partial),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=True,
+        compression="jpeg",
+        Q=90,
+        xres=1000.0 / mpp_um,
+        yres=1000.0 / mpp_um,
+        resunit="cm",
+    )
     partial.rename(path)
     return path
 
@@ -114,8 +124,18 @@ class Row:
 def run(slides: Path, store: Path, api_url: str) -> Row:
     """``python -m flows.tile_tcga --workers 2`` on ``slides``, timed, its memory and output watched."""
     shutil.rmtree(store, ignore_errors=True)
-    command = [sys.executable, "-m", "flows.tile_tcga", "--slides", str(slides), "--out", str(store),
-               "--workers", str(WORKERS), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.tile_tcga",
+        "--slides",
+        str(slides),
+        "--out",
+        str(store),
+        "--workers",
+        str(WORKERS),
+        "--no-progress",
+    ]
     env = {**os.environ, "PREFECT_API_URL": api_url}
     log = store.with_suffix(".log")
     first_progress: list[float] = []
@@ -156,10 +176,15 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [10, 40] if args.quick else args.sizes
     slide = build_small_slide(args.workdir / "scale" / "small.tif")
-    print(f"{CROP_PX:,}² px slides, `--workers {WORKERS}`, a running Prefect server, {os.cpu_count()} cores; "
-          f"rows print as each run ends, RSS compared with the first.\n", flush=True)
-    print("| slides | wall s | wall s / slide | flow s / slide | driver peak RSS MiB | vs first "
-          "| largest worker peak RSS MiB | vs first | first progress s | load before → after |")
+    print(
+        f"{CROP_PX:,}² px slides, `--workers {WORKERS}`, a running Prefect server, {os.cpu_count()} cores; "
+        f"rows print as each run ends, RSS compared with the first.\n",
+        flush=True,
+    )
+    print(
+        "| slides | wall s | wall s / slide | flow s / slide | driver peak RSS MiB | vs first "
+        "| largest worker peak RSS MiB | vs first | first progress s | load before → after |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
     server = TemporaryPrefectServer()
     try:
@@ -170,11 +195,14 @@ def main() -> None:
             load_before = _load()
             row = run(folder, args.workdir / "scale" / f"store-x{count}.zarr", api_url)
             base = base or row
-            print(f"| {row.slides:,} | {row.wall_s:.1f} | {row.wall_s / row.slides:.3f} "
-                  f"| {row.flow_s / row.slides:.3f} | {row.peaks.driver / MIB:,.0f} "
-                  f"| {row.peaks.driver / base.peaks.driver - 1:+.0%} | {row.peaks.worker / MIB:,.0f} "
-                  f"| {row.peaks.worker / base.peaks.worker - 1:+.0%} | {row.first_progress_s:.1f} "
-                  f"| {load_before} → {_load()} |", flush=True)
+            print(
+                f"| {row.slides:,} | {row.wall_s:.1f} | {row.wall_s / row.slides:.3f} "
+                f"| {row.flow_s / row.slides:.3f} | {row.peaks.driver / MIB:,.0f} "
+                f"| {row.peaks.driver / base.peaks.driver - 1:+.0%} | {row.peaks.worker / MIB:,.0f} "
+                f"| {row.peaks.worker / base.peaks.worker - 1:+.0%} | {row.first_progress_s:.1f} "
+                f"| {load_before} → {_load()} |",
+                flush=True,
+            )
     finally:
         server.stop()
 

@@ -39,8 +39,11 @@ def main() -> None:
             record = tile_slide(SlideSpec(SLIDE, "cmu"), store, config)
             tiling.append(record.n_tiles / (time.perf_counter() - started))
             started = time.perf_counter()
-            n = len(TileReader(store)[:] if hasattr(TileReader, "tile_coords") else
-                    [TileReader(store)[i] for i in range(len(TileReader(store)))])
+            n = len(
+                TileReader(store)[:]
+                if hasattr(TileReader, "tile_coords")
+                else [TileReader(store)[i] for i in range(len(TileReader(store)))]
+            )
             reading.append(n / (time.perf_counter() - started))
             started = time.perf_counter()
             n = len(open_tiles(store).tiles.values)

@@ -110,8 +110,10 @@ def measure(way: str, counts: tuple[int, int], batch: int) -> dict:
     n = counts[1] - counts[0]
     return {
         "way": way if way != "prefect task per batch" else f"{way} of {batch}",
-        "driver_cpu_ms": 1e3 * (cpu1 - cpu0) / n, "wall_ms": 1e3 * (wall1 - wall0) / n,
-        "driver_kib": (driver1 - driver0) / KIB / n, "workers_kib": (workers1 - workers0) / KIB / n,
+        "driver_cpu_ms": 1e3 * (cpu1 - cpu0) / n,
+        "wall_ms": 1e3 * (wall1 - wall0) / n,
+        "driver_kib": (driver1 - driver0) / KIB / n,
+        "workers_kib": (workers1 - workers0) / KIB / n,
         "first_result_s": first_result_s,
     }
 
@@ -131,14 +133,20 @@ def main() -> None:
         for way in args.ways:
             runner = make_task_runner(2, None)
             rows.append(measure.with_options(task_runner=runner)(way, counts, args.batch))
-    print(f"\n{counts[1] - counts[0]} items between checkpoints ({counts[0]} → {counts[1]}), window {WINDOW}, "
-          f"2 worker processes, {WORK_S * 1e3:.0f} ms of work per slide; load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    print("| way | driver CPU ms / slide | wall ms / slide | driver RSS KiB / slide | workers' RSS KiB / slide |"
-          " first result s |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\n{counts[1] - counts[0]} items between checkpoints ({counts[0]} → {counts[1]}), window {WINDOW}, "
+        f"2 worker processes, {WORK_S * 1e3:.0f} ms of work per slide; load average at start "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+    )
+    print(
+        "| way | driver CPU ms / slide | wall ms / slide | driver RSS KiB / slide | workers' RSS KiB / slide |"
+        " first result s |\n|---|---:|---:|---:|---:|---:|"
+    )
     for row in rows:
-        print(f"| {row['way']} | {row['driver_cpu_ms']:.1f} | {row['wall_ms']:.1f} | {row['driver_kib']:.1f} "
-              f"| {row['workers_kib']:.1f} | {row['first_result_s']:.2f} |")
+        print(
+            f"| {row['way']} | {row['driver_cpu_ms']:.1f} | {row['wall_ms']:.1f} | {row['driver_kib']:.1f} "
+            f"| {row['workers_kib']:.1f} | {row['first_result_s']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

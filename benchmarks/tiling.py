@@ -160,10 +160,17 @@ def build_slide(path: Path, size: int) -> Path:
         for index, level in enumerate(_tissue_levels(size)):
             pixels_per_cm = 1e4 / (LEVEL0_MPP_UM * LEVEL_STEP**index)
             tiff.write(
-                _tiles_of(level), shape=(level.height, level.width, 3), dtype=np.uint8,
-                tile=(SOURCE_TILE_PX, SOURCE_TILE_PX), photometric="rgb", compression="jpeg",
-                compressionargs={"level": SOURCE_JPEG_QUALITY}, resolution=(pixels_per_cm, pixels_per_cm),
-                resolutionunit="CENTIMETER", subfiletype=int(index > 0), metadata=None,
+                _tiles_of(level),
+                shape=(level.height, level.width, 3),
+                dtype=np.uint8,
+                tile=(SOURCE_TILE_PX, SOURCE_TILE_PX),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": SOURCE_JPEG_QUALITY},
+                resolution=(pixels_per_cm, pixels_per_cm),
+                resolutionunit="CENTIMETER",
+                subfiletype=int(index > 0),
+                metadata=None,
             )
     with openslide.OpenSlide(partial) as slide:
         mpp = float(slide.properties.get("openslide.mpp-x", "nan"))
@@ -203,8 +210,9 @@ def finish_times(store: Path) -> list[tuple[float, int, float]]:
     for folder in (store / "slides").iterdir():
         if (folder / "zarr.json").is_file():
             attributes = zarr.open_group(folder, mode="r").attrs
-            finished.append(((folder / "zarr.json").stat().st_mtime, int(attributes["n_tiles"]),
-                             float(attributes["seconds"])))
+            finished.append(
+                ((folder / "zarr.json").stat().st_mtime, int(attributes["n_tiles"]), float(attributes["seconds"]))
+            )
     return sorted(finished)
 
 
@@ -224,8 +232,18 @@ def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None
     The row's rate is the steady state; the note gives the whole command's rate and the fixed cost.
     """
     shutil.rmtree(store, ignore_errors=True)
-    command = [sys.executable, "-m", "flows.tile_tcga", "--slides", str(slides), "--out", str(store),
-               "--workers", str(workers), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.tile_tcga",
+        "--slides",
+        str(slides),
+        "--out",
+        str(store),
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
     log = store.with_suffix(".log")
     peak = 0
     launched_at, started = time.time(), time.perf_counter()
@@ -245,8 +263,10 @@ def run_flow(slides: Path, store: Path, workers: int, api_url: str | None = None
     steady = steady_rate(finished, workers)
     start_up = min(finish - slide_seconds for finish, _, slide_seconds in finished) - launched_at
     exit_s = exited_at - finished[-1][0]
-    note = (f"whole command {tiles / seconds:,.0f} tiles/s; fixed cost {start_up + exit_s:.1f} s: start-up "
-            f"(launch to first slide started) {start_up:.1f} s, exit (last slide finished to exit) {exit_s:.1f} s")
+    note = (
+        f"whole command {tiles / seconds:,.0f} tiles/s; fixed cost {start_up + exit_s:.1f} s: start-up "
+        f"(launch to first slide started) {start_up:.1f} s, exit (last slide finished to exit) {exit_s:.1f} s"
+    )
     fixed = start_up + exit_s
     server = "running Prefect server (not counted)" if api_url else "temporary Prefect server"
     label = f"flow steady state, {len(finished)} slides, `--workers {workers}`, {server}"
@@ -317,8 +337,10 @@ def codec_ceiling(
     ) / len(tiles)
     sources_per_tile = (size_level0 / SOURCE_TILE_PX) ** 2
     per_tile_s = sources_per_tile * decode_s + encode_s
-    note = (f"decode {decode_s * 1e3:.2f} ms × {sources_per_tile:.2f} source tiles + encode "
-            f"{encode_s * 1e3:.2f} ms = {1 / per_tile_s:,.0f} tiles/s per core, × {cores}")
+    note = (
+        f"decode {decode_s * 1e3:.2f} ms × {sources_per_tile:.2f} source tiles + encode "
+        f"{encode_s * 1e3:.2f} ms = {1 / per_tile_s:,.0f} tiles/s per core, × {cores}"
+    )
     return Measure(f"codec ceiling, {cores} cores", None, None, cores / per_tile_s, None, note)
 
 
@@ -327,8 +349,12 @@ def codec_ceiling(
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=40960,
-                        help="level-0 edge of the large slide, px (40,960: ~6,300 tiles, TCGA's mean is ~7,000)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=40960,
+        help="level-0 edge of the large slide, px (40,960: ~6,300 tiles, TCGA's mean is ~7,000)",
+    )
     parser.add_argument("--count", type=int, default=8, help="copies of the large slide in one run (≥ 8 for the goal)")
     parser.add_argument("--naive-tiles", type=int, default=500, help="tiles timed in the naive loop")
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / ".work", help="slides and stores")
@@ -343,10 +369,13 @@ def _ratio_rows(flows: list[Measure], naive: Measure, ceiling: Measure) -> list[
     rows = []
     for flow in flows:
         which = flow.label.split(", ")[-1]
-        rows.append(f"| steady state, {which} / naive loop | | | {flow.tiles_per_s / naive.tiles_per_s:.2f}× | "
-                    "| goal ≥ 6× |")
-        rows.append(f"| steady state, {which} / codec ceiling | | | {flow.tiles_per_s / ceiling.tiles_per_s:.1%} | "
-                    "| goal ≥ 60 % |")
+        rows.append(
+            f"| steady state, {which} / naive loop | | | {flow.tiles_per_s / naive.tiles_per_s:.2f}× | | goal ≥ 6× |"
+        )
+        rows.append(
+            f"| steady state, {which} / codec ceiling | | | {flow.tiles_per_s / ceiling.tiles_per_s:.1%} | "
+            "| goal ≥ 60 % |"
+        )
         goal = "goal ≤ 5 s" if "running" in which else "goal ≤ 5 s applies to a running server"
         rows.append(f"| fixed cost, {which} | | {flow.fixed_s:.1f} | | | {goal} |")
     return rows
@@ -370,8 +399,10 @@ def measure_run(slide: Path, copies: Path, stores: Path, naive_tiles: int, cores
     naive = Measure("naive loop, 1 process", len(timed), naive_s, len(timed) / naive_s, naive_rss, note)
     ceiling = codec_ceiling(slide, coords, size_level0, tiles[:CODEC_SAMPLE_TILES], tiles.serializer, cores)
     rows = [flow.row() for flow in flows] + [naive.row(), ceiling.row()] + _ratio_rows(flows, naive, ceiling)
-    described = (f"{len(coords):,} tiles of {tiles.shape[1]} px ({size_level0} level-0 px) a slide, "
-                 f"JPEG q{tiles.serializer.quality} {':'.join(tiles.serializer.subsampling)}")
+    described = (
+        f"{len(coords):,} tiles of {tiles.shape[1]} px ({size_level0} level-0 px) a slide, "
+        f"JPEG q{tiles.serializer.quality} {':'.join(tiles.serializer.subsampling)}"
+    )
     return described, rows
 
 
@@ -389,9 +420,11 @@ def main() -> None:
     copies = link_copies(large, args.workdir / f"large-{args.size}-x{args.count}", args.count)
     load_before = _load()
     described, rows = measure_run(large, copies, stores, args.naive_tiles, cores)
-    print(f"\n{args.count} slides of {args.size:,}² px at {LEVEL0_MPP_UM} µm/px, levels {LEVEL_STEP}× apart, "
-          f"{described}. {cores} cores. Load average before {load_before}, after {_load()}. "
-          f"Benchmark took {time.perf_counter() - started:.0f} s.\n")
+    print(
+        f"\n{args.count} slides of {args.size:,}² px at {LEVEL0_MPP_UM} µm/px, levels {LEVEL_STEP}× apart, "
+        f"{described}. {cores} cores. Load average before {load_before}, after {_load()}. "
+        f"Benchmark took {time.perf_counter() - started:.0f} s.\n"
+    )
     print("| measure | tiles | seconds | tiles/s | peak RSS (MiB) | notes |\n|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
 

@@ -100,9 +100,15 @@ class TileDataset(_Labelled, Dataset):
     each item carries its slide's label.
     """
 
-    def __init__(self, store: Path | str, *, slide_ids: list[str] | None = None,
-                 labels: pd.DataFrame | Path | str | None = None, label_column: str | None = None,
-                 transform: Transform | None = to_tensor) -> None:
+    def __init__(
+        self,
+        store: Path | str,
+        *,
+        slide_ids: list[str] | None = None,
+        labels: pd.DataFrame | Path | str | None = None,
+        label_column: str | None = None,
+        transform: Transform | None = to_tensor,
+    ) -> None:
         self.path = Path(store)
         self.labels = _label_table(labels, label_column)
         self.transform = transform or _identity
@@ -126,18 +132,28 @@ class TileStream(_Labelled, IterableDataset):
     in every worker, so the workers' shares still cover every tile once.
     """
 
-    def __init__(self, store: Path | str, *, slide_ids: list[str] | None = None,
-                 labels: pd.DataFrame | Path | str | None = None, label_column: str | None = None,
-                 transform: Transform | None = to_tensor, shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        store: Path | str,
+        *,
+        slide_ids: list[str] | None = None,
+        labels: pd.DataFrame | Path | str | None = None,
+        label_column: str | None = None,
+        transform: Transform | None = to_tensor,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.path = Path(store)
         self.labels = _label_table(labels, label_column)
         self.transform = transform or _identity
         reader = TileReader(store)
         self.reader = TileReader(store, self._choose_slides(reader.slide_ids, slide_ids))
         entries = self.reader.store.slide_entries()
-        self.shards = [(int(start + offset), int(min(start + offset + entries[s]["tiles_per_shard"], stop)))
-                       for s, start, stop in zip(self.reader.slide_ids, self.reader.offsets[:-1], self.reader.offsets[1:])
-                       for offset in range(0, int(stop - start), entries[s]["tiles_per_shard"])]
+        self.shards = [
+            (int(start + offset), int(min(start + offset + entries[s]["tiles_per_shard"], stop)))
+            for s, start, stop in zip(self.reader.slide_ids, self.reader.offsets[:-1], self.reader.offsets[1:])
+            for offset in range(0, int(stop - start), entries[s]["tiles_per_shard"])
+        ]
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -172,9 +188,15 @@ class AlignedTileDataset(_Labelled, Dataset):
     slide. Labels join by condition name.
     """
 
-    def __init__(self, store: Path | str, *, conditions: list[str] | None = None,
-                 labels: pd.DataFrame | Path | str | None = None, label_column: str | None = None,
-                 transform: Transform | None = to_tensor) -> None:
+    def __init__(
+        self,
+        store: Path | str,
+        *,
+        conditions: list[str] | None = None,
+        labels: pd.DataFrame | Path | str | None = None,
+        label_column: str | None = None,
+        transform: Transform | None = to_tensor,
+    ) -> None:
         self.path = Path(store)
         self.labels = _label_table(labels, label_column)
         self.transform = transform or _identity

@@ -41,12 +41,17 @@ def main() -> None:
         # SLURM sets CUDA_VISIBLE_DEVICES to the job's GPU: each worker sees one GPU, as cuda:0, and
         # runs one embedding partition at a time (one thread). GPU=1 lets tasks annotated with
         # resources={"GPU": 1} be placed only there.
-        overrides = {"job_extra_directives": ["--gres=gpu:1"], "worker_extra_args": ["--resources", "GPU=1"],
-                     "job_cpu": 8, "memory": "64GiB"}  # CPUs decode tiles in --loader-workers processes
+        overrides = {
+            "job_extra_directives": ["--gres=gpu:1"],
+            "worker_extra_args": ["--resources", "GPU=1"],
+            "job_cpu": 8,
+            "memory": "64GiB",
+        }  # CPUs decode tiles in --loader-workers processes
     if args.queue:
         overrides["queue"] = args.queue
     cluster = SLURMCluster(
-        scheduler_options={"port": args.port, "dashboard_address": f":{args.port + 1}"}, **overrides,
+        scheduler_options={"port": args.port, "dashboard_address": f":{args.port + 1}"},
+        **overrides,
     )
     if args.print_job_script:
         print(cluster.job_script())

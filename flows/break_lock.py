@@ -21,8 +21,11 @@ from storage.run_lock import LOCK_NAME, LockHeldError, RunLock
 def main(argv: list[str] | None = None, prog: str = "python -m flows.break_lock") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("store", type=Path, help="tile, aligned or embedding store")
-    parser.add_argument("--force", action="store_true",
-                        help="break a lock taken on another host (after checking that its process is gone)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="break a lock taken on another host (after checking that its process is gone)",
+    )
     args = parser.parse_args(argv)
     root = args.store.resolve()
     lock = RunLock(root / "staging" / LOCK_NAME, str(root))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.cli import UserInputError
+
+if TYPE_CHECKING:
+    from storage.tile_store import RunStore
 
 
 def existing_path(path: str, flag: str) -> Path:
@@ -15,7 +19,7 @@ def existing_path(path: str, flag: str) -> Path:
     return resolved
 
 
-def store_accepts(store_class: type, root: str, parameters: dict, overwrite: bool) -> None:
+def store_accepts(store_class: type[RunStore], root: str, parameters: dict, overwrite: bool) -> None:
     """Refuse at once a store made with other parameters, naming the fields that differ."""
     from storage.tile_store import StoreError
 
@@ -43,5 +47,6 @@ def known_model(name: str, flag: str) -> None:
     import timm
 
     if not timm.is_model(name):
-        raise UserInputError(f"{flag} {name}: unknown model: not one of {', '.join(PROJECT_MODELS)} "
-                             "nor a timm model name")
+        raise UserInputError(
+            f"{flag} {name}: unknown model: not one of {', '.join(PROJECT_MODELS)} nor a timm model name"
+        )

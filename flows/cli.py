@@ -51,8 +51,9 @@ def job_main(
     return run_flow_command(prog, flow_module, lambda: run(job, args))
 
 
-def job_parser(prog: str, description: str, model: type, flags: Mapping[str, str],
-               progress: bool = True) -> argparse.ArgumentParser:
+def job_parser(
+    prog: str, description: str, model: type, flags: Mapping[str, str], progress: bool = True
+) -> argparse.ArgumentParser:
     """The command line of a job: derived from its config model, plus ``--no-progress`` where there is a bar."""
     from flows.config_loader import add_config_arguments
 

@@ -1,4 +1,4 @@
-"""One rule for every job's parameters: the config model's defaults, then a YAML file, then dotted overrides, then flags.
+"""One rule for every job's parameters: the model's defaults, then a YAML file, then dotted overrides, then flags.
 
 A job's config model (:mod:`flows.jobs`) states each parameter once, with its
 type, default and description; the command line is derived from it here
@@ -100,8 +100,9 @@ def _set_dotted(data: dict, key: str, value: Any, model: type[BaseModel]) -> Non
     node[parts[-1]] = value
 
 
-def _one_line(error: ValidationError, model: type[BaseModel], path: Path | str | None,
-              flag_names: Mapping[str, str]) -> str:
+def _one_line(
+    error: ValidationError, model: type[BaseModel], path: Path | str | None, flag_names: Mapping[str, str]
+) -> str:
     problems = []
     for item in error.errors():
         loc = [str(part) for part in item["loc"]]
@@ -155,8 +156,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]
     default is ``None`` ("not given"), so a flag never hides what the file says.
     """
     parser.add_argument("--config", type=Path, help="YAML file of the job's parameters (any field, nested by section)")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="set any field, nested ones dotted (e.g. tiling.tissue.min_saturation=30); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="set any field, nested ones dotted (e.g. tiling.tissue.min_saturation=30); repeatable",
+    )
     parser.add_argument("positional_overrides", nargs="*", metavar="KEY=VALUE", help="the same as --set KEY=VALUE")
     for flag, dotted in flags.items():
         info = field_at(model, dotted)
@@ -166,12 +173,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]
         parser.add_argument(flag, dest=_dest(dotted), default=None, **kwargs)
 
 
-def config_from_args(model: type[BaseModel], args: argparse.Namespace, flags: Mapping[str, str],
-                     preset: Mapping[str, Any] | None = None) -> BaseModel:
+def config_from_args(
+    model: type[BaseModel], args: argparse.Namespace, flags: Mapping[str, str], preset: Mapping[str, Any] | None = None
+) -> BaseModel:
     """The job config given by parsed arguments (see :func:`add_config_arguments`)."""
     values = {dotted: getattr(args, _dest(dotted)) for dotted in flags.values()}
-    return load_config(model, args.config, [*args.overrides, *args.positional_overrides], values,
-                       {dotted: flag for flag, dotted in flags.items()}, preset)
+    return load_config(
+        model,
+        args.config,
+        [*args.overrides, *args.positional_overrides],
+        values,
+        {dotted: flag for flag, dotted in flags.items()},
+        preset,
+    )
 
 
 def _dest(dotted: str) -> str:

@@ -49,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         from flows.demo_flow import demo
 
-        demo(out=str(args.out), models=_models(args), stainings=args.stainings, scanners=args.scanners,
-             workers=args.workers, progress_bar=not args.no_progress)
+        demo(
+            out=str(args.out),
+            models=_models(args),
+            stainings=args.stainings,
+            scanners=args.scanners,
+            workers=args.workers,
+            progress_bar=not args.no_progress,
+        )
 
     return run_flow_command("python -m flows.demo", "flows.demo_flow", run)
 

@@ -22,8 +22,14 @@ SAMPLE_REGISTRATION = RegistrationConfig(view_mpp_um=4.0, bspline_grid_spacing_u
 
 
 @flow(name="demo", log_prints=True)
-def demo(out: str, models: list[tuple[str, str | None]], stainings: list[str], scanners: list[str],
-         workers: int = 1, progress_bar: bool = False) -> str:
+def demo(
+    out: str,
+    models: list[tuple[str, str | None]],
+    stainings: list[str],
+    scanners: list[str],
+    workers: int = 1,
+    progress_bar: bool = False,
+) -> str:
     """Tile, register, extract, embed and score the sample data under ``out``; return the report's path."""
     logger = get_run_logger()
     root = Path(out)
@@ -33,12 +39,20 @@ def demo(out: str, models: list[tuple[str, str | None]], stainings: list[str], s
     tile_tcga.with_options(task_runner=runner)(slides=str(SAMPLE_SLIDES), out=str(tiles), progress_bar=progress_bar)
     study = root / "plism-slides"
     if not study.is_dir():
-        make_synthetic_plism(CMU_SAMPLE, study, stainings=tuple(stainings), scanners=tuple(scanners),
-                             reference=(stainings[0], scanners[0]))
+        make_synthetic_plism(
+            CMU_SAMPLE,
+            study,
+            stainings=tuple(stainings),
+            scanners=tuple(scanners),
+            reference=(stainings[0], scanners[0]),
+        )
     aligned = root / "plism.zarr"
     plism.with_options(task_runner=runner)(
-        slides=str(study), out=str(aligned), registration=SAMPLE_REGISTRATION,
-        reference=(stainings[0], scanners[0]), progress_bar=progress_bar,
+        slides=str(study),
+        out=str(aligned),
+        registration=SAMPLE_REGISTRATION,
+        reference=(stainings[0], scanners[0]),
+        progress_bar=progress_bar,
     )
     embedded = []
     for name, weights in models:

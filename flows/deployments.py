@@ -24,19 +24,17 @@ Deployments are named after their command line: ``tile-tcga/tile-tcga``,
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
+from pydantic import BaseModel
 
 from flows.jobs import EmbedJob, EvaluateJob, PlismJob, TileJob
 from flows.register_plism import PRESET as REGISTER_PRESET
-
 
 
 def _task_runner(workers: int, dask_address: str | None):
@@ -61,8 +59,12 @@ def tile_tcga_deployment(job: TileJob) -> dict:
     from flows.tiling_flow import tile_tcga
 
     return tile_tcga.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
-        slides=job.slides, out=job.out, config=job.tiling, mpp_override_um=job.mpp_override_um,
-        mpp_replace_um=job.mpp_replace_um, overwrite=job.overwrite,
+        slides=job.slides,
+        out=job.out,
+        config=job.tiling,
+        mpp_override_um=job.mpp_override_um,
+        mpp_replace_um=job.mpp_replace_um,
+        overwrite=job.overwrite,
     )
 
 
@@ -76,9 +78,16 @@ def plism_deployment(job: PlismJob) -> dict:
     from flows.plism_flow import plism
 
     return plism.with_options(task_runner=_task_runner(job.workers, job.dask_address))(
-        slides=job.slides, out=job.out, registration=job.registration, tiling=job.tiling,
-        refinement=job.refinement_options(), pattern=job.pattern, reference=job.reference,
-        stainings=job.stainings, stage=job.stage, overwrite=job.overwrite,
+        slides=job.slides,
+        out=job.out,
+        registration=job.registration,
+        tiling=job.tiling,
+        refinement=job.refinement_options(),
+        pattern=job.pattern,
+        reference=job.reference,
+        stainings=job.stainings,
+        stage=job.stage,
+        overwrite=job.overwrite,
     )
 
 
@@ -92,13 +101,21 @@ def embed_deployment(job: EmbedJob) -> dict:
     from flows.embedding_flow import embed_tiles
 
     return embed_tiles.with_options(task_runner=_task_runner(job.partitions, job.dask_address))(
-        tiles=job.tiles, out=job.out, settings=job.settings(), partitions=job.partitions, overwrite=job.overwrite,
+        tiles=job.tiles,
+        out=job.out,
+        settings=job.settings(),
+        partitions=job.partitions,
+        overwrite=job.overwrite,
     )
 
 
 @flow(name="distill", log_prints=True)
 def distill_deployment(
-    config: str, tiles: list[str], out: str, processes: int = 1, device: Literal["cpu", "cuda"] = "cpu",
+    config: str,
+    tiles: list[str],
+    out: str,
+    processes: int = 1,
+    device: Literal["cpu", "cuda"] = "cpu",
     sharding: Literal["ddp", "fsdp"] = "ddp",
 ) -> dict:
     """Distil a teacher into a student on tile stores (``python -m flows.distill``).
@@ -118,7 +135,10 @@ def distill_deployment(
 
 @flow(name="robustness", log_prints=True)
 def robustness_deployment(
-    embeddings: list[str], out: str, ks: list[int] | None = None, subset: str | None = None,
+    embeddings: list[str],
+    out: str,
+    ks: list[int] | None = None,
+    subset: str | None = None,
     labels: list[str] | None = None,
 ) -> dict:
     """Score PLISM embedding stores of one or several models into a report (``python -m flows.robustness``).
@@ -145,8 +165,7 @@ def evaluate_deployment(job: EvaluateJob) -> dict[str, float]:
     """
     from flows.evaluate_flow import evaluate_embeddings
 
-    return evaluate_embeddings(embeddings=job.embeddings, labels=job.labels, out=job.out,
-                               settings=job.probe_settings())
+    return evaluate_embeddings(embeddings=job.embeddings, labels=job.labels, out=job.out, settings=job.probe_settings())
 
 
 @dataclass(frozen=True)
@@ -196,20 +215,29 @@ def required_parameters(spec: DeploymentSpec) -> list[str]:
 
 
 def build_deployment(
-    spec: DeploymentSpec, parameters: dict[str, Any] | None = None, cron: str | None = None,
-    timezone: str | None = None, dask_address: str | None = None, tags: list[str] | None = None,
+    spec: DeploymentSpec,
+    parameters: dict[str, Any] | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    dask_address: str | None = None,
+    tags: list[str] | None = None,
 ) -> RunnerDeployment:
     """The runner deployment of ``spec``: its preset, then ``dask_address``, then ``parameters`` as defaults.
 
     Default parameters are editable in the UI for each run; a ``cron``
     schedule runs with them. Unknown parameter names raise ``ValueError``.
     """
-    defaults = {**spec.preset, **({"dask_address": dask_address} if spec.dask and dask_address else {}),
-                **(parameters or {})}
+    defaults = {
+        **spec.preset,
+        **({"dask_address": dask_address} if spec.dask and dask_address else {}),
+        **(parameters or {}),
+    }
     unknown = set(defaults) - set(spec.parameter_names())
     if unknown:
-        raise ValueError(f"{spec.full_name} has no parameter {', '.join(sorted(unknown))}; "
-                         f"it takes {', '.join(spec.parameter_names())}")
+        raise ValueError(
+            f"{spec.full_name} has no parameter {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(spec.parameter_names())}"
+        )
     return spec.flow.to_deployment(
         name=spec.name,
         parameters={"job": defaults} if spec.job and defaults else defaults,

@@ -27,8 +27,12 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="run directory to create or resume")
     parser.add_argument("--processes", type=int, default=1, help="training processes (torchrun when > 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--sharding", choices=("ddp", "fsdp"), default="ddp",
-                        help="with several processes: whole networks in each (ddp) or parameters sharded (fsdp)")
+    parser.add_argument(
+        "--sharding",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="with several processes: whole networks in each (ddp) or parameters sharded (fsdp)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -58,9 +62,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.distill") -
     def run() -> None:
         from flows.distill_flow import distill
 
-        distill(config=str(args.config), tiles=[str(t) for t in args.tiles], out=str(args.out),
-                processes=args.processes, device=args.device, sharding=args.sharding,
-                progress_bar=not args.no_progress)
+        distill(
+            config=str(args.config),
+            tiles=[str(t) for t in args.tiles],
+            out=str(args.out),
+            processes=args.processes,
+            device=args.device,
+            sharding=args.sharding,
+            progress_bar=not args.no_progress,
+        )
 
     return run_flow_command(prog, "flows.distill_flow", run)
 

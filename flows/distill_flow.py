@@ -53,9 +53,25 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
                 raise failure[0]
 
         return thread.is_alive, wait
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "pipeline.distill.train", "--config", str(config_path), "--tiles", *stores, "--out", str(out),
-               "--device", device, "--sharding", sharding]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "pipeline.distill.train",
+        "--config",
+        str(config_path),
+        "--tiles",
+        *stores,
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--sharding",
+        sharding,
+    ]
     process = subprocess.Popen(command)
 
     def wait() -> None:
@@ -66,8 +82,15 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
 
 
 @flow(name="distill", log_prints=True)
-def distill(config: str, tiles: list[str], out: str, processes: int = 1, device: str = "cpu",
-            sharding: str = "ddp", progress_bar: bool = False) -> dict:
+def distill(
+    config: str,
+    tiles: list[str],
+    out: str,
+    processes: int = 1,
+    device: str = "cpu",
+    sharding: str = "ddp",
+    progress_bar: bool = False,
+) -> dict:
     """Distil the configured teacher into the student on the tile stores ``tiles``; return the last metrics.
 
     ``sharding`` (``ddp`` or ``fsdp``) chooses how several processes hold the networks.
@@ -88,12 +111,21 @@ def distill(config: str, tiles: list[str], out: str, processes: int = 1, device:
                     logger.info("teacher-student agreement: %s", json.dumps(record))
                     continue
                 last = record
-                done = record["step"] + (settings.heads.fit_iterations if record["stage"] == "distill"
-                                         and settings.heads.teacher_heads == "fit" else 0)
+                done = record["step"] + (
+                    settings.heads.fit_iterations
+                    if record["stage"] == "distill" and settings.heads.teacher_heads == "fit"
+                    else 0
+                )
                 bar.update(done - bar.n)
                 bar.set_postfix(stage=record["stage"], loss=f"{record['loss']:.4f}", img_s=record["images_per_s"])
-                logger.info("%s step %d: loss %.4f, %.1f images/s, ETA %.0f s", record["stage"], record["step"],
-                            record["loss"], record["images_per_s"], record["eta_s"])
+                logger.info(
+                    "%s step %d: loss %.4f, %.1f images/s, ETA %.0f s",
+                    record["stage"],
+                    record["step"],
+                    record["loss"],
+                    record["images_per_s"],
+                    record["eta_s"],
+                )
                 update_progress_artifact(progress, 100.0 * done / total)
             if not running:
                 break
@@ -103,7 +135,8 @@ def distill(config: str, tiles: list[str], out: str, processes: int = 1, device:
     create_markdown_artifact(
         f"Exported `{run / 'student.safetensors'}` (model card `MODEL_CARD.md`).\n\n"
         f"Last metrics: `{json.dumps(last)}`\n\nCheckpoints: " + ", ".join(f"`{c}`" for c in checkpoints),
-        key="distill-result", description=f"distillation into {run}",
+        key="distill-result",
+        description=f"distillation into {run}",
     )
     print(f"distillation finished: {run / 'student.safetensors'}; last loss {last.get('loss')}")
     return last

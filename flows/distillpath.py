@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "usage: distillpath COMMAND [options]   (distillpath COMMAND --help for its options)\n\ncommands:\n" + \
-        "\n".join(lines)
+    return (
+        "usage: distillpath COMMAND [options]   (distillpath COMMAND --help for its options)\n\ncommands:\n"
+        + "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":

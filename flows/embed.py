@@ -52,14 +52,26 @@ def run(job: EmbedJob, args: argparse.Namespace) -> None:
     from flows.runners import make_task_runner
 
     embed_tiles.with_options(task_runner=make_task_runner(job.partitions, job.dask_address))(
-        tiles=job.tiles, out=job.out, settings=job.settings(), partitions=job.partitions,
-        overwrite=job.overwrite, progress_bar=not args.no_progress,
+        tiles=job.tiles,
+        out=job.out,
+        settings=job.settings(),
+        partitions=job.partitions,
+        overwrite=job.overwrite,
+        progress_bar=not args.no_progress,
     )
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.embed") -> int:
-    return job_main(argv, prog=prog, description=__doc__.split("\n\n")[0], model=EmbedJob, flags=FLAGS,
-                    flow_module="flows.embedding_flow", run=run, check=check)
+    return job_main(
+        argv,
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        model=EmbedJob,
+        flags=FLAGS,
+        flow_module="flows.embedding_flow",
+        run=run,
+        check=check,
+    )
 
 
 if __name__ == "__main__":

@@ -35,15 +35,25 @@ def _device_for(settings: EmbeddingSettings, rank: int) -> EmbeddingSettings:
     return dataclasses.replace(settings, device=f"cuda:{rank % max(1, torch.cuda.device_count())}")
 
 
-@task(name="embed-partition", task_run_name="embed-partition-{rank}", cache_policy=None, retries=2,
-      retry_delay_seconds=5, retry_condition_fn=is_transient_io_error)
+@task(
+    name="embed-partition",
+    task_run_name="embed-partition-{rank}",
+    cache_policy=None,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=is_transient_io_error,
+)
 def embed_partition_task(rank: int, world: int, tiles: str, out: str, settings: EmbeddingSettings) -> dict:
     return embed_partition(tiles, out, _device_for(settings, rank), rank, world)
 
 
 @flow(name="embed", log_prints=True)
 def embed_tiles(
-    tiles: str, out: str, settings: EmbeddingSettings, partitions: int = 1, overwrite: bool = False,
+    tiles: str,
+    out: str,
+    settings: EmbeddingSettings,
+    partitions: int = 1,
+    overwrite: bool = False,
     progress_bar: bool = False,
 ) -> dict:
     """Embed every tile of the store ``tiles`` into the embedding store ``out``; return the totals."""
@@ -60,10 +70,22 @@ def embed_tiles(
         def finished() -> int:  # markers are only added while the partitions run
             return store.count_done() - done_before
 
-        logger.info("%s: %d shards, %d to embed with %s on %s in %d partition(s)",
-                    source.root, len(units), len(todo), settings.model, settings.device, partitions)
-        futures = embed_partition_task.map(list(range(partitions)), world=unmapped(partitions), tiles=unmapped(tiles),
-                                           out=unmapped(str(store.root)), settings=unmapped(settings))
+        logger.info(
+            "%s: %d shards, %d to embed with %s on %s in %d partition(s)",
+            source.root,
+            len(units),
+            len(todo),
+            settings.model,
+            settings.device,
+            partitions,
+        )
+        futures = embed_partition_task.map(
+            list(range(partitions)),
+            world=unmapped(partitions),
+            tiles=unmapped(tiles),
+            out=unmapped(str(store.root)),
+            settings=unmapped(settings),
+        )
         with tqdm(total=len(todo), unit="shard", disable=not progress_bar, file=sys.stderr) as bar:
             while wait(futures, timeout=_POLL_S).not_done:  # returns as soon as the last partition ends
                 bar.update(finished() - bar.n)
@@ -74,12 +96,20 @@ def embed_tiles(
     tiles_done = sum(r["tiles"] for r in results)
     seconds = time.perf_counter() - started
     left = len(pending_units(store, units))
-    summary = {"shards": len(units), "embedded_now": len(todo) - left, "left": left, "tiles": tiles_done,
-               "seconds": round(seconds, 2), "tiles_per_second": round(tiles_done / seconds, 1)}
+    summary = {
+        "shards": len(units),
+        "embedded_now": len(todo) - left,
+        "left": left,
+        "tiles": tiles_done,
+        "seconds": round(seconds, 2),
+        "tiles_per_second": round(tiles_done / seconds, 1),
+    }
     create_markdown_artifact(
         "| shards | embedded now | left | tiles | seconds | tiles/s |\n|---|---|---|---|---|---|\n"
         f"| {summary['shards']} | {summary['embedded_now']} | {left} | {tiles_done} | {summary['seconds']} "
-        f"| {summary['tiles_per_second']} |", key="embed-summary", description=f"{settings.model} into {store.root}",
+        f"| {summary['tiles_per_second']} |",
+        key="embed-summary",
+        description=f"{settings.model} into {store.root}",
     )
     print(f"embedded {tiles_done} tiles ({summary['embedded_now']} shards) in {seconds:.1f} s; {left} shards left")
     return summary

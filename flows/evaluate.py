@@ -45,8 +45,16 @@ def run(job: EvaluateJob, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.evaluate") -> int:
-    return job_main(argv, prog=prog, description=__doc__.split("\n\n")[0], model=EvaluateJob, flags=FLAGS,
-                    flow_module="flows.evaluate_flow", run=run, check=check)
+    return job_main(
+        argv,
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        model=EvaluateJob,
+        flags=FLAGS,
+        flow_module="flows.evaluate_flow",
+        run=run,
+        check=check,
+    )
 
 
 if __name__ == "__main__":

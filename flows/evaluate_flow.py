@@ -23,9 +23,9 @@ from pipeline.probes import (
 
 _PROTOCOL = {
     "regression": "standardise → PCA (≤ 256) → ridge, alpha = 100 / (components · targets) (HEST-Benchmark); "
-                  "Pearson per target, averaged",
+    "Pearson per target, averaged",
     "classification": "standardise → logistic regression, L2 λ = 100 / (D · classes) on the mean loss (UNI), "
-                      "balanced class weights; balanced accuracy",
+    "balanced class weights; balanced accuracy",
 }
 
 
@@ -34,8 +34,12 @@ def evaluate_embeddings(embeddings: str, labels: str, out: str, settings: ProbeS
     """Probe the embeddings in ``embeddings`` against the table ``labels``; return each metric's mean over folds."""
     logger = get_run_logger()
     inputs = load_probe_inputs(embeddings, labels, settings)
-    logger.info("%d samples × %d features, %d target(s), %d folds", *inputs.features.shape,
-                inputs.targets.shape[1], len(set(inputs.folds)))
+    logger.info(
+        "%d samples × %d features, %d target(s), %d folds",
+        *inputs.features.shape,
+        inputs.targets.shape[1],
+        len(set(inputs.folds)),
+    )
     if settings.task == "regression":
         results = ridge_regression_cv(inputs.features, inputs.targets, inputs.folds)
     else:
@@ -43,10 +47,15 @@ def evaluate_embeddings(embeddings: str, labels: str, out: str, settings: ProbeS
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     results_table(results).to_csv(folder / "results.csv", index=False)
-    context = {"embeddings": embeddings, "labels": labels, "level": settings.level,
-               "samples": len(inputs.folds), "features": inputs.features.shape[1],
-               "folds": f"column {settings.folds_column!r}, test on each, train on the others",
-               "protocol": _PROTOCOL[settings.task]}
+    context = {
+        "embeddings": embeddings,
+        "labels": labels,
+        "level": settings.level,
+        "samples": len(inputs.folds),
+        "features": inputs.features.shape[1],
+        "folds": f"column {settings.folds_column!r}, test on each, train on the others",
+        "protocol": _PROTOCOL[settings.task],
+    }
     markdown = results_markdown(results, f"{settings.task.capitalize()} probe", context)
     (folder / "results.md").write_text(markdown)
     create_markdown_artifact(markdown, key="evaluate-results", description=f"{settings.task} probe of {embeddings}")

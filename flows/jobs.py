@@ -20,7 +20,6 @@ from registration.config import RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE
 from tiling.config import TilingConfig
 
-
 NODES_PER_SIDE = 8  # registration nodes measured per side of each tile, to know where it falls on a condition
 
 
@@ -42,8 +41,11 @@ class TileJob(_Job):
     mpp_override_um: float | None = Field(None, gt=0, description="µm/px for slides whose files record none")
     mpp_replace_um: float | None = Field(None, gt=0, description="µm/px for every slide, replacing the files' own")
     overwrite: bool = Field(False, description="delete the store and redo every slide")
-    workers: int = Field(default_factory=default_workers, gt=0,
-                         description="local worker processes (1 runs in the flow's process); ignored with dask_address")
+    workers: int = Field(
+        default_factory=default_workers,
+        gt=0,
+        description="local worker processes (1 runs in the flow's process); ignored with dask_address",
+    )
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
 
 
@@ -57,13 +59,17 @@ class PlismJob(_Job):
     tiling: TilingConfig = Field(TilingConfig(), description="tile size, µm/px and tissue detection of the tiles")
     refine: bool = Field(False, description="refine each registration at high resolution near the tiles")
     refinement: dict[str, Any] | None = Field(
-        None, description="fields of registration.refine.RefinementConfig (implies refine)")
+        None, description="fields of registration.refine.RefinementConfig (implies refine)"
+    )
     reference: tuple[str, str] = Field(DEFAULT_REFERENCE, description="reference condition: staining and scanner")
     pattern: str = Field(DEFAULT_PATTERN, description="regular expression with groups staining and scanner")
     stainings: list[str] | None = Field(None, description="keep only these stainings (the reference's is kept)")
     overwrite: bool = Field(False, description="delete the store and redo every condition")
-    workers: int = Field(default_factory=default_workers, gt=0,
-                         description="local worker processes (1 runs in the flow's process); ignored with dask_address")
+    workers: int = Field(
+        default_factory=default_workers,
+        gt=0,
+        description="local worker processes (1 runs in the flow's process); ignored with dask_address",
+    )
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
 
     def refinement_options(self) -> dict[str, Any] | None:
@@ -79,13 +85,16 @@ class EmbedJob(_Job):
     model: str = Field(description="h-optimus-0, h0-mini, tiny-teacher, tiny-student or a timm model name")
     weights: str | None = Field(None, description="local weights file (safetensors or torch checkpoint); none: random")
     pooling: Literal["cls+mean", "cls"] = Field(
-        "cls+mean", description="class token and mean patch token (the paper's HEST/EVA embedding), or the class "
-        "token only (what the PLISM leaderboard uses)")
+        "cls+mean",
+        description="class token and mean patch token (the paper's HEST/EVA embedding), or the class "
+        "token only (what the PLISM leaderboard uses)",
+    )
     seed: int = Field(0, description="without weights: the random weights are drawn from (model, seed)")
     dtype: Literal["float16", "float32"] = Field("float16", description="stored precision")
     batch_size: int | None = Field(None, gt=0, description="tiles per forward pass (none: 256 on CUDA, 32 on CPU)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="cpu, cuda, cuda:N, or auto (CUDA when available)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="cpu, cuda, cuda:N, or auto (CUDA when available)"
+    )
     loader_workers: int | None = Field(None, ge=0, description="processes decoding tiles (none: 4 on CUDA, 0 on CPU)")
     partitions: int = Field(1, gt=0, description="processes splitting the shards, one GPU each (Dask when > 1)")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (one GPU per worker)")
@@ -98,9 +107,16 @@ class EmbedJob(_Job):
         from pipeline.embed import EmbeddingSettings
 
         device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        return EmbeddingSettings(model=self.model, weights=self.weights, pooling=self.pooling, dtype=self.dtype,
-                                 batch_size=self.batch_size, device=device, loader_workers=self.loader_workers,
-                                 init_seed=self.seed)
+        return EmbeddingSettings(
+            model=self.model,
+            weights=self.weights,
+            pooling=self.pooling,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            device=device,
+            loader_workers=self.loader_workers,
+            init_seed=self.seed,
+        )
 
 
 class EvaluateJob(_Job):
@@ -110,7 +126,8 @@ class EvaluateJob(_Job):
     labels: str = Field(description="CSV: slide_id [, tile | x, y], the folds column and the targets")
     out: str = Field(description="folder for results.csv and results.md")
     task: Literal["regression", "classification"] = Field(
-        description="HEST-style ridge regression, or linear-probe classification")
+        description="HEST-style ridge regression, or linear-probe classification"
+    )
     level: Literal["slide", "tile"] = Field("slide", description="one sample per slide (mean of its tiles) or tile")
     folds_column: str = Field("fold", description="column giving each sample's test fold")
     targets: tuple[str, ...] = Field((), description="target columns (none: every column but keys and folds)")
@@ -122,12 +139,21 @@ class EvaluateJob(_Job):
 
 
 def plism_store_parameters(
-    reference_name: str, pattern: str, stainings: list[str] | None, registration: RegistrationConfig,
-    refinement: dict[str, Any] | None, tiling: TilingConfig, nodes_per_side: int,
+    reference_name: str,
+    pattern: str,
+    stainings: list[str] | None,
+    registration: RegistrationConfig,
+    refinement: dict[str, Any] | None,
+    tiling: TilingConfig,
+    nodes_per_side: int,
 ) -> dict[str, Any]:
     """What an aligned tile store records of its run, and a rerun must match (checked before Prefect starts too)."""
     return {
-        "reference": reference_name, "pattern": pattern, "stainings": sorted(stainings) if stainings else None,
-        "registration": registration.model_dump(mode="json"), "refinement": refinement,
-        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}), "nodes_per_side": nodes_per_side,
+        "reference": reference_name,
+        "pattern": pattern,
+        "stainings": sorted(stainings) if stainings else None,
+        "registration": registration.model_dump(mode="json"),
+        "refinement": refinement,
+        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}),
+        "nodes_per_side": nodes_per_side,
     }

@@ -53,42 +53,70 @@ _MONTAGE_TILES = 6
 
 
 _TASK_OPTIONS = {
-    "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": is_transient_io_error, "cache_policy": None,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": is_transient_io_error,
+    "cache_policy": None,
 }
 
 
 @task(name="register-condition", task_run_name="register-{condition.name}", **_TASK_OPTIONS)
 def register_task(
-    condition: PlismCondition, store_root: str, reference: PlismCondition, config: RegistrationConfig,
-    refinement: dict | None, anchors_xy: np.ndarray,
+    condition: PlismCondition,
+    store_root: str,
+    reference: PlismCondition,
+    config: RegistrationConfig,
+    refinement: dict | None,
+    anchors_xy: np.ndarray,
 ) -> SlideRecord:
     return register_condition(AlignedTileStore(store_root), reference, condition, config, refinement, anchors_xy)
 
 
 @task(name="measure-footprint", task_run_name="measure-{condition.name}", **_TASK_OPTIONS)
 def footprint_task(
-    condition: PlismCondition, store_root: str, reference_name: str, tiles: ReferenceTiles, nodes_per_side: int,
+    condition: PlismCondition,
+    store_root: str,
+    reference_name: str,
+    tiles: ReferenceTiles,
+    nodes_per_side: int,
     tiling: TilingConfig,
 ) -> Footprint:
     return measure_footprint(
-        AlignedTileStore(store_root), condition, tiles, is_reference=condition.name == reference_name,
-        nodes_per_side=nodes_per_side, tiling=tiling,
+        AlignedTileStore(store_root),
+        condition,
+        tiles,
+        is_reference=condition.name == reference_name,
+        nodes_per_side=nodes_per_side,
+        tiling=tiling,
     )
 
 
 @task(name="extract-condition", task_run_name="extract-{condition.name}", **_TASK_OPTIONS)
 def extract_task(
-    condition: PlismCondition, index: int, store_root: str, reference_name: str, tiles: ReferenceTiles,
-    nodes_per_side: int, tiling: TilingConfig,
+    condition: PlismCondition,
+    index: int,
+    store_root: str,
+    reference_name: str,
+    tiles: ReferenceTiles,
+    nodes_per_side: int,
+    tiling: TilingConfig,
 ) -> SlideRecord:
     return extract_condition(
-        AlignedTileStore(store_root), condition, index, tiles, is_reference=condition.name == reference_name,
-        nodes_per_side=nodes_per_side, tiling=tiling,
+        AlignedTileStore(store_root),
+        condition,
+        index,
+        tiles,
+        is_reference=condition.name == reference_name,
+        nodes_per_side=nodes_per_side,
+        tiling=tiling,
     )
 
 
 def _run_per_condition(
-    submit: Callable[[PlismCondition], Any], conditions: Sequence[PlismCondition], label: str, progress_bar: bool,
+    submit: Callable[[PlismCondition], Any],
+    conditions: Sequence[PlismCondition],
+    label: str,
+    progress_bar: bool,
     on_error: Callable[[PlismCondition, Exception], object],
 ) -> list:
     """Run one task per condition, a window at a time; a task that raised becomes ``on_error``'s value.
@@ -110,8 +138,9 @@ def _run_per_condition(
 
 def _crash_record(store: AlignedTileStore, stage: str) -> Callable[[PlismCondition, Exception], SlideRecord]:
     def record(condition: PlismCondition, error: Exception) -> SlideRecord:
-        failed = failed_record(condition.name, condition.path, error, unexpected=True, finished_at=utc_now(),
-                               extra={"stage": stage})
+        failed = failed_record(
+            condition.name, condition.path, error, unexpected=True, finished_at=utc_now(), extra={"stage": stage}
+        )
         write_record(store, failed)
         return failed
 
@@ -161,8 +190,9 @@ def plism(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    layout = PlismLayout.from_folder(slides, pattern=pattern, reference=tuple(reference),
-                                     stainings=tuple(stainings) if stainings else None)
+    layout = PlismLayout.from_folder(
+        slides, pattern=pattern, reference=tuple(reference), stainings=tuple(stainings) if stainings else None
+    )
     ref = layout.reference
     if ref.mpp_um is None:
         raise MissingMppError(ref.path, "the reference slide records no pixel size")
@@ -179,15 +209,29 @@ def plism(
         store.remove_staging_debris()
         tiles = reference_tiles(ref.path, ref.mpp_um, tiling)
         logger.info("%d conditions; reference %s has %d tissue tiles", len(layout.conditions), ref.name, len(tiles))
-        records[ref.name] = SlideRecord(slide_id=ref.name, source_path=str(ref.path), status=REGISTERED,
-                                        finished_at=utc_now(), extra={"stage": "reference"})
+        records[ref.name] = SlideRecord(
+            slide_id=ref.name,
+            source_path=str(ref.path),
+            status=REGISTERED,
+            finished_at=utc_now(),
+            extra={"stage": "reference"},
+        )
         todo = [c for c in layout.moving if not store.is_registered(c.name)]
         anchors = tiles.centres()
         logger.info("register: %d to do, %d already registered", len(todo), len(layout.moving) - len(todo))
         registered_now = _run_per_condition(
-            lambda condition: register_task.submit(condition, store_root=str(store.root), reference=ref,
-                                                   config=registration, refinement=refinement, anchors_xy=anchors),
-            todo, "register", progress_bar, _crash_record(store, "register"),
+            lambda condition: register_task.submit(
+                condition,
+                store_root=str(store.root),
+                reference=ref,
+                config=registration,
+                refinement=refinement,
+                anchors_xy=anchors,
+            ),
+            todo,
+            "register",
+            progress_bar,
+            _crash_record(store, "register"),
         )
         for condition, record in zip(todo, registered_now, strict=True):
             records[condition.name] = record
@@ -203,10 +247,18 @@ def plism(
             logger.info("extract: %d conditions to do, %d tiles each", len(todo_extract), len(planned))
             extracted = _run_per_condition(
                 lambda condition: extract_task.submit(
-                    condition, row_of[condition.name], store_root=str(store.root), reference_name=ref.name,
-                    tiles=planned, nodes_per_side=nodes_per_side, tiling=tiling,
+                    condition,
+                    row_of[condition.name],
+                    store_root=str(store.root),
+                    reference_name=ref.name,
+                    tiles=planned,
+                    nodes_per_side=nodes_per_side,
+                    tiling=tiling,
                 ),
-                [c for _, c in todo_extract], "extract", progress_bar, _crash_record(store, "extract"),
+                [c for _, c in todo_extract],
+                "extract",
+                progress_bar,
+                _crash_record(store, "extract"),
             )
             for (_, condition), record in zip(todo_extract, extracted, strict=True):
                 records[condition.name] = record
@@ -214,15 +266,25 @@ def plism(
     finally:
         store.release_run_lock()
     statuses = {name: record.status for name, record in records.items()}
-    create_markdown_artifact(_summary_markdown(records, plan), key="plism-summary", description=f"PLISM into {store.root}")
-    print(f"{len(statuses)} conditions in {time.perf_counter() - started:.1f} s: "
-          + ", ".join(f"{name} {status}" for name, status in sorted(statuses.items())))
+    create_markdown_artifact(
+        _summary_markdown(records, plan), key="plism-summary", description=f"PLISM into {store.root}"
+    )
+    print(
+        f"{len(statuses)} conditions in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{name} {status}" for name, status in sorted(statuses.items()))
+    )
     return {"conditions": statuses, "n_tiles": plan["n_tiles"] if plan else None}
 
 
 def _plan(
-    store: AlignedTileStore, conditions: list[PlismCondition], excluded: dict[str, str], tiles: ReferenceTiles,
-    nodes_per_side: int, tiling: TilingConfig, progress_bar: bool, logger,
+    store: AlignedTileStore,
+    conditions: list[PlismCondition],
+    excluded: dict[str, str],
+    tiles: ReferenceTiles,
+    nodes_per_side: int,
+    tiling: TilingConfig,
+    progress_bar: bool,
+    logger,
 ) -> dict:
     """Reuse the store's plan if it covers exactly ``conditions``, else measure every footprint and plan anew."""
     names = [c.name for c in conditions]
@@ -230,12 +292,24 @@ def _plan(
     if plan is not None and plan["conditions"] == names:
         return plan
     if plan is not None:
-        logger.warning("registered conditions changed from %s to %s: planning and extracting all tiles again",
-                       plan["conditions"], names)
+        logger.warning(
+            "registered conditions changed from %s to %s: planning and extracting all tiles again",
+            plan["conditions"],
+            names,
+        )
     footprints = _run_per_condition(
-        lambda condition: footprint_task.submit(condition, store_root=str(store.root), reference_name=names[0],
-                                                tiles=tiles, nodes_per_side=nodes_per_side, tiling=tiling),
-        conditions, "measure", progress_bar, lambda condition, error: error,
+        lambda condition: footprint_task.submit(
+            condition,
+            store_root=str(store.root),
+            reference_name=names[0],
+            tiles=tiles,
+            nodes_per_side=nodes_per_side,
+            tiling=tiling,
+        ),
+        conditions,
+        "measure",
+        progress_bar,
+        lambda condition, error: error,
     )
     failures = [(c.name, f) for c, f in zip(conditions, footprints, strict=True) if isinstance(f, Exception)]
     if failures:
@@ -243,10 +317,15 @@ def _plan(
     keep = tiles_on_tissue_everywhere(footprints, tiling.qc.min_tissue_fraction)
     logger.info("%d of %d reference tiles lie on tissue in all %d conditions", keep.sum(), len(keep), len(conditions))
     return store.start_plan(
-        [condition_row(store, c, is_reference=i == 0) for i, c in enumerate(conditions)], excluded,
-        np.stack([f.top_left_xy[keep] for f in footprints]), np.stack([f.tissue_fraction[keep] for f in footprints]),
-        tiles.grid[keep], tile_size_px=tiles.tile_size_px, mpp_um=tiles.mpp_um,
-        tiles_per_shard=tiling.tiles_per_shard, jpeg_quality=tiling.jpeg_quality,
+        [condition_row(store, c, is_reference=i == 0) for i, c in enumerate(conditions)],
+        excluded,
+        np.stack([f.top_left_xy[keep] for f in footprints]),
+        np.stack([f.tissue_fraction[keep] for f in footprints]),
+        tiles.grid[keep],
+        tile_size_px=tiles.tile_size_px,
+        mpp_um=tiles.mpp_um,
+        tiles_per_shard=tiling.tiles_per_shard,
+        jpeg_quality=tiling.jpeg_quality,
         jpeg_subsampling=tiling.jpeg_subsampling,
     )
 

@@ -48,16 +48,19 @@ def _private_server_environment(home: str) -> dict[str, str]:
     configured Postgres); ``PREFECT_HOME`` also hides their profiles from it.
     """
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_"))
         and key not in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH")
     }
-    env.update({
-        "PREFECT_HOME": home,
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": home,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+        }
+    )
     return env
 
 
@@ -73,12 +76,30 @@ class TemporaryPrefectServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.home = tempfile.mkdtemp(prefix="distillpath-prefect-")
         self._log = tempfile.TemporaryFile()
-        server = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
-                  "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs", "--log-level", "WARNING"]
+        server = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-ui",
+            "--analytics-off",
+            "--no-scheduler",
+            "--no-late-runs",
+            "--log-level",
+            "WARNING",
+        ]
         self._watchdog = subprocess.Popen(
             [sys.executable, str(_WATCHDOG), str(os.getpid()), self.home, "--", *server],
-            env=_private_server_environment(self.home), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,  # a terminal's Ctrl-C is for this process only
+            env=_private_server_environment(self.home),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C is for this process only
         )
 
     def wait_until_ready(self) -> str:

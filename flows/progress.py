@@ -17,8 +17,10 @@ def progress_bar(total: int, unit: str, *, enabled: bool, already_done: int = 0)
     """
     if total == 0:
         if enabled:
-            print(f"nothing to do: {already_done} {unit}{'s' if already_done != 1 else ''} already complete",
-                  file=sys.stderr)
+            print(
+                f"nothing to do: {already_done} {unit}{'s' if already_done != 1 else ''} already complete",
+                file=sys.stderr,
+            )
         with tqdm(disable=True) as idle:
             yield idle
         return

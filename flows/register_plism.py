@@ -44,15 +44,20 @@ def check(job: PlismJob) -> None:
 
     existing_path(job.slides, "--slides")
     try:
-        layout = PlismLayout.from_folder(job.slides, pattern=job.pattern, reference=job.reference,
-                                         stainings=tuple(job.stainings) if job.stainings else None)
+        layout = PlismLayout.from_folder(
+            job.slides,
+            pattern=job.pattern,
+            reference=job.reference,
+            stainings=tuple(job.stainings) if job.stainings else None,
+        )
         reference = layout.reference.name
     except (ValueError, OSError) as error:  # no reference slide, a pattern without its groups
         from flows.cli import UserInputError
 
         raise UserInputError(str(error)) from None
-    parameters = plism_store_parameters(reference, job.pattern, job.stainings, job.registration,
-                                        job.refinement_options(), job.tiling, NODES_PER_SIDE)
+    parameters = plism_store_parameters(
+        reference, job.pattern, job.stainings, job.registration, job.refinement_options(), job.tiling, NODES_PER_SIDE
+    )
     store_accepts(AlignedTileStore, job.out, parameters, job.overwrite)
 
 
@@ -61,16 +66,34 @@ def run(job: PlismJob, args: argparse.Namespace) -> None:
     from flows.runners import make_task_runner
 
     plism.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides, out=job.out, registration=job.registration, tiling=job.tiling,
-        refinement=job.refinement_options(), pattern=job.pattern, reference=job.reference,
-        stainings=job.stainings, stage=job.stage, overwrite=job.overwrite, progress_bar=not args.no_progress,
+        slides=job.slides,
+        out=job.out,
+        registration=job.registration,
+        tiling=job.tiling,
+        refinement=job.refinement_options(),
+        pattern=job.pattern,
+        reference=job.reference,
+        stainings=job.stainings,
+        stage=job.stage,
+        overwrite=job.overwrite,
+        progress_bar=not args.no_progress,
     )
 
 
-def main(argv: list[str] | None = None, *, prog: str = "python -m flows.register_plism",
-         preset: dict | None = None) -> int:
-    return job_main(argv, prog=prog, description=__doc__.split("\n\n")[0], model=PlismJob, flags=FLAGS,
-                    flow_module="flows.plism_flow", run=run, check=check, preset=PRESET if preset is None else preset)
+def main(
+    argv: list[str] | None = None, *, prog: str = "python -m flows.register_plism", preset: dict | None = None
+) -> int:
+    return job_main(
+        argv,
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        model=PlismJob,
+        flags=FLAGS,
+        flow_module="flows.plism_flow",
+        run=run,
+        check=check,
+        preset=PRESET if preset is None else preset,
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10], help="k of the top-k accuracies")
     parser.add_argument("--subset", type=Path, help="tile indices to keep (.npy)")
-    parser.add_argument("--label", nargs="+", help="a name per store for the report, in the order of --embeddings "
-                        "(default: model name and weights checksum)")
+    parser.add_argument(
+        "--label",
+        nargs="+",
+        help="a name per store for the report, in the order of --embeddings (default: model name and weights checksum)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other commands")
     return parser.parse_args(argv)
 
@@ -36,8 +39,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.robustness"
     def run() -> None:
         from flows.robustness_flow import robustness
 
-        robustness(embeddings=[str(e) for e in args.embeddings], out=str(args.out), ks=tuple(args.ks),
-                   subset=str(args.subset) if args.subset else None, labels=args.label)
+        robustness(
+            embeddings=[str(e) for e in args.embeddings],
+            out=str(args.out),
+            ks=tuple(args.ks),
+            subset=str(args.subset) if args.subset else None,
+            labels=args.label,
+        )
 
     return run_flow_command(prog, "flows.robustness_flow", run)
 

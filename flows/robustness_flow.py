@@ -55,9 +55,13 @@ def _identity(store: str) -> StoreIdentity:
         )
     attributes = data.attrs
     return StoreIdentity(
-        path=str(store), model=str(attributes["model"]), weights_sha256=attributes.get("weights_sha256"),
-        init_seed=attributes.get("init_seed"), pooling=str(attributes.get("pooling", "unrecorded")),
-        dim=int(attributes["dim"]), plan_id=zarr.open_group(store, mode="r").attrs.get("source_stamp"),
+        path=str(store),
+        model=str(attributes["model"]),
+        weights_sha256=attributes.get("weights_sha256"),
+        init_seed=attributes.get("init_seed"),
+        pooling=str(attributes.get("pooling", "unrecorded")),
+        dim=int(attributes["dim"]),
+        plan_id=zarr.open_group(store, mode="r").attrs.get("source_stamp"),
         n_tiles=int(data.sizes["tile"]),
     )
 
@@ -72,11 +76,21 @@ def _load_subset(path: str, n_tiles: int) -> np.ndarray:
 
 
 def _stores_table(stores: dict[str, StoreIdentity]) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"label": label, "model": s.model, "weights sha256": (s.weights_sha256 or "random")[:12],
-         "pooling": s.pooling, "dim": s.dim, "aligned plan": s.plan_id, "tiles": s.n_tiles, "store": s.path}
-        for label, s in stores.items()
-    ]).set_index("label")
+    return pd.DataFrame(
+        [
+            {
+                "label": label,
+                "model": s.model,
+                "weights sha256": (s.weights_sha256 or "random")[:12],
+                "pooling": s.pooling,
+                "dim": s.dim,
+                "aligned plan": s.plan_id,
+                "tiles": s.n_tiles,
+                "store": s.path,
+            }
+            for label, s in stores.items()
+        ]
+    ).set_index("label")
 
 
 @task(name="score-model", task_run_name="score-{name}", cache_policy=None)
@@ -101,8 +115,19 @@ def _results(pairs_by_model: dict[str, pd.DataFrame]) -> pd.DataFrame:
         long = long.rename(columns={"level_1": "metric"})
         long.insert(0, "model", model)
         frames.append(long)
-        frames.append(pd.DataFrame([{"model": model, "group": "summary", "metric": "score", "count": len(pairs),
-                                     "mean": summary_score(pairs.drop(columns="model"))}]))
+        frames.append(
+            pd.DataFrame(
+                [
+                    {
+                        "model": model,
+                        "group": "summary",
+                        "metric": "score",
+                        "count": len(pairs),
+                        "mean": summary_score(pairs.drop(columns="model")),
+                    }
+                ]
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -120,8 +145,14 @@ def _qc_pictures(sources: list[Path], out: Path) -> list[Path]:
 
 
 @flow(name="robustness", log_prints=True)
-def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS, subset: str | None = None,
-               qc_from: list[str] | None = None, labels: list[str] | None = None) -> dict:
+def robustness(
+    embeddings: list[str],
+    out: str,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    subset: str | None = None,
+    qc_from: list[str] | None = None,
+    labels: list[str] | None = None,
+) -> dict:
     """Score each PLISM embedding store and write the report into ``out``; return ``{label: summary score}``.
 
     ``labels`` names the stores in the report (one each, in order); by default each is named by its
@@ -149,26 +180,38 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
     pairs_by_model = {name: future.result() for name, future in futures.items()}
     results = _results(pairs_by_model)
     results.to_csv(folder / "results.csv", index=False)
-    scores = {m: float(results[(results.model == m) & (results.group == "summary")]["mean"].iloc[0])
-              for m in pairs_by_model}
+    scores = {
+        m: float(results[(results.model == m) & (results.group == "summary")]["mean"].iloc[0]) for m in pairs_by_model
+    }
     overview = _overview(pairs_by_model, scores)
     (folder / "results.md").write_text(overview.to_markdown(floatfmt=".4f") + "\n")
     figures = [
-        group_distributions(pairs_by_model, ["cosine_similarity", f"top_{max(ks)}_accuracy"],
-                            folder / "figures" / "group-distributions.png"),
-        scanner_vs_staining(pairs_by_model, "top_1_accuracy" if 1 in ks else f"top_{min(ks)}_accuracy",
-                            folder / "figures" / "scanner-vs-staining.png"),
+        group_distributions(
+            pairs_by_model,
+            ["cosine_similarity", f"top_{max(ks)}_accuracy"],
+            folder / "figures" / "group-distributions.png",
+        ),
+        scanner_vs_staining(
+            pairs_by_model,
+            "top_1_accuracy" if 1 in ks else f"top_{min(ks)}_accuracy",
+            folder / "figures" / "scanner-vs-staining.png",
+        ),
     ]
     metric = _HEAT_MAP_METRIC if 1 in ks else f"top_{min(ks)}_accuracy"
     for model, pairs in pairs_by_model.items():
         pairs.to_csv(folder / "pairs" / f"{file_name(model)}.csv", index=False)
         matrix = pair_matrix(pairs, metric)
         matrix.to_csv(folder / "matrices" / f"{file_name(model)}-{metric}.csv")
-        figures.append(heat_map(matrix, f"{model}: {metric.replace('_', ' ')}",
-                                folder / "figures" / f"heat-map-{file_name(model)}.png"))
+        figures.append(
+            heat_map(
+                matrix, f"{model}: {metric.replace('_', ' ')}", folder / "figures" / f"heat-map-{file_name(model)}.png"
+            )
+        )
     report = Report("PLISM robustness")
-    report.paragraph(f"{len(pairs_by_model)} model(s) over {n_tiles} aligned tiles"
-                     + (f"; tile subset {subset} ({len(indices)} tiles)" if indices is not None else ""))
+    report.paragraph(
+        f"{len(pairs_by_model)} model(s) over {n_tiles} aligned tiles"
+        + (f"; tile subset {subset} ({len(indices)} tiles)" if indices is not None else "")
+    )
     stores_table = _stores_table(stores)
     stores_table.to_csv(folder / "stores.csv")
     report.heading("Embedding stores")
@@ -197,14 +240,17 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
         "inter-groups (paper §3.2.2: metrics aggregated across combinations of distinct scanners and stainings)."
     )
     report.heading("Summary")
-    report.paragraph("One column per model, one row per median over the pairs of a group; score first. "
-                     "Higher is more robust.")
+    report.paragraph(
+        "One column per model, one row per median over the pairs of a group; score first. Higher is more robust."
+    )
     report.table(overview.T)
     report.heading("Figures")
     report.pictures(figures, folder, captions=_captions(pairs_by_model, metric))
     report.heading("All statistics")
-    report.paragraph("Per model, group and metric: number of pairs, mean, standard deviation (population), "
-                     "median and inter-quartile range over the pairs; the summary row is the score above.")
+    report.paragraph(
+        "Per model, group and metric: number of pairs, mean, standard deviation (population), "
+        "median and inter-quartile range over the pairs; the summary row is the score above."
+    )
     report.table(results)
     sources = [Path(str(open_embeddings(store).attrs.get("source", ""))) for store in embeddings]
     qc = _qc_pictures([*dict.fromkeys(sources), *map(Path, qc_from or [])], folder)
@@ -212,8 +258,9 @@ def robustness(embeddings: list[str], out: str, ks: tuple[int, ...] = DEFAULT_KS
         report.heading("QC pictures of the registration and tiling stages")
         report.thumbnails(qc, folder)
     page = report.write(folder)
-    create_markdown_artifact(overview.to_markdown(floatfmt=".4f"), key="robustness-summary",
-                             description=f"PLISM robustness report: {page}")
+    create_markdown_artifact(
+        overview.to_markdown(floatfmt=".4f"), key="robustness-summary", description=f"PLISM robustness report: {page}"
+    )
     for model, score in scores.items():
         logger.info("%s: summary score %.4f", model, score)
     print(f"report: {page}")
@@ -224,15 +271,16 @@ def _captions(pairs_by_model: dict[str, pd.DataFrame], metric: str) -> dict[str,
     """What each figure shows, in a sentence, by file stem."""
     captions = {
         "group-distributions": "Distribution over pairs of each metric, by pair group (a box per model; "
-                               "boxes span the quartiles, the line is the median; paper Figure 1).",
+        "boxes span the quartiles, the line is the median; paper Figure 1).",
         "scanner-vs-staining": "Median top-1 accuracy over inter-scanner pairs (x) against inter-staining "
-                               "pairs (y), one point per model; above the diagonal means more robust to "
-                               "staining than to scanning (paper Figure 4).",
+        "pairs (y), one point per model; above the diagonal means more robust to "
+        "staining than to scanning (paper Figure 4).",
     }
     for model in pairs_by_model:
         captions[f"heat-map-{file_name(model)}"] = (
             f"{model}: {metric.replace('_', ' ')} of every pair of conditions; the diagonal (a condition "
-            "against itself) is not measured.")
+            "against itself) is not measured."
+        )
     return captions
 
 

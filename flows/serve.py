@@ -37,14 +37,16 @@ DEPLOYMENT_NAMES = ("tile-tcga", "register-plism", "extract-plism", "embed", "di
 
 def _parse_args(argv: list[str] | None, names: list[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path,
-                        help="YAML file: per deployment name, optional cron, timezone and default parameters")
+    parser.add_argument(
+        "--config", type=Path, help="YAML file: per deployment name, optional cron, timezone and default parameters"
+    )
     for name in names:
         parser.add_argument(f"--cron-{name}", metavar="CRON", help=f"cron schedule of {name} (e.g. '0 2 * * *')")
     parser.add_argument("--timezone", help="IANA time zone of the command-line crons (default UTC)")
     parser.add_argument("--dask-address", help="default Dask scheduler of the Dask-parallel deployments")
-    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME",
-                        help=f"serve only these ({', '.join(names)})")
+    parser.add_argument(
+        "--only", nargs="+", choices=names, metavar="NAME", help=f"serve only these ({', '.join(names)})"
+    )
     parser.add_argument("--limit", type=int, help="most flow runs at once on this machine (default: no limit)")
     return parser.parse_args(argv)
 
@@ -60,8 +62,9 @@ def _sections(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
     for name, section in sections.items():
         extra = set(section or {}) - {"cron", "timezone", "parameters"}
         if extra:
-            raise ValueError(f"{args.config}: {name}: unknown keys {', '.join(sorted(extra))} "
-                             "(cron, timezone, parameters)")
+            raise ValueError(
+                f"{args.config}: {name}: unknown keys {', '.join(sorted(extra))} (cron, timezone, parameters)"
+            )
     merged = {name: dict(sections.get(name) or {}) for name in names}
     for name in names:
         cron = getattr(args, f"cron_{name.replace('-', '_')}")
@@ -104,14 +107,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.serve") -> 
                 continue
             section = sections[spec.name]
             parameters = section.get("parameters") or {}
-            deployments.append(build_deployment(
-                spec, parameters, cron=section.get("cron"), timezone=section.get("timezone"),
-                dask_address=args.dask_address,
-            ))
+            deployments.append(
+                build_deployment(
+                    spec,
+                    parameters,
+                    cron=section.get("cron"),
+                    timezone=section.get("timezone"),
+                    dask_address=args.dask_address,
+                )
+            )
             missing = [p for p in required_parameters(spec) if p not in parameters]
             if section.get("cron") and missing:
-                print(f"serve: warning: scheduled runs of {spec.full_name} will fail without the parameters "
-                      f"{', '.join(missing)}: set them under {spec.name}.parameters in --config", file=sys.stderr)
+                print(
+                    f"serve: warning: scheduled runs of {spec.full_name} will fail without the parameters "
+                    f"{', '.join(missing)}: set them under {spec.name}.parameters in --config",
+                    file=sys.stderr,
+                )
         api_url = _check_api()
     except (PrefectServerError, ValueError, OSError) as error:
         print(f"serve: {error}", file=sys.stderr)

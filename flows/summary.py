@@ -57,7 +57,10 @@ class RunSummary:
 
     def to_markdown(self) -> str:
         totals = self.totals()
-        rows = ["| slides | tiled | already complete | failed | tiles | seconds | tiles/s |", "|---|---|---|---|---|---|---|"]
+        rows = [
+            "| slides | tiled | already complete | failed | tiles | seconds | tiles/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         rows.append(
             f"| {totals['slides']} | {totals[DONE]} | {totals[SKIPPED]} | {totals[FAILED]} | {totals['tiles']} "
             f"| {totals['seconds']} | {totals['tiles_per_second']} |"

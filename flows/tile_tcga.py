@@ -46,14 +46,27 @@ def run(job: TileJob, args: argparse.Namespace) -> None:
     from flows.tiling_flow import tile_tcga
 
     tile_tcga.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides, out=job.out, config=job.tiling, mpp_override_um=job.mpp_override_um,
-        mpp_replace_um=job.mpp_replace_um, overwrite=job.overwrite, progress_bar=not args.no_progress,
+        slides=job.slides,
+        out=job.out,
+        config=job.tiling,
+        mpp_override_um=job.mpp_override_um,
+        mpp_replace_um=job.mpp_replace_um,
+        overwrite=job.overwrite,
+        progress_bar=not args.no_progress,
     )
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.tile_tcga") -> int:
-    return job_main(argv, prog=prog, description=__doc__.split("\n\n")[0], model=TileJob, flags=FLAGS,
-                    flow_module="flows.tiling_flow", run=run, check=check)
+    return job_main(
+        argv,
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        model=TileJob,
+        flags=FLAGS,
+        flow_module="flows.tiling_flow",
+        run=run,
+        check=check,
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,13 @@ PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this 
 def _record_rejected(store: TileStore, rejected: RejectedSlide) -> SlideRecord:
     """Persist a refused slide-list row under a safe key derived from its row and path."""
     key = f"{REJECTED_PREFIX}{rejected.row}-" + hashlib.sha1(str(rejected.path).encode()).hexdigest()[:12]
-    record = failed_record(key, rejected.path, rejected.error, finished_at=utc_now(),
-                           extra={"requested_slide_id": rejected.slide_id, "row": rejected.row})
+    record = failed_record(
+        key,
+        rejected.path,
+        rejected.error,
+        finished_at=utc_now(),
+        extra={"requested_slide_id": rejected.slide_id, "row": rejected.row},
+    )
     write_record(store, record)
     return record
 
@@ -84,22 +89,33 @@ def tile_tcga(
                 summary.add(SlideRecord(slide_id=spec.slide_id, source_path=str(spec.path), status=SKIPPED))
             else:
                 todo.append(spec)
-        logger.info("%d slides listed: %d to tile, %d already complete, %d refused",
-                    len(specs) + len(rejected), len(todo), summary.count(SKIPPED), len(rejected))
+        logger.info(
+            "%d slides listed: %d to tile, %d already complete, %d refused",
+            len(specs) + len(rejected),
+            len(todo),
+            summary.count(SKIPPED),
+            len(rejected),
+        )
         progress_id = create_progress_artifact(progress=0.0, key="tile-tcga-progress", description="slides tiled")
         client = dask_client_of_flow()
         submit = submit_on_flow_runner(client, tile_slide_task)
         finished = as_completed_bounded(lambda spec: submit(spec, str(store.root), config), todo, window_for(client))
         reported_at = time.monotonic()
-        with progress.progress_bar(len(todo), "slide", enabled=progress_bar,
-                                   already_done=summary.count(SKIPPED)) as bar:
+        with progress.progress_bar(
+            len(todo), "slide", enabled=progress_bar, already_done=summary.count(SKIPPED)
+        ) as bar:
             for count, (_, record) in enumerate(outcomes(finished, partial(_record_crash, store)), start=1):
                 summary.add(record)
                 if record.status == FAILED:
                     logger.warning("%s failed: %s", record.slide_id, record.error)
                 else:
-                    logger.info("%s: %d tiles in %.1f s%s", record.slide_id, record.n_tiles, record.seconds,
-                                f" ({record.message})" if record.message else "")
+                    logger.info(
+                        "%s: %d tiles in %.1f s%s",
+                        record.slide_id,
+                        record.n_tiles,
+                        record.seconds,
+                        f" ({record.message})" if record.message else "",
+                    )
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, failed=summary.count(FAILED))
                 if count == len(todo) or time.monotonic() - reported_at >= PROGRESS_EVERY_S:

@@ -65,7 +65,8 @@ class EmbeddingSettings:
             "init_seed": None if self.weights else self.init_seed,
             "pooling": self.pooling,
             "definition": "class token, then the mean of the patch tokens (registers excluded)"
-            if self.pooling == "cls+mean" else "class token",
+            if self.pooling == "cls+mean"
+            else "class token",
             "dim": dim,
             "dtype": self.dtype,
             "source": str(source.root),
@@ -88,8 +89,9 @@ class _UnitBatches(IterableDataset):
                 yield index, offset, tiles[offset : offset + self.batch_size]
 
 
-def prepare_store(out: Path | str, settings: EmbeddingSettings, source: TileSource, *, overwrite: bool = False,
-                  threads: int = 8) -> EmbeddingStore:
+def prepare_store(
+    out: Path | str, settings: EmbeddingSettings, source: TileSource, *, overwrite: bool = False, threads: int = 8
+) -> EmbeddingStore:
     """Create or reopen the embedding store for ``settings``, lay out its arrays and fix the run's unit list.
 
     Once per run, in one process, before any partition starts.
@@ -120,8 +122,11 @@ def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int
     if settings.loader_workers:
         multiprocessing.set_forkserver_preload(["torch", "storage.tile_units", "pipeline.embed"])
     loader = DataLoader(
-        _UnitBatches(source, units, settings.batch_size), batch_size=None, num_workers=settings.loader_workers,
-        pin_memory=on_cuda, prefetch_factor=4 if settings.loader_workers else None,
+        _UnitBatches(source, units, settings.batch_size),
+        batch_size=None,
+        num_workers=settings.loader_workers,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if settings.loader_workers else None,
         multiprocessing_context="forkserver" if settings.loader_workers else None,
     )
     batches = iter(loader)
@@ -160,8 +165,9 @@ def _main() -> None:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    settings = EmbeddingSettings(args.model, args.weights, args.pooling, args.dtype, args.batch_size, device,
-                                 args.loader_workers, args.seed)
+    settings = EmbeddingSettings(
+        args.model, args.weights, args.pooling, args.dtype, args.batch_size, device, args.loader_workers, args.seed
+    )
     distributed = world > 1
     if distributed:  # only to wait for rank 0's preparation; the embedding itself needs no communication
         torch.distributed.init_process_group("gloo")

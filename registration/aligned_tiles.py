@@ -101,7 +101,10 @@ def reference_tiles(path: Path | str, mpp_um: float, config: TilingConfig) -> Re
     grid = np.stack([tile_plan.grid.cols, tile_plan.grid.rows], axis=1).astype(np.int32)
     resolution = tile_plan.resolution
     return ReferenceTiles(
-        tile_plan.coordinates.astype(np.float64), grid, resolution.tile_size_level0, resolution.tile_size_px,
+        tile_plan.coordinates.astype(np.float64),
+        grid,
+        resolution.tile_size_level0,
+        resolution.tile_size_px,
         resolution.effective_mpp_um,
     )
 

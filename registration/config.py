@@ -38,16 +38,21 @@ class RegistrationConfig(BaseModel):
     initial_mpp_um: float = Field(32.0, gt=0, description="µm/px of the coarse views of the rotation search")
     mask_dilation_um: float = Field(80.0, ge=0, description="margin of glass kept around tissue in the metric mask")
     min_tissue_od: float = Field(
-        0.05, gt=0, description="pixels whose optical density (summed over RGB) exceeds the glass's by this much "
-        "count as tissue even when grey (pale IHC); see tiling.tissue.detect_tissue"
+        0.05,
+        gt=0,
+        description="pixels whose optical density (summed over RGB) exceeds the glass's by this much "
+        "count as tissue even when grey (pale IHC); see tiling.tissue.detect_tissue",
     )
     fallbacks: bool = Field(
-        True, description="when the checks refuse a result, register again with the other channel, then on views "
-        "twice as coarse, before refusing the pair"
+        True,
+        description="when the checks refuse a result, register again with the other channel, then on views "
+        "twice as coarse, before refusing the pair",
     )
     check_max_pixels: int = Field(
-        4_000_000, gt=0, description="quality figures, refusals and the QC picture use the fixed view area-shrunk "
-        "to at most this many pixels: a fine view registers more exactly, the checks need not be as fine"
+        4_000_000,
+        gt=0,
+        description="quality figures, refusals and the QC picture use the fixed view area-shrunk "
+        "to at most this many pixels: a fine view registers more exactly, the checks need not be as fine",
     )
     min_tissue_dice: float = Field(
         0.6, ge=0, le=1, description="refuse a result whose tissue masks overlap less than this after registration"

@@ -34,8 +34,15 @@ def loaded_itk():
     with _ITK_LOCK:
         import itk
 
-        for name in ("ParameterObject", "ElastixRegistrationMethod", "TransformixFilter", "Image", "F",
-                     "image_from_array", "array_from_image"):
+        for name in (
+            "ParameterObject",
+            "ElastixRegistrationMethod",
+            "TransformixFilter",
+            "Image",
+            "F",
+            "image_from_array",
+            "array_from_image",
+        ):
             getattr(itk, name)  # forces the lazy load while no other thread races it
     return itk
 
@@ -244,8 +251,9 @@ def transform_points_um(transform_maps: Sequence[ParameterMap], xy_um: np.ndarra
     return np.array([row.split() for row in moved], dtype=np.float64).reshape(-1, 2)
 
 
-def deformation_um(transform_maps: Sequence[ParameterMap], shape: tuple[int, int],
-                   spacing_um: tuple[float, float]) -> np.ndarray:
+def deformation_um(
+    transform_maps: Sequence[ParameterMap], shape: tuple[int, int], spacing_um: tuple[float, float]
+) -> np.ndarray:
     """``[H, W, 2]`` (x, y) displacement (µm) from each pixel centre of a fixed grid to its moving point.
 
     The grid has ``[H, W]`` pixels of ``spacing_um`` from the fixed slide's
@@ -258,8 +266,12 @@ def deformation_um(transform_maps: Sequence[ParameterMap], shape: tuple[int, int
     """
     itk = loaded_itk()
 
-    grid = {"Size": [str(shape[1]), str(shape[0])], "Index": ["0", "0"],
-            "Spacing": [repr(float(v)) for v in spacing_um], "Origin": [repr(float(v) / 2) for v in spacing_um]}
+    grid = {
+        "Size": [str(shape[1]), str(shape[0])],
+        "Index": ["0", "0"],
+        "Spacing": [repr(float(v)) for v in spacing_um],
+        "Origin": [repr(float(v) / 2) for v in spacing_um],
+    }
     transform_maps = [{**m, **grid} for m in transform_maps]
     with tempfile.TemporaryDirectory(prefix="transformix-") as folder:
         transformix = _transformix(transform_maps)

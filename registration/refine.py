@@ -52,8 +52,9 @@ class RefinementConfig(BaseModel):
     patch_size_um: float = Field(256.0, gt=0, description="side of the square patch registered at each anchor, µm")
     patch_mpp_um: float = Field(1.0, gt=0, description="µm/px of the patches")
     transform: Literal["phase", "translation", "affine"] = Field(
-        "phase", description="how a patch's shift is found: phase correlation, or an elastix translation or affine "
-        "fit (its shift at the anchor)"
+        "phase",
+        description="how a patch's shift is found: phase correlation, or an elastix translation or affine "
+        "fit (its shift at the anchor)",
     )
     channel: Literal["od", "haematoxylin"] = Field("od", description="stain intensity the patches are registered on")
     max_shift_um: float = Field(20.0, gt=0, description="reject an anchor whose correction is longer than this, µm")

@@ -107,13 +107,26 @@ class _Refused(Exception):
         self.reason, self.panels, self.fixed_check, self.moving = reason, panels, fixed_check, moving
 
 
-def _register_once(fixed_path: Path | str, moving_path: Path | str, config: RegistrationConfig,
-                   qc_path: Path | None) -> RegistrationResult:
+def _register_once(
+    fixed_path: Path | str, moving_path: Path | str, config: RegistrationConfig, qc_path: Path | None
+) -> RegistrationResult:
     """One registration with ``config``; raises :class:`_Refused` when the checks refuse its result."""
-    fixed = render_view(fixed_path, config.view_mpp_um, config.channel, config.mask_dilation_um, config.fixed_mpp_um,
-                        config.min_tissue_od)
-    moving = render_view(moving_path, config.view_mpp_um, config.channel, config.mask_dilation_um,
-                         config.moving_mpp_um, config.min_tissue_od)
+    fixed = render_view(
+        fixed_path,
+        config.view_mpp_um,
+        config.channel,
+        config.mask_dilation_um,
+        config.fixed_mpp_um,
+        config.min_tissue_od,
+    )
+    moving = render_view(
+        moving_path,
+        config.view_mpp_um,
+        config.channel,
+        config.mask_dilation_um,
+        config.moving_mpp_um,
+        config.min_tissue_od,
+    )
     # Quality, refusals and the QC picture on the fixed view's grid, shrunk to check_max_pixels.
     check_mpp_um = _check_mpp_um(fixed, config.check_max_pixels)
     fixed_check, moving_check = _coarsened(fixed, check_mpp_um), _coarsened(moving, check_mpp_um)
@@ -123,8 +136,10 @@ def _register_once(fixed_path: Path | str, moving_path: Path | str, config: Regi
     panels = [("as scanned", before[0], before[2])]
     for view in (fixed, moving):
         if not view.tissue_mask.any():
-            reason = (f"no tissue found in {view.path} at {config.view_mpp_um} um/px: the slide looks blank. If it "
-                      f"is not, lower min_tissue_od (now {config.min_tissue_od}) or check its pixel size")
+            reason = (
+                f"no tissue found in {view.path} at {config.view_mpp_um} um/px: the slide looks blank. If it "
+                f"is not, lower min_tissue_od (now {config.min_tissue_od}) or check its pixel size"
+            )
             raise _fail(fixed_check, moving, reason, panels, qc_path)
 
     initial_map = initial_transform_map(fixed, moving, config.initial_mpp_um, config.rotation_step_deg)

@@ -37,8 +37,14 @@ from tiling.errors import SlideError
 
 
 def _failure(condition: PlismCondition, stage: str, error: Exception, started: float) -> SlideRecord:
-    return failed_record(condition.name, condition.path, error, seconds=round(time.perf_counter() - started, 3),
-                         finished_at=utc_now(), extra={"stage": stage})
+    return failed_record(
+        condition.name,
+        condition.path,
+        error,
+        seconds=round(time.perf_counter() - started, 3),
+        finished_at=utc_now(),
+        extra={"stage": stage},
+    )
 
 
 def register_condition(
@@ -74,8 +80,11 @@ def register_condition(
         write_record(store, record)
         return record
     record = SlideRecord(
-        slide_id=condition.name, source_path=str(condition.path), status=REGISTERED,
-        seconds=round(time.perf_counter() - started, 3), finished_at=utc_now(),
+        slide_id=condition.name,
+        source_path=str(condition.path),
+        status=REGISTERED,
+        seconds=round(time.perf_counter() - started, 3),
+        finished_at=utc_now(),
         extra={"stage": "register", "quality": result.quality.as_dict(), "refined": refinement is not None},
     )
     write_record(store, record)
@@ -147,8 +156,13 @@ def extract_condition(
         _, nodes = map_tiles(mapping, tiles, nodes_per_side)
         shard = plan["tiles_per_shard"]
         batches = extract_tiles(
-            condition.path, condition.mpp_um, nodes, tiles.tile_size_px, tiles.mpp_um,
-            batch_size=shard, threads=tiling.threads,
+            condition.path,
+            condition.mpp_um,
+            nodes,
+            tiles.tile_size_px,
+            tiles.mpp_um,
+            batch_size=shard,
+            threads=tiling.threads,
         )
         for number, batch in enumerate(batches):
             store.write_condition_tiles(index, number * shard, batch)
@@ -157,8 +171,12 @@ def extract_condition(
         write_record(store, record)
         return record
     record = SlideRecord(
-        slide_id=condition.name, source_path=str(condition.path), status=EXTRACTED, n_tiles=len(tiles),
-        seconds=round(time.perf_counter() - started, 3), finished_at=utc_now(),
+        slide_id=condition.name,
+        source_path=str(condition.path),
+        status=EXTRACTED,
+        n_tiles=len(tiles),
+        seconds=round(time.perf_counter() - started, 3),
+        finished_at=utc_now(),
         extra={"stage": "extract", "plan_id": plan["plan_id"]},
     )
     write_record(store, record)
@@ -171,7 +189,11 @@ def condition_row(store: AlignedTileStore, condition: PlismCondition, *, is_refe
     if not is_reference:
         quality = json.loads((store.registration_path(condition.name) / "registration.json").read_text())["quality"]
     return {
-        "name": condition.name, "staining": condition.staining, "scanner": condition.scanner,
-        "path": str(Path(condition.path).resolve()), "mpp_um": condition.mpp_um, "reference": is_reference,
+        "name": condition.name,
+        "staining": condition.staining,
+        "scanner": condition.scanner,
+        "path": str(Path(condition.path).resolve()),
+        "mpp_um": condition.mpp_um,
+        "reference": is_reference,
         **quality,
     }

@@ -170,8 +170,16 @@ def _render(source_rgb: np.ndarray, source_mpp_um: float, truth: GroundTruth, si
 def _write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float, jpeg_quality: int) -> None:
     """Tiled JPEG pyramid with the pixel size in its resolution tags, as ``tiling.mpp`` reads it."""
     pyvips.Image.new_from_array(np.ascontiguousarray(rgb)).tiffsave(
-        str(path), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg", Q=jpeg_quality,
-        xres=1000.0 / mpp_um, yres=1000.0 / mpp_um, resunit="cm",
+        str(path),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=True,
+        compression="jpeg",
+        Q=jpeg_quality,
+        xres=1000.0 / mpp_um,
+        yres=1000.0 / mpp_um,
+        resunit="cm",
     )
 
 
@@ -242,8 +250,14 @@ def make_synthetic_plism(
             truth.save(out_dir / "ground_truth" / f"{condition.name}.json")
             conditions.append(condition)
             appearances[condition.name] = asdict(appearance)
-    manifest = {"source": str(source), "source_mpp_um": source_mpp_um, "seed": seed, "mpp_scale": mpp_scale,
-                "reference": "_".join(reference), "appearance": appearances}
+    manifest = {
+        "source": str(source),
+        "source_mpp_um": source_mpp_um,
+        "seed": seed,
+        "mpp_scale": mpp_scale,
+        "reference": "_".join(reference),
+        "appearance": appearances,
+    }
     (out_dir / "synthetic_plism.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return conditions
 
@@ -252,8 +266,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m registration.synthetic OUT_DIR``: write a synthetic PLISM set for demos."""
     parser = argparse.ArgumentParser(prog="python -m registration.synthetic", description=main.__doc__)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--source", type=Path, required=True,
-                        help="small slide with a pixel size (the repository has tests/data/slides/CMU-1-Small-Region.svs)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        help="small slide with a pixel size (the repository has tests/data/slides/CMU-1-Small-Region.svs)",
+    )
     parser.add_argument("--stainings", nargs="+", default=["GMH", "GIVH", "HR"])
     parser.add_argument("--scanners", nargs="+", default=["S60", "AT2", "GT450"], choices=sorted(SCANNER_MPP_UM))
     parser.add_argument("--reference", nargs=2, default=["GMH", "S60"], metavar=("STAINING", "SCANNER"))
@@ -262,8 +280,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     conditions = make_synthetic_plism(
-        args.source, args.out_dir, stainings=args.stainings, scanners=args.scanners,
-        reference=tuple(args.reference), seed=args.seed, mpp_scale=args.mpp_scale,
+        args.source,
+        args.out_dir,
+        stainings=args.stainings,
+        scanners=args.scanners,
+        reference=tuple(args.reference),
+        seed=args.seed,
+        mpp_scale=args.mpp_scale,
     )
     for condition in conditions:
         print(f"{condition.name}: {condition.mpp_um:.4f} µm/px -> {condition.path}")

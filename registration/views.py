@@ -125,4 +125,3 @@ def render_view(
     dilation_px = round(mask_dilation_um / view_mpp_um)
     intensity = _background_free(stain_intensity(thumbnail.rgb, channel), tissue_mask, dilation_px)
     return SlideView(path, thumbnail.rgb, intensity, tissue_mask, spacing_um, mpp_um, dimensions_level0)
-

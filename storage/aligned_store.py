@@ -68,7 +68,9 @@ class AlignedTileStore(RunStore):
         plan = self.read_plan()
         record = read_record(self, condition)
         return (
-            plan is not None and record is not None and record.status == EXTRACTED
+            plan is not None
+            and record is not None
+            and record.status == EXTRACTED
             and record.extra.get("plan_id") == plan["plan_id"]
         )
 
@@ -94,8 +96,10 @@ class AlignedTileStore(RunStore):
         """
         n_conditions, n_tiles = len(table), len(grid)
         if coords.shape != (n_conditions, n_tiles, 2) or tissue_fraction.shape != (n_conditions, n_tiles):
-            raise ValueError(f"coords {coords.shape} / tissue_fraction {tissue_fraction.shape} do not match "
-                             f"{n_conditions} conditions x {n_tiles} tiles")
+            raise ValueError(
+                f"coords {coords.shape} / tissue_fraction {tissue_fraction.shape} do not match "
+                f"{n_conditions} conditions x {n_tiles} tiles"
+            )
         self._write_root_attributes(plan=None)
         for name in _ARRAYS:
             shutil.rmtree(self.root / name, ignore_errors=True)
@@ -103,10 +107,15 @@ class AlignedTileStore(RunStore):
         tile_shape = (tile_size_px, tile_size_px, 3)
         shard = max(1, min(tiles_per_shard, n_tiles))
         group.create_array(
-            "tiles", shape=(n_conditions, n_tiles, *tile_shape), chunks=(1, 1, *tile_shape),
-            shards=(1, shard, *tile_shape), dtype="uint8",
-            serializer=JpegCodec(quality=jpeg_quality, subsampling=jpeg_subsampling), compressors=None,
-            fill_value=0, dimension_names=("condition", "tile", "y", "x", "channel"),
+            "tiles",
+            shape=(n_conditions, n_tiles, *tile_shape),
+            chunks=(1, 1, *tile_shape),
+            shards=(1, shard, *tile_shape),
+            dtype="uint8",
+            serializer=JpegCodec(quality=jpeg_quality, subsampling=jpeg_subsampling),
+            compressors=None,
+            fill_value=0,
+            dimension_names=("condition", "tile", "y", "x", "channel"),
         )
         for name, values, dims in (
             ("coords", coords.astype(np.float64), ("condition", "tile", "xy")),
@@ -114,12 +123,20 @@ class AlignedTileStore(RunStore):
             ("grid", grid.astype(np.int32), ("tile", "colrow")),
         ):
             array = group.create_array(
-                name, shape=values.shape, dtype=values.dtype, chunks=tuple(max(1, n) for n in values.shape),
+                name,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=tuple(max(1, n) for n in values.shape),
                 dimension_names=dims,
             )
             array[...] = values
-        group["coords"].attrs.update({"frame": "level-0 pixels of each condition", "columns": ["x", "y"],
-                                      "corner": "top-left of the reference tile, mapped"})
+        group["coords"].attrs.update(
+            {
+                "frame": "level-0 pixels of each condition",
+                "columns": ["x", "y"],
+                "corner": "top-left of the reference tile, mapped",
+            }
+        )
         group["grid"].attrs.update({"columns": ["col", "row"], "frame": "reference tile grid"})
         plan = {
             "plan_id": uuid.uuid4().hex,
@@ -200,6 +217,10 @@ def open_aligned_tiles(path: Path | str):
             "xy": ["x", "y"],
             "colrow": ["col", "row"],
         },
-        attrs={"store": str(store.root), "reference": table[0]["name"], "mpp_um": plan["mpp_um"],
-               "excluded": plan["excluded"]},
+        attrs={
+            "store": str(store.root),
+            "reference": table[0]["name"],
+            "mpp_um": plan["mpp_um"],
+            "excluded": plan["excluded"],
+        },
     )

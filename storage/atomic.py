@@ -62,9 +62,17 @@ def write_opaque_folder_atomic(path: Path, attributes: dict[str, object]) -> Non
     empty array (shape ``[0]``, no chunks) whose attributes say what the files
     are; ``zarr.open_group(store).tree()`` then shows it without a warning.
     """
-    write_json_atomic(path / "zarr.json", {
-        "zarr_format": 3, "node_type": "array", "shape": [0], "data_type": "uint8",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0, "codecs": [{"name": "bytes"}], "attributes": attributes,
-    })
+    write_json_atomic(
+        path / "zarr.json",
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": [0],
+            "data_type": "uint8",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [{"name": "bytes"}],
+            "attributes": attributes,
+        },
+    )

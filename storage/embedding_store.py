@@ -57,8 +57,10 @@ class EmbeddingStore(RunStore):
     LAYOUT_NAME = LAYOUT_NAME
     KIND = "embedding store"
     PARAMETERS_KEY = "embedding"
-    FOLDERS = {"done": "one empty marker file per source shard whose embeddings are written",
-               "index": "consolidated index of the slides and the prepared unit list (JSON, docs/storage.md)"}
+    FOLDERS = {
+        "done": "one empty marker file per source shard whose embeddings are written",
+        "index": "consolidated index of the slides and the prepared unit list (JSON, docs/storage.md)",
+    }
 
     def __init__(self, root: Path | str) -> None:
         super().__init__(root)
@@ -96,8 +98,9 @@ class EmbeddingStore(RunStore):
 
     def slide_entries(self) -> dict[str, dict]:
         """``{slide_id: {"n_tiles", "chunk", "source_stamp"}}`` of every slide group, from the index."""
-        return indexed_entries(self.index, published_names(self.slides_dir),
-                               lambda s: _embedding_entry(self.slides_dir / s), "slides")
+        return indexed_entries(
+            self.index, published_names(self.slides_dir), lambda s: _embedding_entry(self.slides_dir / s), "slides"
+        )
 
     def read_units(self) -> list[TileUnit]:
         """The unit list fixed by the last :meth:`prepare`.
@@ -111,9 +114,11 @@ class EmbeddingStore(RunStore):
             rows = json.loads(self.units_path.read_bytes())["rows"]
         except FileNotFoundError:
             raise StoreError(f"{self.root} has no unit list: prepare the store first") from None
-        return [TileUnit(group, (*leading, index), start, min(shard, n_tiles - start))
-                for group, leading, n_tiles, shard in rows
-                for index, start in enumerate(range(0, n_tiles, shard))]
+        return [
+            TileUnit(group, (*leading, index), start, min(shard, n_tiles - start))
+            for group, leading, n_tiles, shard in rows
+            for index, start in enumerate(range(0, n_tiles, shard))
+        ]
 
     def prepare(self, source: TileSource, dim: int, dtype: str, *, threads: int = 8) -> list[TileUnit]:
         """Lay out the arrays for every complete group of ``source``, then fix and return the run's unit list.
@@ -152,17 +157,24 @@ class EmbeddingStore(RunStore):
     def _create_slide_group(self, source: TileSource, slide_id: str, tiles: dict, template: dict) -> dict:
         """Make one slide's group in staging and publish it; return its index entry."""
         source_group = source.tiles_path(slide_id).parent
-        entry = {"n_tiles": tiles["n_tiles"], "chunk": max(1, tiles["tiles_per_shard"]), "source_stamp": _stamp_of(tiles)}
+        entry = {
+            "n_tiles": tiles["n_tiles"],
+            "chunk": max(1, tiles["tiles_per_shard"]),
+            "source_stamp": _stamp_of(tiles),
+        }
         staging = self.new_staging_path(slide_id)
         # Plain writes, no fsync: the folder is private until its rename, and like the tile store's
         # arrays it is not made durable file by file (an fsync per file tripled the preparation's time).
         (staging / "embeddings").mkdir(parents=True)
         attributes = {"slide_id": slide_id, "source_stamp": entry["source_stamp"], "source_group": str(source_group)}
-        (staging / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
-                                                       "attributes": attributes}, indent=2))
+        (staging / "zarr.json").write_text(
+            json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}, indent=2)
+        )
         metadata = {**template, "shape": [entry["n_tiles"], template["shape"][1]]}
-        metadata["chunk_grid"] = {"name": "regular",
-                                  "configuration": {"chunk_shape": [entry["chunk"], template["shape"][1]]}}
+        metadata["chunk_grid"] = {
+            "name": "regular",
+            "configuration": {"chunk_shape": [entry["chunk"], template["shape"][1]]},
+        }
         (staging / "embeddings" / "zarr.json").write_text(json.dumps(metadata, indent=2))
         for name in _COPIED_PER_SLIDE:  # small per-tile arrays, so the embeddings are usable without the tiles
             shutil.copytree(source_group / name, staging / name, copy_function=shutil.copyfile)
@@ -190,8 +202,14 @@ class EmbeddingStore(RunStore):
         group = zarr.open_group(self.root, mode="r+")
         tiles = zarr.open_array(source_root / "tiles", mode="r")
         chunks = (1, max(1, tiles.shards[1]), dim)
-        group.create_array("embeddings", shape=(*tiles.shape[:2], dim), chunks=chunks, dtype=dtype,
-                           fill_value=np.nan, dimension_names=("condition", "tile", "feature"))
+        group.create_array(
+            "embeddings",
+            shape=(*tiles.shape[:2], dim),
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=np.nan,
+            dimension_names=("condition", "tile", "feature"),
+        )
         for name in _COPIED_ALIGNED:
             shutil.copytree(source_root / name, self.root / name)
         plan = zarr.open_group(source_root, mode="r").attrs["plan"]
@@ -206,8 +224,14 @@ def _embeddings_template(dim: int, dtype: str) -> dict:
     format stays zarr's.
     """
     with tempfile.TemporaryDirectory() as folder:
-        zarr.create_array(Path(folder) / "a", shape=(1, dim), chunks=(1, dim), dtype=dtype, fill_value=np.nan,
-                          dimension_names=("tile", "feature"))
+        zarr.create_array(
+            Path(folder) / "a",
+            shape=(1, dim),
+            chunks=(1, dim),
+            dtype=dtype,
+            fill_value=np.nan,
+            dimension_names=("tile", "feature"),
+        )
         return json.loads((Path(folder) / "a" / "zarr.json").read_bytes())
 
 
@@ -226,8 +250,11 @@ def _stamp_of(tile_entry: dict) -> str:
 def _embedding_entry(group: Path) -> dict:
     """A slide group's index entry, read from the group itself (when the index lacks it)."""
     array = json.loads((group / "embeddings" / "zarr.json").read_bytes())
-    return {"n_tiles": int(array["shape"][0]), "chunk": int(array["chunk_grid"]["configuration"]["chunk_shape"][0]),
-            "source_stamp": _read_attributes(group).get("source_stamp")}
+    return {
+        "n_tiles": int(array["shape"][0]),
+        "chunk": int(array["chunk_grid"]["configuration"]["chunk_shape"][0]),
+        "source_stamp": _read_attributes(group).get("source_stamp"),
+    }
 
 
 def open_embedding_store(path: Path | str) -> EmbeddingStore:
@@ -240,8 +267,9 @@ def open_embedding_store(path: Path | str) -> EmbeddingStore:
 def _complete_rows(done: set[str], array: zarr.Array) -> np.ndarray:
     """``[condition]`` bool: which conditions of the aligned embeddings have every chunk marked done."""
     n_conditions, (n_tiles, chunk) = array.shape[0], (array.shape[1], array.chunks[1])
-    return np.array([all(f"{c}.{k}" in done for k in range(-(-n_tiles // chunk))) for c in range(n_conditions)],
-                    dtype=bool)
+    return np.array(
+        [all(f"{c}.{k}" in done for k in range(-(-n_tiles // chunk))) for c in range(n_conditions)], dtype=bool
+    )
 
 
 def open_embeddings(path: Path | str):
@@ -276,18 +304,31 @@ def open_embeddings(path: Path | str):
             coords={"condition": group.attrs["conditions"], "xy": ["x", "y"], "colrow": ["col", "row"]},
             attrs=attrs,
         )
-    kept = {slide_id: entry for slide_id, entry in store.slide_entries().items()
-            if entry["n_tiles"] and all(f"{slide_id}.{k}" in done for k in range(-(-entry["n_tiles"] // entry["chunk"])))}
+    kept = {
+        slide_id: entry
+        for slide_id, entry in store.slide_entries().items()
+        if entry["n_tiles"] and all(f"{slide_id}.{k}" in done for k in range(-(-entry["n_tiles"] // entry["chunk"])))
+    }
     paths = [f"{store.slides_dir}/{slide_id}" for slide_id in kept]
     counts, chunks = [e["n_tiles"] for e in kept.values()], [e["chunk"] for e in kept.values()]
-    return with_slide_index(xr.Dataset(
-        {
-            "embeddings": (("tile", "feature"), concatenated_rows(
-                "embeddings", [(f"{p}/embeddings", n, k) for p, n, k in zip(paths, counts, chunks)],
-                (parameters["dim"],), parameters["dtype"])),
-            "coords": (("tile", "xy"), concatenated_rows(
-                "coords", [(f"{p}/coords", n, n) for p, n in zip(paths, counts)], (2,), np.int64)),
-        },
-        coords={**tile_coordinates(list(kept), counts), "xy": ["x", "y"]},
-        attrs=attrs,
-    ))
+    return with_slide_index(
+        xr.Dataset(
+            {
+                "embeddings": (
+                    ("tile", "feature"),
+                    concatenated_rows(
+                        "embeddings",
+                        [(f"{p}/embeddings", n, k) for p, n, k in zip(paths, counts, chunks)],
+                        (parameters["dim"],),
+                        parameters["dtype"],
+                    ),
+                ),
+                "coords": (
+                    ("tile", "xy"),
+                    concatenated_rows("coords", [(f"{p}/coords", n, n) for p, n in zip(paths, counts)], (2,), np.int64),
+                ),
+            },
+            coords={**tile_coordinates(list(kept), counts), "xy": ["x", "y"]},
+            attrs=attrs,
+        )
+    )

@@ -79,8 +79,9 @@ def info(path: Path | str) -> dict:
         "size_bytes": size_on_disk(root),
     }
     records = _records(store)
-    summary["failed"] = [{"id": r.slide_id, "error_type": r.error_type, "error": r.error}
-                         for r in records if r.status == FAILED]
+    summary["failed"] = [
+        {"id": r.slide_id, "error_type": r.error_type, "error": r.error} for r in records if r.status == FAILED
+    ]
     if layout == ALIGNED_LAYOUT:
         plan = store.read_plan()
         statuses = {r.slide_id: r.status for r in records}
@@ -96,9 +97,11 @@ def info(path: Path | str) -> dict:
 
 def format_info(summary: dict) -> str:
     """:func:`info` as lines for a terminal."""
-    lines = [f"{summary['path']}: {summary['kind']} (layout {summary['layout_version']}, "
-             f"made {summary['created_at']} by distillpath {summary['software_version']})",
-             f"size on disk: {summary['size_bytes'] / 1e6:.1f} MB"]
+    lines = [
+        f"{summary['path']}: {summary['kind']} (layout {summary['layout_version']}, "
+        f"made {summary['created_at']} by distillpath {summary['software_version']})",
+        f"size on disk: {summary['size_bytes'] / 1e6:.1f} MB",
+    ]
     if "conditions" in summary:
         lines.append(f"conditions: {len(summary['conditions'])}, tiles per condition: {summary['tiles']}")
         lines += [f"  {name}: {status}" for name, status in summary["conditions"].items()]
@@ -134,8 +137,14 @@ def _slide_layout(root: Path, slide_id: str) -> tuple[np.ndarray, zarr.Array, np
     mask = group["tissue_mask"]
     mpp0 = float(attributes["mpp_level0_um"])
     width, height = attributes["level_dimensions"][0]
-    return (group["coords"][:], group["tiles"], mask[:], float(mask.attrs["mpp_um"]) / mpp0,
-            float(attributes["resolution"]["tile_size_level0"]), (int(width), int(height)))
+    return (
+        group["coords"][:],
+        group["tiles"],
+        mask[:],
+        float(mask.attrs["mpp_um"]) / mpp0,
+        float(attributes["resolution"]["tile_size_level0"]),
+        (int(width), int(height)),
+    )
 
 
 def preview(path: Path | str, slide_id: str, out: Path | str, long_edge_px: int = PREVIEW_LONG_EDGE_PX) -> Path:

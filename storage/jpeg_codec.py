@@ -105,7 +105,9 @@ os.register_at_fork(after_in_child=_forget_pool_in_child)
 async def _map_in_threads(code: Callable, items: Iterable[tuple[object | None, ArraySpec]]) -> list:
     """Apply ``code(chunk, spec)`` to every non-missing chunk on the coding threads, keeping order."""
     loop = asyncio.get_running_loop()
-    futures = [None if chunk is None else loop.run_in_executor(coding_threads(), code, chunk, spec) for chunk, spec in items]
+    futures = [
+        None if chunk is None else loop.run_in_executor(coding_threads(), code, chunk, spec) for chunk, spec in items
+    ]
     return [None if future is None else await future for future in futures]
 
 
@@ -130,8 +132,9 @@ class JpegCodec(ArrayBytesCodec):
     subsampling: str = DEFAULT_SUBSAMPLING
     name: str = CODEC_NAME
 
-    def __init__(self, *, quality: int = DEFAULT_JPEG_QUALITY, subsampling: str = DEFAULT_SUBSAMPLING,
-                 name: str = CODEC_NAME) -> None:
+    def __init__(
+        self, *, quality: int = DEFAULT_JPEG_QUALITY, subsampling: str = DEFAULT_SUBSAMPLING, name: str = CODEC_NAME
+    ) -> None:
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
         if subsampling not in SUBSAMPLINGS:
@@ -171,9 +174,7 @@ class JpegCodec(ArrayBytesCodec):
             image_shape = tuple(chunk_shape)[-3:]
             leading = tuple(chunk_shape)[:-3]
             if len(chunk_shape) < 3 or image_shape[-1] != 3 or any(n != 1 for n in leading):
-                raise ValueError(
-                    f"{self.name} needs chunks of one RGB image ([1, ..., H, W, 3]), got {chunk_shape}"
-                )
+                raise ValueError(f"{self.name} needs chunks of one RGB image ([1, ..., H, W, 3]), got {chunk_shape}")
         if np.dtype(getattr(dtype, "to_native_dtype", lambda: dtype)()) != np.uint8:
             raise ValueError(f"{self.name} stores uint8 images, got dtype {dtype}")
 

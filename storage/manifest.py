@@ -49,16 +49,23 @@ class SlideRecord:
         return asdict(self)
 
 
-def failed_record(slide_id: str, source_path: Path | str, error: BaseException, *, unexpected: bool = False,
-                  **fields: object) -> SlideRecord:
+def failed_record(
+    slide_id: str, source_path: Path | str, error: BaseException, *, unexpected: bool = False, **fields: object
+) -> SlideRecord:
     """A ``failed`` record of ``error``; other :class:`SlideRecord` fields (``seconds``, ``extra``...) by name.
 
     ``unexpected`` marks a crash rather than a refused input (retries exhausted, a bug, a lost worker):
     the message then names the exception type too, since it is not one of the project's own errors.
     """
     message = f"{type(error).__name__}: {error}" if unexpected else str(error)
-    return SlideRecord(slide_id=slide_id, source_path=str(source_path), status=FAILED, error=message,
-                       error_type=type(error).__name__, **fields)  # type: ignore[arg-type]
+    return SlideRecord(
+        slide_id=slide_id,
+        source_path=str(source_path),
+        status=FAILED,
+        error=message,
+        error_type=type(error).__name__,
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 def write_record(store: RunStore, record: SlideRecord) -> None:
@@ -88,6 +95,7 @@ def read_record(store: RunStore, slide_id: str) -> SlideRecord | None:
 def read_manifest(store: TileStore | Path | str) -> pd.DataFrame:
     """All slide records of the store, one row per slide, sorted by slide id."""
     import pandas as pd  # for analysts; tiling workers never need it
+
     store = store if isinstance(store, TileStore) else TileStore(store)
     columns = list(SlideRecord.__dataclass_fields__)
     rows = []

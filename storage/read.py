@@ -75,22 +75,25 @@ def open_tiles(store: TileStore | Path | str, slide_ids: list[str] | None = None
     counts = [entries[s]["n_tiles"] for s in ids]
     shards = [entries[s]["tiles_per_shard"] for s in ids]
     # Blocks: the tiles' shards (one file each); the per-tile arrays are one chunk per slide.
-    tiles = concatenated_rows("tiles", [(f"{p}/tiles", n, k) for p, n, k in zip(paths, counts, shards)],
-                              (size, size, 3), np.uint8)
-    coords = concatenated_rows("coords", [(f"{p}/coords", n, max(1, n)) for p, n in zip(paths, counts)],
-                               (2,), np.int64)
-    fractions = concatenated_rows("tissue-fraction", [(f"{p}/tissue_fraction", n, max(1, n))
-                                                      for p, n in zip(paths, counts)], (), np.float32)
-    return with_slide_index(xr.Dataset(
-        {
-            "tiles": (("tile", "y", "x", "channel"), tiles),
-            "coords": (("tile", "xy"), coords),
-            "tissue_fraction": (("tile",), fractions),
-            "n_tiles": (("slide",), np.asarray(counts, dtype=np.int64)),
-        },
-        coords={**tile_coordinates(ids, counts), "xy": ["x", "y"]},
-        attrs={"store": str(store.root), "tiling": attributes["tiling"]},
-    ))
+    tiles = concatenated_rows(
+        "tiles", [(f"{p}/tiles", n, k) for p, n, k in zip(paths, counts, shards)], (size, size, 3), np.uint8
+    )
+    coords = concatenated_rows("coords", [(f"{p}/coords", n, max(1, n)) for p, n in zip(paths, counts)], (2,), np.int64)
+    fractions = concatenated_rows(
+        "tissue-fraction", [(f"{p}/tissue_fraction", n, max(1, n)) for p, n in zip(paths, counts)], (), np.float32
+    )
+    return with_slide_index(
+        xr.Dataset(
+            {
+                "tiles": (("tile", "y", "x", "channel"), tiles),
+                "coords": (("tile", "xy"), coords),
+                "tissue_fraction": (("tile",), fractions),
+                "n_tiles": (("slide",), np.asarray(counts, dtype=np.int64)),
+            },
+            coords={**tile_coordinates(ids, counts), "xy": ["x", "y"]},
+            attrs={"store": str(store.root), "tiling": attributes["tiling"]},
+        )
+    )
 
 
 class TileReader:
@@ -118,8 +121,10 @@ class TileReader:
         return int(self.offsets[-1])
 
     def __repr__(self) -> str:
-        return (f"TileReader({str(self.store.root)!r}, {len(self.slide_ids)} slides, {len(self)} tiles "
-                f"of {self.tile_size_px} px)")
+        return (
+            f"TileReader({str(self.store.root)!r}, {len(self.slide_ids)} slides, {len(self)} tiles "
+            f"of {self.tile_size_px} px)"
+        )
 
     def _indices(self, index) -> np.ndarray:
         """Global indices as an int64 array, negative ones counted from the end; IndexError when out of range."""

@@ -53,9 +53,11 @@ class LockOwner:
     @classmethod
     def of_this_process(cls) -> LockOwner:
         return cls(
-            host=socket.gethostname(), pid=os.getpid(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            command=" ".join([Path(sys.executable).name, *sys.argv]), token=uuid.uuid4().hex,
+            command=" ".join([Path(sys.executable).name, *sys.argv]),
+            token=uuid.uuid4().hex,
             process_started=psutil.Process().create_time(),
         )
 
@@ -93,8 +95,9 @@ def read_owner(path: Path) -> LockOwner | None:
         fields = json.loads(text)
         return LockOwner(**fields)
     except (ValueError, TypeError):
-        return LockOwner(host="(unknown)", pid=0, started_at="(unknown)", command=f"unreadable lock: {text[:80]!r}",
-                         token=text)
+        return LockOwner(
+            host="(unknown)", pid=0, started_at="(unknown)", command=f"unreadable lock: {text[:80]!r}", token=text
+        )
 
 
 class RunLock:

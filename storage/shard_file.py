@@ -87,8 +87,9 @@ def write_shard(array_path: Path, array: zarr.Array, shard_position: int | tuple
     write_bytes_atomic(_shard_key(array_path, array, shard_position), data)
 
 
-def read_shard_encoded(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int,
-                       *, start: int = 0) -> list[bytes]:
+def read_shard_encoded(
+    array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], count: int, *, start: int = 0
+) -> list[bytes]:
     """The JPEG bytes of images ``[start, start + count)`` of one shard of the local ``array``, not decoded.
 
     Two reads: the index (checked against its CRC32C), then the one byte
@@ -132,8 +133,9 @@ def _read_at(file, offset: int, size: int) -> bytes:
     return file.read(size)
 
 
-def read_shard_images(array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...],
-                      images: Sequence[int]) -> list[bytes]:
+def read_shard_images(
+    array_path: Path, array: zarr.Array, shard_position: int | tuple[int, ...], images: Sequence[int]
+) -> list[bytes]:
     """The JPEG bytes of the images ``images`` (indices within the shard, any order) of one shard, not decoded.
 
     Reads only what those images need: their index entries (16 bytes an

@@ -107,18 +107,27 @@ class SlideWriter:
             )
         self.tiles.resize((self.written, *self.tiles.shape[1:]))
         coords = self.group.create_array(
-            "coords", shape=coords_level0.shape, dtype="int64", chunks=(max(1, len(coords_level0)), 2),
+            "coords",
+            shape=coords_level0.shape,
+            dtype="int64",
+            chunks=(max(1, len(coords_level0)), 2),
             dimension_names=("tile", "xy"),
         )
         coords[...] = coords_level0
         coords.attrs.update({"frame": "level-0 pixels", "columns": ["x", "y"], "corner": "top-left"})
         fractions = self.group.create_array(
-            "tissue_fraction", shape=tissue_fraction.shape, dtype="float32",
-            chunks=(max(1, len(tissue_fraction)),), dimension_names=("tile",),
+            "tissue_fraction",
+            shape=tissue_fraction.shape,
+            dtype="float32",
+            chunks=(max(1, len(tissue_fraction)),),
+            dimension_names=("tile",),
         )
         fractions[...] = tissue_fraction
         mask = self.group.create_array(
-            "tissue_mask", shape=tissue_mask.shape, dtype="uint8", chunks=tissue_mask.shape,
+            "tissue_mask",
+            shape=tissue_mask.shape,
+            dtype="uint8",
+            chunks=tissue_mask.shape,
             dimension_names=("mask_y", "mask_x"),
         )
         mask[...] = tissue_mask.astype(np.uint8)

@@ -190,6 +190,7 @@ def indexed_entries(index: StoreIndex, names: list[str], walk, what: str) -> dic
         known.update(walked)
     unpublished = set(known) - set(names)
     if unpublished:
-        logger.warning("%s: the index names %d %s that are not published; ignored", index.folder.parent,
-                       len(unpublished), what)
+        logger.warning(
+            "%s: the index names %d %s that are not published; ignored", index.folder.parent, len(unpublished), what
+        )
     return {name: known[name] for name in names}

@@ -275,8 +275,9 @@ class TileStore(RunStore):
         Read from the index (one file), checked against the listing of
         ``slides/``; slides the index lacks are read from their groups.
         """
-        return indexed_entries(self.index, self.complete_slide_ids(), lambda s: slide_entry(self.slide_path(s)),
-                               "slides")
+        return indexed_entries(
+            self.index, self.complete_slide_ids(), lambda s: slide_entry(self.slide_path(s)), "slides"
+        )
 
     def publish(self, staging_path: Path, slide_id: str) -> bool:
         """Move a finished slide from staging into ``slides/`` atomically and index it.
@@ -296,6 +297,8 @@ def slide_entry(group: Path) -> dict:
     attributes = json.loads((group / "zarr.json").read_bytes())["attributes"]
     tiles = json.loads((group / "tiles" / "zarr.json").read_bytes())
     shard = tiles["chunk_grid"]["configuration"]["chunk_shape"][0]  # the outer chunk: a whole shard
-    return {"n_tiles": int(tiles["shape"][0]), "tiles_per_shard": int(shard),
-            "created_at": attributes.get("created_at")}
-
+    return {
+        "n_tiles": int(tiles["shape"][0]),
+        "tiles_per_shard": int(shard),
+        "created_at": attributes.get("created_at"),
+    }

@@ -81,15 +81,20 @@ class TileSource:
         """Every unit of the store whose tiles are complete, in a fixed order."""
         if self.layout == TILE_LAYOUT:
             entries = TileStore(self.root).slide_entries()
-            return [unit for slide_id, entry in entries.items()
-                    for unit in slide_units(slide_id, entry["n_tiles"], entry["tiles_per_shard"])]
+            return [
+                unit
+                for slide_id, entry in entries.items()
+                for unit in slide_units(slide_id, entry["n_tiles"], entry["tiles_per_shard"])
+            ]
         if not self.groups():
             return []
         array = zarr.open_array(self.tiles_path(""), mode="r")  # [condition, tile, y, x, channel]
         shard, n_tiles = array.shards[1], array.shape[1]
-        return [TileUnit("", (condition, index), start, min(shard, n_tiles - start))
-                for condition in sorted(self._ready_conditions())
-                for index, start in enumerate(range(0, n_tiles, shard))]
+        return [
+            TileUnit("", (condition, index), start, min(shard, n_tiles - start))
+            for condition in sorted(self._ready_conditions())
+            for index, start in enumerate(range(0, n_tiles, shard))
+        ]
 
     def read(self, unit: TileUnit) -> np.ndarray:
         """The unit's tiles, ``[count, H, W, 3]`` uint8."""
@@ -118,8 +123,10 @@ class TileSource:
 
 def slide_units(slide_id: str, n_tiles: int, tiles_per_shard: int) -> list[TileUnit]:
     """The units of one slide of ``n_tiles`` tiles in shards of ``tiles_per_shard``."""
-    return [TileUnit(slide_id, (index,), start, min(tiles_per_shard, n_tiles - start))
-            for index, start in enumerate(range(0, n_tiles, tiles_per_shard))]
+    return [
+        TileUnit(slide_id, (index,), start, min(tiles_per_shard, n_tiles - start))
+        for index, start in enumerate(range(0, n_tiles, tiles_per_shard))
+    ]
 
 
 def open_tile_source(path: Path | str) -> TileSource:

@@ -48,9 +48,17 @@ def chromium() -> str | None:
 
 
 def _run(browser: str, *arguments: str) -> str:
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--window-size={WIDTH},1000", "--virtual-time-budget=10000", "--allow-file-access-from-files",
-               *arguments]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={WIDTH},1000",
+        "--virtual-time-budget=10000",
+        "--allow-file-access-from-files",
+        *arguments,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
 
 

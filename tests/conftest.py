@@ -39,8 +39,16 @@ def write_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, *, pyramid: bo
         return path
     image = pyvips.Image.new_from_array(np.ascontiguousarray(rgb))
     image.tiffsave(
-        str(path), tile=True, tile_width=256, tile_height=256, pyramid=pyramid, compression="jpeg", Q=90,
-        xres=1000.0 / mpp_um, yres=1000.0 / mpp_um, resunit="cm",
+        str(path),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=pyramid,
+        compression="jpeg",
+        Q=90,
+        xres=1000.0 / mpp_um,
+        yres=1000.0 / mpp_um,
+        resunit="cm",
     )
     return path
 

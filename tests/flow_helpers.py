@@ -20,7 +20,12 @@ def run_cli(*args: str, api_url: str, module: str = "flows.tile_tcga", **popen) 
     env = {**os.environ, "PREFECT_API_URL": api_url}
     return subprocess.Popen(
         [sys.executable, "-m", module, "--no-progress", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
     )
 
 

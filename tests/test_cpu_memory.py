@@ -27,8 +27,9 @@ print(libc.mallinfo2().hblkhd)
 
 
 def _mmapped_bytes(mode: str) -> int:
-    finished = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120,
-                              check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120, check=True
+    )
     return int(finished.stdout.split()[-1])
 
 

@@ -29,8 +29,18 @@ def aligned(tmp_path_factory, shipped_tile_store):
     store = AlignedTileStore.create_or_open(tmp_path_factory.mktemp("data") / "aligned.zarr", {"test": True})
     table = [{"name": n, "staining": "GMH", "scanner": n, "mpp_um": 0.5} for n in ("A", "B")]
     coords = np.stack([np.full((16, 2), 10.4), np.full((16, 2), 20.6)])
-    store.start_plan(table, {}, coords, np.ones((2, 16)), np.zeros((16, 2), np.int32),
-                     tile_size_px=224, mpp_um=0.5, tiles_per_shard=16, jpeg_quality=90, jpeg_subsampling="444")
+    store.start_plan(
+        table,
+        {},
+        coords,
+        np.ones((2, 16)),
+        np.zeros((16, 2), np.int32),
+        tile_size_px=224,
+        mpp_um=0.5,
+        tiles_per_shard=16,
+        jpeg_quality=90,
+        jpeg_subsampling="444",
+    )
     for index, name in enumerate(("A", "B")):
         store.write_condition_tiles(index, 0, tiles[:, :, ::-1] if index else tiles)
         write_record(store, SlideRecord(name, "", "extracted", extra={"plan_id": store.read_plan()["plan_id"]}))

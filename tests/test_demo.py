@@ -25,4 +25,8 @@ def test_the_demo_runs_the_whole_pipeline_to_a_report_with_every_section(tmp_pat
     assert "qc/GIVH_AT2.png" in page and "qc/CMU-1-Small-Region.png" in page  # registration and tiling QC
     assert "tiny-student" in page and "tiny-teacher" in page
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == [
-        "plism-tiny-student.zarr", "plism-tiny-teacher.zarr", "tiles-tiny-student.zarr", "tiles-tiny-teacher.zarr"]
+        "plism-tiny-student.zarr",
+        "plism-tiny-teacher.zarr",
+        "tiles-tiny-student.zarr",
+        "tiles-tiny-teacher.zarr",
+    ]

@@ -18,9 +18,21 @@ from storage.tile_units import TileSource, open_tile_source
 
 TILE = 28
 # Every probability off and the crop the whole tile: each test turns on what it measures.
-QUIET = dict(global_crop_size=TILE, global_crops_scale=(1.0, 1.0), local_crops_number=1, local_crop_size=TILE,
-             local_crops_scale=(1.0, 1.0), crops_ratio=(1.0, 1.0), hflip_p=0.0, vflip_p=0.0, rot90_p=0.0,
-             color_jitter_p=0.0, grayscale_p=0.0, global_blur_p=(0.0, 0.0), local_blur_p=0.0)
+QUIET = dict(
+    global_crop_size=TILE,
+    global_crops_scale=(1.0, 1.0),
+    local_crops_number=1,
+    local_crop_size=TILE,
+    local_crops_scale=(1.0, 1.0),
+    crops_ratio=(1.0, 1.0),
+    hflip_p=0.0,
+    vflip_p=0.0,
+    rot90_p=0.0,
+    color_jitter_p=0.0,
+    grayscale_p=0.0,
+    global_blur_p=(0.0, 0.0),
+    local_blur_p=0.0,
+)
 SMALL = MultiCropConfig(global_crop_size=28, local_crop_size=14, local_crops_number=2)
 
 
@@ -32,11 +44,23 @@ def _write_store(root, slides: dict[str, int], seed: int, tiles_per_shard: int =
     store = TileStore.create_or_open(root, {"tile_size_px": TILE, "tiles_per_shard": tiles_per_shard})
     rng = np.random.default_rng(seed)
     for slide_id, n_tiles in slides.items():
-        writer = SlideWriter(store, slide_id, capacity=n_tiles, tile_size_px=TILE, tiles_per_shard=tiles_per_shard,
-                             jpeg_quality=90, jpeg_subsampling="444")
+        writer = SlideWriter(
+            store,
+            slide_id,
+            capacity=n_tiles,
+            tile_size_px=TILE,
+            tiles_per_shard=tiles_per_shard,
+            jpeg_quality=90,
+            jpeg_subsampling="444",
+        )
         writer.append(rng.integers(0, 256, (n_tiles, TILE, TILE, 3), dtype=np.uint8))
-        writer.finish(np.zeros((n_tiles, 2), np.int64), np.ones(n_tiles, np.float32), np.ones((2, 2), np.uint8),
-                      8.0, {"slide_id": slide_id})
+        writer.finish(
+            np.zeros((n_tiles, 2), np.int64),
+            np.ones(n_tiles, np.float32),
+            np.ones((2, 2), np.uint8),
+            8.0,
+            {"slide_id": slide_id},
+        )
     return root
 
 
@@ -44,13 +68,14 @@ def _write_store(root, slides: dict[str, int], seed: int, tiles_per_shard: int =
 def stores(tmp_path_factory) -> list[str]:
     """Two stores, 44 tiles in 7 units of 8, 8, 4, 8, 5 and 8, 3 tiles."""
     folder = tmp_path_factory.mktemp("stores")
-    return [str(_write_store(folder / "a.zarr", {"slide-a": 20, "slide-b": 13}, seed=0)),
-            str(_write_store(folder / "b.zarr", {"slide-c": 11}, seed=1))]
+    return [
+        str(_write_store(folder / "a.zarr", {"slide-a": 20, "slide-b": 13}, seed=0)),
+        str(_write_store(folder / "b.zarr", {"slide-c": 11}, seed=1)),
+    ]
 
 
 def _stream(stores, **changes) -> TileStream:
-    arguments = dict(seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(SMALL), piece_tiles=4,
-                     window_tiles=8)
+    arguments = dict(seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(SMALL), piece_tiles=4, window_tiles=8)
     return TileStream(stores, **(arguments | changes))
 
 
@@ -75,13 +100,16 @@ def _rates(detect: Callable[[torch.Tensor], bool], draws: int, **settings) -> li
     return list(seen / draws)
 
 
-@pytest.mark.parametrize(("name", "detect"), [
-    ("hflip_p", lambda crop: torch.equal(crop, NOISE.flip(1))),
-    ("vflip_p", lambda crop: torch.equal(crop, NOISE.flip(0))),
-    ("rot90_p", CHANGED),
-    ("color_jitter_p", CHANGED),
-    ("grayscale_p", GRAY),
-])
+@pytest.mark.parametrize(
+    ("name", "detect"),
+    [
+        ("hflip_p", lambda crop: torch.equal(crop, NOISE.flip(1))),
+        ("vflip_p", lambda crop: torch.equal(crop, NOISE.flip(0))),
+        ("rot90_p", CHANGED),
+        ("color_jitter_p", CHANGED),
+        ("grayscale_p", GRAY),
+    ],
+)
 def test_every_crop_applies_an_operation_with_the_configured_probability(name, detect, monkeypatch):
     jitter = {}
     if name == "color_jitter_p":  # a brightness factor near 1 leaves uint8 pixels as they were: make it visible
@@ -93,10 +121,13 @@ def test_every_crop_applies_an_operation_with_the_configured_probability(name, d
         assert np.mean(_rates(detect, 2000, **{name: p}, **jitter)) == pytest.approx(p, abs=0.025)
 
 
-@pytest.mark.parametrize(("name", "detect", "local"), [
-    ("global_blur_p", CHANGED, "local_blur_p"),
-    ("global_solarize_p", CHANGED, None),
-])
+@pytest.mark.parametrize(
+    ("name", "detect", "local"),
+    [
+        ("global_blur_p", CHANGED, "local_blur_p"),
+        ("global_solarize_p", CHANGED, None),
+    ],
+)
 def test_blur_and_solarisation_follow_each_crop_kinds_probability(name, detect, local):
     extra = {"blur_sigma": (1.0, 2.0)}  # a sigma of 0.1 leaves a uint8 image unchanged
     exact = _rates(detect, 200, **{name: (0.0, 1.0)}, **({local: 1.0} if local else {}), **extra)
@@ -108,8 +139,11 @@ def test_blur_and_solarisation_follow_each_crop_kinds_probability(name, detect, 
 
 def test_rotations_turn_by_one_to_three_quarters_evenly():
     multicrop = MultiCrop(MultiCropConfig(**(QUIET | {"rot90_p": 1.0})))
-    turns = [next(k for k in range(4) if torch.equal(crop, torch.rot90(NOISE, k, dims=(0, 1))))
-             for draw in range(600) for crop in multicrop(NOISE, torch.Generator().manual_seed(draw))["global_crops"]]
+    turns = [
+        next(k for k in range(4) if torch.equal(crop, torch.rot90(NOISE, k, dims=(0, 1))))
+        for draw in range(600)
+        for crop in multicrop(NOISE, torch.Generator().manual_seed(draw))["global_crops"]
+    ]
     assert set(turns) == {1, 2, 3}
     assert all(abs(turns.count(k) / len(turns) - 1 / 3) < 0.04 for k in (1, 2, 3))
 
@@ -135,6 +169,7 @@ def test_crop_boxes_keep_the_scale_and_ratio_asked_for():
 
 
 # --- stream ---------------------------------------------------------------------------------------------------
+
 
 def test_batches_have_the_documented_shapes_and_types(stores):
     step, batch = next(iter(_stream(stores, global_batch=6, rank=1, world=2, start_step=2)))
@@ -167,8 +202,10 @@ def test_starting_at_a_step_reads_only_its_tiles_and_gives_the_same_batches(stor
     items = list(itertools.islice(resumed, 2))
     assert [step for step, _ in items] == [13, 14]
     assert all(_equal(batch, want) for (_, batch), want in zip(items, expected))
-    needed = [(ref.unit, ref.tile) for ref in
-              (resumed.tile_at(position) for step in (13, 14) for position in resumed.positions(step))]
+    needed = [
+        (ref.unit, ref.tile)
+        for ref in (resumed.tile_at(position) for step in (13, 14) for position in resumed.positions(step))
+    ]
     assert sorted(read, key=str) == sorted(needed, key=str)  # those 16 tiles, each once; nothing of steps 0-12
 
 
@@ -194,8 +231,10 @@ def test_each_loader_worker_of_each_rank_reads_only_the_bytes_of_its_own_steps(t
     store = str(_write_store(tmp_path / "s.zarr", {f"slide-{i}": 40 for i in range(6)}, seed=3, tiles_per_shard=16))
     source = open_tile_source(store)
     world, workers, steps = 4, 3, 12
-    streams = [_stream([store], global_batch=16, rank=rank, world=world, piece_tiles=4, window_tiles=64)
-               for rank in range(world)]
+    streams = [
+        _stream([store], global_batch=16, rank=rank, world=world, piece_tiles=4, window_tiles=64)
+        for rank in range(world)
+    ]
     used = {}  # bytes of the tiles each (rank, worker) uses, measured without the stream
     for rank, stream in enumerate(streams):
         for worker in range(workers):
@@ -215,8 +254,9 @@ def test_pieces_of_shards_mix_many_slides_into_each_batch(tmp_path):
     """16 slides of one 32-tile shard each: whole-shard windows give a batch of 16 one or two slides, pieces of
     4 tiles in windows of 64 give it many, and every tile still comes once a pass.
     """
-    store = str(_write_store(tmp_path / "many.zarr", {f"slide-{i:02d}": 32 for i in range(16)}, seed=2,
-                             tiles_per_shard=32))
+    store = str(
+        _write_store(tmp_path / "many.zarr", {f"slide-{i:02d}": 32 for i in range(16)}, seed=2, tiles_per_shard=32)
+    )
 
     def slides_per_batch(**layout) -> list[int]:
         stream = _stream([store], global_batch=16, **layout)
@@ -252,8 +292,9 @@ def test_loader_workers_give_the_steps_in_order_as_one_process_does(stores):
 def test_every_tile_comes_once_a_pass_with_its_own_pixels(stores):
     stream = _stream(stores, global_batch=4, transform=MultiCrop(MultiCropConfig(**QUIET)))
     sources = [open_tile_source(store) for store in stores]
-    all_tiles = {(s, unit, tile) for s, source in enumerate(sources)
-                 for unit in source.units() for tile in range(unit.count)}
+    all_tiles = {
+        (s, unit, tile) for s, source in enumerate(sources) for unit in source.units() for tile in range(unit.count)
+    }
     assert stream.tiles_per_pass == len(all_tiles) == 44
     orders = []
     for first_step in (0, 11):  # passes 0 and 1, 11 steps of 4 each

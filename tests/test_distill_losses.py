@@ -36,6 +36,7 @@ def _dinov2_sinkhorn(logits: torch.Tensor, temp: float, iterations: int = 3) -> 
 
 # --- DINO: centering, centre EMA, pairing -------------------------------------------------------------
 
+
 def test_centering_subtracts_the_centre_then_divides_by_the_teacher_temperature() -> None:
     loss = DINOLoss(3)
     loss.center.copy_(torch.tensor([[1.0, 0.0, -1.0]]))
@@ -75,8 +76,8 @@ def test_each_student_crop_meets_every_teacher_global_crop_but_its_own_view() ->
     batch = 2
     teacher = [F.one_hot(torch.full((batch,), k), 3).float() for k in (0, 1)]
     students = [
-        _logits_of([[0.5, 0.25, 0.25]] * batch),    # global 0
-        _logits_of([[0.25, 0.5, 0.25]] * batch),    # global 1
+        _logits_of([[0.5, 0.25, 0.25]] * batch),  # global 0
+        _logits_of([[0.25, 0.5, 0.25]] * batch),  # global 1
         _logits_of([[0.125, 0.125, 0.75]] * batch),  # local
     ]
     torch.testing.assert_close(loss(students, teacher), torch.tensor(2.5 * LN2))
@@ -104,6 +105,7 @@ def test_dino_loss_needs_a_pair() -> None:
 
 
 # --- Sinkhorn-Knopp ----------------------------------------------------------------------------------
+
 
 def test_sinkhorn_knopp_spreads_samples_evenly_over_prototypes() -> None:
     """Both samples prefer prototype 0 (softmax [0.8, 0.2]); Q = [[4, 4], [1, 1]] / 10 -> rows to 1/K ->
@@ -144,22 +146,29 @@ def test_ibot_sinkhorn_knopp_treats_every_patch_as_a_sample() -> None:
 
 # --- iBOT patches ------------------------------------------------------------------------------------
 
+
 def test_ibot_loss_averages_patches_of_each_image_then_images() -> None:
     """One-hot targets on prototype 0; student p_0 per patch: image 0 [1/2, 1/4] -> (ln2 + 2 ln2) / 2,
     image 1 [1/8, 1/8] -> 3 ln2; mean over images: 2.25 ln 2.
     """
     teacher = F.one_hot(torch.zeros(2, 2, dtype=torch.long), 3).float()
-    student = torch.stack([
-        _logits_of([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]),
-        _logits_of([[0.125, 0.125, 0.75], [0.125, 0.75, 0.125]]),
-    ])
+    student = torch.stack(
+        [
+            _logits_of([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]),
+            _logits_of([[0.125, 0.125, 0.75], [0.125, 0.75, 0.125]]),
+        ]
+    )
     torch.testing.assert_close(IBOTPatchLoss(3, student_temp=1.0)(student, teacher), torch.tensor(2.25 * LN2))
 
 
 def test_ibot_centre_and_centering_per_patch() -> None:
     loss = IBOTPatchLoss(3, center_momentum=0.5)
-    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]],    # image means [1, 0, 0]
-                           [[0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]])   # and [0, 2, 0]
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]],  # image means [1, 0, 0]
+            [[0.0, 4.0, 0.0], [0.0, 0.0, 0.0]],
+        ]
+    )  # and [0, 2, 0]
     loss.update_center(logits)
     assert loss.center.shape == (1, 1, 3)  # DINOv2's buffer shape
     torch.testing.assert_close(loss.center, torch.tensor([[[0.25, 0.5, 0.0]]]))  # 0.5 * mean [0.5, 1, 0]
@@ -168,6 +177,7 @@ def test_ibot_centre_and_centering_per_patch() -> None:
 
 
 # --- regression (head-free mode) -----------------------------------------------------------------------
+
 
 def test_token_regression_is_one_minus_cosine_plus_smooth_l1() -> None:
     """Identity projectors. Class tokens: [1,0]->[0,1]: (1-0) + mean(.5,.5) = 1.5; [2,0]->[1,0]: 0 + mean(.5, 0)
@@ -187,6 +197,7 @@ def test_token_regression_is_one_minus_cosine_plus_smooth_l1() -> None:
 
 
 # --- gradients and precision -------------------------------------------------------------------------
+
 
 def test_gradients_reach_only_the_student_side() -> None:
     torch.manual_seed(3)
@@ -227,6 +238,7 @@ def test_softmaxes_run_in_float32_under_bfloat16_autocast() -> None:
 
 # --- DINO head ---------------------------------------------------------------------------------------
 
+
 def test_head_scores_are_cosines_to_unit_prototypes_with_trainable_g_at_one() -> None:
     torch.manual_seed(5)
     head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8)
@@ -244,8 +256,14 @@ def test_head_scores_are_cosines_to_unit_prototypes_with_trainable_g_at_one() ->
 def test_head_state_dict_keys_are_stable_and_dinov2_checkpoints_load() -> None:
     head = DINOHead(4, 6, hidden_dim=5, bottleneck_dim=3)
     assert list(head.state_dict()) == [
-        "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias",
-        "last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1",
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+        "mlp.4.weight",
+        "mlp.4.bias",
+        "last_layer.parametrizations.weight.original0",
+        "last_layer.parametrizations.weight.original1",
     ]
     legacy = {k: v.clone() for k, v in head.state_dict().items() if "last_layer" not in k}
     legacy["last_layer.weight_g"] = torch.full((6, 1), 2.0)
@@ -270,6 +288,7 @@ def test_head_builds_on_meta_and_deep_copies_after_a_forward() -> None:
 
 # --- two ranks ---------------------------------------------------------------------------------------
 
+
 def _two_rank_worker(rank: int, port: int, results: dict) -> None:
     """Half the batch per rank: targets and centres must equal the single-process ones on the whole batch."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -288,8 +307,13 @@ def _two_rank_worker(rank: int, port: int, results: dict) -> None:
         grad = head.last_layer.parametrizations.weight.original1.grad
         gathered = [torch.zeros_like(grad) for _ in range(2)]
         dist.all_gather(gathered, grad)
-        results[rank] = {"center": dino.center, "ibot_center": ibot.center, "sk": sk, "sk_patches": sk_patches,
-                         "grads_equal": torch.equal(gathered[0], gathered[1])}
+        results[rank] = {
+            "center": dino.center,
+            "ibot_center": ibot.center,
+            "sk": sk,
+            "sk_patches": sk_patches,
+            "grads_equal": torch.equal(gathered[0], gathered[1]),
+        }
     finally:
         dist.destroy_process_group()
 

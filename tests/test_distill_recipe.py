@@ -28,13 +28,14 @@ def _student(config: DistillConfig) -> StudentSide:
 
 # --- DINOv2's rules, transcribed from dinov2/train/param_groups.py (names as DINOv2's ViT has them) ----
 
+
 def _dinov2_lr_decay_rate(name: str, lr_decay_rate: float, num_layers: int, force_is_backbone: bool) -> float:
     layer_id = num_layers + 1
     if name.startswith("backbone") or force_is_backbone:
         if any(part in name for part in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")):
             layer_id = 0
         elif "blocks." in name and "residual." not in name:
-            layer_id = int(name[name.find("blocks."):].split(".")[1]) + 1
+            layer_id = int(name[name.find("blocks.") :].split(".")[1]) + 1
     return lr_decay_rate ** (num_layers + 1 - layer_id)
 
 
@@ -58,19 +59,24 @@ def test_parameter_groups_give_every_parameter_dinov2s_lr_and_weight_decay_multi
     config = DistillConfig.model_validate({"heads": HEADS})
     student = _student(config)
     groups = param_groups(student, config.optim)
-    ours = {name: (group["lr_multiplier"], group["wd_multiplier"], group["prototypes"])
-            for group in groups for name in group["names"]}
-    expected = {f"{prefix}.{name}": value
-                for prefix, module in (("backbone", student.backbone), *student.heads.items())
-                for name, value in _dinov2_groups(module, 0.9, 0.2).items()}
+    ours = {
+        name: (group["lr_multiplier"], group["wd_multiplier"], group["prototypes"])
+        for group in groups
+        for name in group["names"]
+    }
+    expected = {
+        f"{prefix}.{name}": value
+        for prefix, module in (("backbone", student.backbone), *student.heads.items())
+        for name, value in _dinov2_groups(module, 0.9, 0.2).items()
+    }
     assert ours.keys() == expected.keys() == {n.removeprefix("heads.") for n, _ in student.named_parameters()}
     for name, (lr, wd, prototypes) in expected.items():
         assert ours[name] == (pytest.approx(lr), wd, prototypes), name
     # The same, spelled out for the 2-block tiny student: decay ** (L + 1 - layer).
-    assert ours["backbone.patch_embed.proj.weight"][:2] == (pytest.approx(0.9 ** 3 * 0.2), 1.0)
-    assert ours["backbone.patch_embed.proj.bias"][:2] == (pytest.approx(0.9 ** 3 * 0.2), 0.0)
+    assert ours["backbone.patch_embed.proj.weight"][:2] == (pytest.approx(0.9**3 * 0.2), 1.0)
+    assert ours["backbone.patch_embed.proj.bias"][:2] == (pytest.approx(0.9**3 * 0.2), 0.0)
     for token in ("cls_token", "reg_token", "pos_embed"):  # DINOv2 decays them (no exemption)
-        assert ours[f"backbone.{token}"][:2] == (pytest.approx(0.9 ** 3), 1.0)
+        assert ours[f"backbone.{token}"][:2] == (pytest.approx(0.9**3), 1.0)
     assert ours["backbone.blocks.0.attn.qkv.weight"][:2] == (pytest.approx(0.81), 1.0)
     assert ours["backbone.blocks.1.mlp.fc1.weight"][:2] == (pytest.approx(0.9), 1.0)
     assert ours["backbone.blocks.1.ls2.gamma"][:2] == (pytest.approx(0.9), 0.0)
@@ -81,12 +87,14 @@ def test_parameter_groups_give_every_parameter_dinov2s_lr_and_weight_decay_multi
 
 
 def test_each_group_gets_the_scheduled_lr_times_its_multiplier_and_prototypes_their_own():
-    config = DistillConfig.model_validate({"heads": HEADS, "optim": {"layerwise_decay": 0.5, "patch_embed_lr_mult": 0.1}})
+    config = DistillConfig.model_validate(
+        {"heads": HEADS, "optim": {"layerwise_decay": 0.5, "patch_embed_lr_mult": 0.1}}
+    )
     student = _student(config)
     optimizer = torch.optim.AdamW(param_groups(student, config.optim))
     set_learning_rates(optimizer, lr=1e-3, prototype_lr=0.0, weight_decay=0.04)
     by_name = {name: group for group in optimizer.param_groups for name in group["names"]}
-    assert by_name["backbone.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.5 ** 3 * 0.1)
+    assert by_name["backbone.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.5**3 * 0.1)
     assert by_name["backbone.blocks.1.attn.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.5)
     assert by_name["dino_head.mlp.2.weight"]["lr"] == pytest.approx(1e-3)
     assert by_name["dino_head.last_layer.parametrizations.weight.original1"]["lr"] == 0.0
@@ -103,8 +111,10 @@ def test_each_module_is_clipped_to_the_bound_on_its_own():
     for name, module in (("backbone", student.backbone), *student.heads.items()):
         for parameter in module.parameters():
             parameter.grad = torch.randn_like(parameter) * scales[name]
-    before = {name: torch.cat([p.grad.flatten() for p in module.parameters()]).norm()
-              for name, module in (("backbone", student.backbone), *student.heads.items())}
+    before = {
+        name: torch.cat([p.grad.flatten() for p in module.parameters()]).norm()
+        for name, module in (("backbone", student.backbone), *student.heads.items())
+    }
     norms = clip_per_module(student, 3.0)
     for name, module in (("backbone", student.backbone), *student.heads.items()):
         after = torch.cat([p.grad.flatten() for p in module.parameters()]).norm()
@@ -160,8 +170,17 @@ def test_seeded_models_are_the_same_network_at_every_start_and_leave_the_global_
 
 # --- one step's objective against DINOv2's ssl_meta_arch.py + loss/*.py, transcribed ----------------------
 
-def _dinov2_objective(student: Outputs, teacher: Outputs, temp: float, dino_center: torch.Tensor,
-                      ibot_center: torch.Tensor, n_local: int, student_temp: float = 0.1, momentum: float = 0.9):
+
+def _dinov2_objective(
+    student: Outputs,
+    teacher: Outputs,
+    temp: float,
+    dino_center: torch.Tensor,
+    ibot_center: torch.Tensor,
+    n_local: int,
+    student_temp: float = 0.1,
+    momentum: float = 0.9,
+):
     """DINOv2's forward_backward for 2 global crops, ``n_local`` local crops and every patch masked."""
     batch = len(teacher.dino) // 2
     t_dino = F.softmax((teacher.dino - dino_center) / temp, dim=-1)  # DINOLoss.softmax_center_teacher
@@ -176,9 +195,9 @@ def _dinov2_objective(student: Outputs, teacher: Outputs, temp: float, dino_cent
         return total
 
     n_terms = 2 * n_local + 2  # n_local_crops_loss_terms + n_global_crops_loss_terms
-    local = student.dino[2 * batch:].chunk(n_local) if n_local else ()
+    local = student.dino[2 * batch :].chunk(n_local) if n_local else ()
     dino = dino_loss(local, t_dino) / n_terms
-    dino = dino + dino_loss([student.dino[:2 * batch]], [torch.cat(t_dino)]) * 2 / n_terms  # loss_scales = 2
+    dino = dino + dino_loss([student.dino[: 2 * batch]], [torch.cat(t_dino)]) * 2 / n_terms  # loss_scales = 2
     flat_teacher = teacher.ibot.flatten(0, 1)
     t_ibot = F.softmax((flat_teacher - ibot_center) / temp, dim=-1)  # iBOTPatchLoss.softmax_center_teacher
     masks = torch.ones(2 * batch, teacher.ibot.shape[1], dtype=torch.bool)  # the paper: every patch
@@ -198,11 +217,13 @@ def test_a_steps_objective_equals_dinov2s_on_identical_tensors_over_two_steps():
     dino_center, ibot_center = torch.zeros(1, k), torch.zeros(1, k)
     for temp in (0.04, 0.07):
         teacher = Outputs(torch.zeros(0), torch.zeros(0), torch.randn(2 * batch, k), torch.randn(2 * batch, patches, k))
-        student = Outputs(torch.zeros(0), torch.zeros(0), torch.randn((2 + n_local) * batch, k),
-                          torch.randn(2 * batch, patches, k))
+        student = Outputs(
+            torch.zeros(0), torch.zeros(0), torch.randn((2 + n_local) * batch, k), torch.randn(2 * batch, patches, k)
+        )
         losses = objective(student, teacher, temp, None)
-        dino, ibot, dino_center, ibot_center = _dinov2_objective(student, teacher, temp, dino_center, ibot_center,
-                                                                 n_local)
+        dino, ibot, dino_center, ibot_center = _dinov2_objective(
+            student, teacher, temp, dino_center, ibot_center, n_local
+        )
         torch.testing.assert_close(losses["dino_loss"], dino, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(losses["ibot_loss"], ibot, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(losses["loss"], dino + ibot, rtol=1e-6, atol=1e-6)

@@ -23,11 +23,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {
     "models": {"teacher": "tiny-teacher", "student": "tiny-student", "random_teacher_layerscale": 1.0},
-    "heads": {"prototypes": 32, "hidden_dim": 16, "dino_bottleneck_dim": 8, "ibot_bottleneck_dim": 8,
-              "teacher_heads": "fit", "fit_iterations": 1},
-    "train": {"batch_size_total": 4, "iterations": 4, "iterations_per_epoch": 2, "precision": "fp32", "log_every": 1,
-              "checkpoint_every": 2, "loader_workers": 0, "piece_tiles": 8, "window_tiles": 16,
-              "agreement_tiles": 0},
+    "heads": {
+        "prototypes": 32,
+        "hidden_dim": 16,
+        "dino_bottleneck_dim": 8,
+        "ibot_bottleneck_dim": 8,
+        "teacher_heads": "fit",
+        "fit_iterations": 1,
+    },
+    "train": {
+        "batch_size_total": 4,
+        "iterations": 4,
+        "iterations_per_epoch": 2,
+        "precision": "fp32",
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "loader_workers": 0,
+        "piece_tiles": 8,
+        "window_tiles": 16,
+        "agreement_tiles": 0,
+    },
     "crops": {"global_crop_size": 28, "local_crop_size": 14, "local_crops_number": 1},
 }
 
@@ -77,7 +92,9 @@ def test_a_garbage_checkpoint_and_a_broken_yaml_are_one_line_user_errors(tmp_pat
     code, err = _cli(tmp_path, yaml.safe_dump(TINY), run, capsys)
     assert code == 2 and "heads-0000001.pt: refused" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    code, err = _cli(tmp_path, "models:\n  teacher: [tiny-teacher\n  student: tiny-student\n", tmp_path / "other", capsys)
+    code, err = _cli(
+        tmp_path, "models:\n  teacher: [tiny-teacher\n  student: tiny-student\n", tmp_path / "other", capsys
+    )
     assert code == 2 and "not valid YAML at line" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     code, err = _cli(tmp_path, "optim:\n  clip_grad: -1\n", tmp_path / "other", capsys)

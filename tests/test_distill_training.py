@@ -30,12 +30,27 @@ from tests.flow_helpers import REPO, run_cli
 
 SMALL = {
     "models": {"teacher": "tiny-teacher", "student": "tiny-student"},
-    "heads": {"prototypes": 128, "hidden_dim": 64, "dino_bottleneck_dim": 32, "ibot_bottleneck_dim": 32,
-              "teacher_heads": "fit", "fit_iterations": 10},
+    "heads": {
+        "prototypes": 128,
+        "hidden_dim": 64,
+        "dino_bottleneck_dim": 32,
+        "ibot_bottleneck_dim": 32,
+        "teacher_heads": "fit",
+        "fit_iterations": 10,
+    },
     "loss": {"teacher_temp_warmup_epochs": 0},
     "optim": {"base_lr": 0.05, "warmup_epochs": 0},
-    "train": {"batch_size_total": 8, "iterations": 50, "iterations_per_epoch": 10, "precision": "fp32",
-              "log_every": 1, "checkpoint_every": 10, "loader_workers": 0, "piece_tiles": 8, "window_tiles": 32},
+    "train": {
+        "batch_size_total": 8,
+        "iterations": 50,
+        "iterations_per_epoch": 10,
+        "precision": "fp32",
+        "log_every": 1,
+        "checkpoint_every": 10,
+        "loader_workers": 0,
+        "piece_tiles": 8,
+        "window_tiles": 32,
+    },
     "crops": {"global_crop_size": 56, "local_crop_size": 28, "local_crops_number": 2},
 }
 
@@ -88,16 +103,21 @@ def _linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _knn_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
     """Plain loops: per tile, the common share of the k most cosine-similar other tiles."""
+
     def neighbours(e: torch.Tensor) -> list[set[int]]:
         e = e / e.norm(dim=1, keepdim=True)
         similarity = (e @ e.T).tolist()
-        return [set(sorted((j for j in range(len(e)) if j != i), key=lambda j: -similarity[i][j])[:k])
-                for i in range(len(e))]
+        return [
+            set(sorted((j for j in range(len(e)) if j != i), key=lambda j: -similarity[i][j])[:k])
+            for i in range(len(e))
+        ]
+
     return float(np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))]))
 
 
-def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(fitted_run, shipped_tile_store,
-                                                                            teacher_weights):
+def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
+    fitted_run, shipped_tile_store, teacher_weights
+):
     records = _metrics(fitted_run)
     assert [r["step"] for r in records] == list(range(1, 51))
     losses = [r["loss"] for r in records]
@@ -121,8 +141,13 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(fitt
     assert card.startswith("# tiny-student distilled from tiny-teacher")
     assert f"| linear CKA | {agreed['linear_cka_before']:.4f} | {agreed['linear_cka_after']:.4f} |" in card
     assert sorted(p.name for p in (fitted_run / "checkpoints").iterdir()) == [
-        "distill-0000010.pt", "distill-0000020.pt", "distill-0000030.pt", "distill-0000040.pt",
-        "distill-0000050.pt", "heads-0000010.pt"]
+        "distill-0000010.pt",
+        "distill-0000020.pt",
+        "distill-0000030.pt",
+        "distill-0000040.pt",
+        "distill-0000050.pt",
+        "heads-0000010.pt",
+    ]
 
 
 @pytest.mark.slow
@@ -136,15 +161,16 @@ def test_the_tiny_cpu_recipe_learns(shipped_tile_store, tmp_path):
     train(config, [str(shipped_tile_store)], tmp_path / "run")
     records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]
     fifth = len(records) // 5
-    first, last = ({key: np.mean([r[key] for r in part]) for key in ("loss", "dino_loss")}
-                   for part in (records[:fifth], records[-fifth:]))
+    first, last = (
+        {key: np.mean([r[key] for r in part]) for key in ("loss", "dino_loss")}
+        for part in (records[:fifth], records[-fifth:])
+    )
     assert last["loss"] < 0.95 * first["loss"] and last["dino_loss"] < first["dino_loss"], (first, last)
     [agreed] = _metrics(tmp_path / "run", "agreement")
     assert agreed["tiles"] == 53 and {"knn10_overlap_after", "linear_cka_after"} <= agreed.keys()
 
 
-def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights,
-                                                             tmp_path):
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(fitted_run, resumed)
     # Killed after the step-20 checkpoint: later checkpoints, the export and their metrics never happened.
@@ -152,6 +178,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped
         (resumed / "checkpoints" / name).unlink()
     (resumed / "student.safetensors").unlink()
     train(_config(teacher_weights), [str(shipped_tile_store)], resumed)
+
     def untimed(run):
         return [{k: v for k, v in r.items() if k not in ("images_per_s", "eta_s")} for r in _metrics(run)]
 
@@ -162,8 +189,11 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped
 
 def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     head_free = tmp_path / "none"
-    train(_config(teacher_weights, heads={"teacher_heads": "none"}, train={"iterations": 20}),
-          [str(shipped_tile_store)], head_free)
+    train(
+        _config(teacher_weights, heads={"teacher_heads": "none"}, train={"iterations": 20}),
+        [str(shipped_tile_store)],
+        head_free,
+    )
     losses = [r["loss"] for r in _metrics(head_free)]
     assert "regression_loss" in _metrics(head_free)[0]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])  # measured 3.1 -> 0.5
@@ -175,9 +205,24 @@ def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, 
 
 
 def _torchrun(config_path, store, out, *options) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "pipeline.distill.train", "--config", str(config_path), "--tiles", str(store),
-               "--out", str(out), "--device", "cpu", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "pipeline.distill.train",
+        "--config",
+        str(config_path),
+        "--tiles",
+        str(store),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *options,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -185,8 +230,9 @@ def _torchrun(config_path, store, out, *options) -> None:
 
 def _assert_same_training(one, two) -> None:
     for stage in ("heads", "distill"):
-        np.testing.assert_allclose([r["loss"] for r in _metrics(two, stage)], [r["loss"] for r in _metrics(one, stage)],
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            [r["loss"] for r in _metrics(two, stage)], [r["loss"] for r in _metrics(one, stage)], rtol=1e-4
+        )
     original, distributed = load_file(one / "student.safetensors"), load_file(two / "student.safetensors")
     assert original.keys() == distributed.keys()
     for name in original:
@@ -219,8 +265,9 @@ def test_two_processes_compute_what_one_process_does(two_process_runs, sharding)
 
 
 @pytest.mark.slow
-def test_a_sharded_run_leaves_whole_checkpoints_that_one_process_resumes(two_process_runs, shipped_tile_store,
-                                                                        tmp_path):
+def test_a_sharded_run_leaves_whole_checkpoints_that_one_process_resumes(
+    two_process_runs, shipped_tile_store, tmp_path
+):
     root, config = two_process_runs
     resumed = tmp_path / "resumed"
     shutil.copytree(root / "fsdp", resumed)
@@ -239,8 +286,16 @@ def test_the_command_line_flow_trains_exports_and_reports(shipped_tile_store, te
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     run = tmp_path / "run"
-    process = run_cli("--config", str(config_path), "--tiles", str(shipped_tile_store), "--out", str(run),
-                      api_url=prefect_api, module="flows.distill")
+    process = run_cli(
+        "--config",
+        str(config_path),
+        "--tiles",
+        str(shipped_tile_store),
+        "--out",
+        str(run),
+        api_url=prefect_api,
+        module="flows.distill",
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "distill step 4: loss" in output and "distillation finished" in output
@@ -251,9 +306,17 @@ def test_the_command_line_flow_trains_exports_and_reports(shipped_tile_store, te
 def test_the_shipped_configs_hold_table_4_and_a_cpu_demo():
     paper = DistillConfig.from_yaml(REPO / "configs" / "distill" / "h0-mini.yaml")
     assert (paper.models.teacher, paper.models.student) == ("h-optimus-0", "h0-mini")
-    assert (paper.heads.prototypes, paper.heads.dino_bottleneck_dim, paper.heads.ibot_bottleneck_dim) == (131_072, 384, 256)
+    assert (paper.heads.prototypes, paper.heads.dino_bottleneck_dim, paper.heads.ibot_bottleneck_dim) == (
+        131_072,
+        384,
+        256,
+    )
     assert (paper.train.batch_size_total, paper.train.iterations) == (2048, 105_000)
-    assert (paper.optim.warmup_epochs, paper.loss.teacher_temp_warmup_epochs, paper.optim.weight_decay_end) == (16, 30, 0.4)
+    assert (paper.optim.warmup_epochs, paper.loss.teacher_temp_warmup_epochs, paper.optim.weight_decay_end) == (
+        16,
+        30,
+        0.4,
+    )
     assert (paper.loss.student_temp, paper.loss.center_momentum) == (0.1, 0.9)
     assert (paper.optim.clip_grad, paper.optim.layerwise_decay, paper.optim.patch_embed_lr_mult) == (3.0, 0.9, 0.2)
     tiny = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
@@ -265,12 +328,19 @@ def test_prototypes_hold_still_during_the_first_epoch(shipped_tile_store, teache
     from pipeline.distill.networks import make_heads
     from pipeline.distill.train import DISTILL, Stage
 
-    config = _config(teacher_weights, heads={"teacher_heads": "checkpoint", "teacher_heads_path": "unused"},
-                     train={"iterations_per_epoch": 2, "iterations": 4}, optim={"freeze_prototypes_epochs": 1})
+    config = _config(
+        teacher_weights,
+        heads={"teacher_heads": "checkpoint", "teacher_heads_path": "unused"},
+        train={"iterations_per_epoch": 2, "iterations": 4},
+        optim={"freeze_prototypes_epochs": 1},
+    )
     teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True)
-    stage = Stage(DISTILL, config, teacher, torch.device("cpu"), make_heads(teacher.embed_dim, config.heads), identity={})
-    stream = TileStream([str(shipped_tile_store)], seed=0, global_batch=8, rank=0, world=1,
-                        transform=MultiCrop(config.crops))
+    stage = Stage(
+        DISTILL, config, teacher, torch.device("cpu"), make_heads(teacher.embed_dim, config.heads), identity={}
+    )
+    stream = TileStream(
+        [str(shipped_tile_store)], seed=0, global_batch=8, rank=0, world=1, transform=MultiCrop(config.crops)
+    )
 
     def prototypes() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in stage.student.named_parameters() if "last_layer" in n}

@@ -41,19 +41,25 @@ def tile_store(tmp_path_factory, prefect_api):
         (folder / source.name).symlink_to(source)
     out = tmp_path_factory.mktemp("tiles") / "tiles.zarr"
     tile_tcga.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-        slides=str(folder), out=str(out), config=TilingConfig(tiles_per_shard=SHARD),
+        slides=str(folder),
+        out=str(out),
+        config=TilingConfig(tiles_per_shard=SHARD),
     )
     return out
 
 
 def _settings(weights, **changes) -> EmbeddingSettings:
-    return EmbeddingSettings(**{"model": "tiny-student", "weights": str(weights), "batch_size": 7,
-                                "loader_workers": 0, **changes})
+    return EmbeddingSettings(
+        **{"model": "tiny-student", "weights": str(weights), "batch_size": 7, "loader_workers": 0, **changes}
+    )
 
 
 def _run(tiles, out, settings, partitions=1):
     return embed_tiles.with_options(task_runner=ThreadPoolTaskRunner(max_workers=partitions))(
-        tiles=str(tiles), out=str(out), settings=settings, partitions=partitions,
+        tiles=str(tiles),
+        out=str(out),
+        settings=settings,
+        partitions=partitions,
     )
 
 
@@ -115,39 +121,74 @@ def test_an_aligned_store_gives_condition_by_tile_embeddings(weights, tmp_path, 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 256, (3, 20, 224, 224, 3), dtype=np.uint8)
     store = AlignedTileStore.create_or_open(tmp_path / "aligned.zarr", {"test": True})
-    table = [{"name": n, "staining": n.split("_")[0], "scanner": n.split("_")[1], "mpp_um": 0.5}
-             for n in ("GMH_S60", "GIVH_S60", "HR_S60")]
-    store.start_plan(table, {}, np.zeros((3, 20, 2)), np.ones((3, 20)), np.zeros((20, 2), np.int32),
-                     tile_size_px=224, mpp_um=0.5, tiles_per_shard=8, jpeg_quality=90, jpeg_subsampling="444")
+    table = [
+        {"name": n, "staining": n.split("_")[0], "scanner": n.split("_")[1], "mpp_um": 0.5}
+        for n in ("GMH_S60", "GIVH_S60", "HR_S60")
+    ]
+    store.start_plan(
+        table,
+        {},
+        np.zeros((3, 20, 2)),
+        np.ones((3, 20)),
+        np.zeros((20, 2), np.int32),
+        tile_size_px=224,
+        mpp_um=0.5,
+        tiles_per_shard=8,
+        jpeg_quality=90,
+        jpeg_subsampling="444",
+    )
     from storage.manifest import SlideRecord, write_record
 
     for condition in (0, 2):  # HR_S60's tiles never finished: it is not embedded
         for start in range(0, 20, 8):
             store.write_condition_tiles(condition, start, tiles[condition, start : start + 8])
-        write_record(store, SlideRecord(table[condition]["name"], "", "extracted",
-                                        extra={"plan_id": store.read_plan()["plan_id"]}))
+        write_record(
+            store,
+            SlideRecord(table[condition]["name"], "", "extracted", extra={"plan_id": store.read_plan()["plan_id"]}),
+        )
     out = tmp_path / "emb.zarr"
     _run(store.root, out, _settings(weights))
     data = open_embeddings(out)
     assert data.embeddings.shape == (3, 20, data.attrs["dim"])
     assert list(data.complete.values) == [True, False, True]
     stored = zarr.open_array(store.root / "tiles", mode="r")[2]
-    np.testing.assert_allclose(data.embeddings.values[2].astype(np.float32), _direct(weights, stored), atol=2e-3,
-                               rtol=2e-3)
+    np.testing.assert_allclose(
+        data.embeddings.values[2].astype(np.float32), _direct(weights, stored), atol=2e-3, rtol=2e-3
+    )
 
 
-def test_cli_splits_the_shards_over_two_dask_processes_each_with_a_reader_process(tile_store, weights, tmp_path, prefect_api):
+def test_cli_splits_the_shards_over_two_dask_processes_each_with_a_reader_process(
+    tile_store, weights, tmp_path, prefect_api
+):
     out = tmp_path / "emb.zarr"
-    process = run_cli("--tiles", str(tile_store), "--out", str(out), "--model", "tiny-student", "--weights",
-                      str(weights), "--device", "cpu", "--partitions", "2", "--loader-workers", "1",
-                      api_url=prefect_api, module="flows.embed")
+    process = run_cli(
+        "--tiles",
+        str(tile_store),
+        "--out",
+        str(out),
+        "--model",
+        "tiny-student",
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--partitions",
+        "2",
+        "--loader-workers",
+        "1",
+        api_url=prefect_api,
+        module="flows.embed",
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     data = open_embeddings(out)
     reference = tmp_path / "one.zarr"
     _run(tile_store, reference, _settings(weights, batch_size=32))
-    np.testing.assert_allclose(data.embeddings.values.astype(np.float32),
-                               open_embeddings(reference).embeddings.values.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(
+        data.embeddings.values.astype(np.float32),
+        open_embeddings(reference).embeddings.values.astype(np.float32),
+        atol=2e-3,
+    )
     assert "embedded" in output
 
 
@@ -156,8 +197,18 @@ def test_a_weights_file_that_does_not_fit_fails_the_command_clearly(tile_store, 
 
     bad = tmp_path / "bad.safetensors"
     save_file({"not_a_vit.weight": torch.zeros(3)}, bad)
-    process = run_cli("--tiles", str(tile_store), "--out", str(tmp_path / "emb.zarr"), "--model", "tiny-student",
-                      "--weights", str(bad), api_url=prefect_api, module="flows.embed")
+    process = run_cli(
+        "--tiles",
+        str(tile_store),
+        "--out",
+        str(tmp_path / "emb.zarr"),
+        "--model",
+        "tiny-student",
+        "--weights",
+        str(bad),
+        api_url=prefect_api,
+        module="flows.embed",
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 2, output
     assert "bad.safetensors" in output and "not_a_vit.weight" in output

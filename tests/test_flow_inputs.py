@@ -80,8 +80,15 @@ def test_hostile_and_clashing_ids_are_refused_without_writing_outside(tmp_path, 
     work = tmp_path / "work"
     work.mkdir()
     csv = work / "slides.csv"
-    rows = ["path,slide_id", f"{CMU_SVS},../escape", f"{CMU_SVS},a/b", f"{CMU_SVS},\"bell\x07\"",
-            f"{CMU_SVS},twin", f"{CMU_SVS},twin", f"{CMU_SVS},fine"]
+    rows = [
+        "path,slide_id",
+        f"{CMU_SVS},../escape",
+        f"{CMU_SVS},a/b",
+        f'{CMU_SVS},"bell\x07"',
+        f"{CMU_SVS},twin",
+        f"{CMU_SVS},twin",
+        f"{CMU_SVS},fine",
+    ]
     csv.write_text("\n".join(rows) + "\n")
     out = work / "tiles.zarr"
     assert main(["--slides", str(csv), "--out", str(out), "--workers", "1"]) == 0

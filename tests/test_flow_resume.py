@@ -40,8 +40,18 @@ def test_killed_run_resumes_to_the_same_tiles_as_a_clean_run(many_slides, tmp_pa
     clean, resumed = tmp_path / "clean.zarr", tmp_path / "resumed.zarr"
     _clean_run(many_slides, clean, prefect_api)
 
-    process = run_cli("--slides", str(many_slides), "--out", str(resumed), "--workers", "1",
-                      "--threads", "1", api_url=prefect_api, start_new_session=True)
+    process = run_cli(
+        "--slides",
+        str(many_slides),
+        "--out",
+        str(resumed),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        api_url=prefect_api,
+        start_new_session=True,
+    )
     store = TileStore(resumed)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -106,10 +116,23 @@ def test_cli_runs_on_an_existing_dask_cluster(slide_dir, tmp_path, prefect_api):
     from distributed import Client, LocalCluster
 
     out = tmp_path / "tiles.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        assert main(["--slides", str(slide_dir), "--out", str(out), "--dask-address", cluster.scheduler_address,
-                     "--no-progress"]) == 0
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        assert (
+            main(
+                [
+                    "--slides",
+                    str(slide_dir),
+                    "--out",
+                    str(out),
+                    "--dask-address",
+                    cluster.scheduler_address,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         with Client(cluster) as client:
             executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert TileStore(out).complete_slide_ids() == ["CMU-1-Small-Region", "OS-1-detail"]

@@ -86,8 +86,11 @@ def test_a_hostile_slide_folder_then_fixed(hostile_folder, tmp_path, prefect_api
     failed = {row.slide_id: row.error_type for row in manifest.itertuples() if row.status == "failed"}
     assert {failed[k] for k in ("truncated", "unsupported")} <= {"UnreadableSlideError", "SlideReadError"}
     assert failed["no-mpp"] == "MissingMppError"
-    refused = {row.extra["requested_slide_id"]: row.error for row in manifest.itertuples()
-               if row.slide_id.startswith("rejected-")}
+    refused = {
+        row.extra["requested_slide_id"]: row.error
+        for row in manifest.itertuples()
+        if row.slide_id.startswith("rejected-")
+    }
     assert set(refused) == {"zarr.json", "Case", "case", "gone"}
     assert "name the store uses for itself" in refused["zarr.json"] and "broken symbolic link" in refused["gone"]
     assert TileStore(out).complete_slide_ids() == ["blank", "good"]
@@ -98,8 +101,17 @@ def test_a_hostile_slide_folder_then_fixed(hostile_folder, tmp_path, prefect_api
     (hostile_folder / "case.svs").unlink()
     (hostile_folder / "gone.svs").unlink()
     good_created = zarr.open_group(TileStore(out).slide_path("good"), mode="r").attrs["created_at"]
-    code, output = _run("--slides", str(hostile_folder), "--out", str(out), "--workers", "1",
-                        "--mpp-override", "0.25", api_url=prefect_api)
+    code, output = _run(
+        "--slides",
+        str(hostile_folder),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--mpp-override",
+        "0.25",
+        api_url=prefect_api,
+    )
     assert code == 0, output
     manifest = read_manifest(out).set_index("slide_id")
     assert not [key for key in manifest.index if key.startswith("rejected-")]  # old refusals are gone
@@ -151,8 +163,19 @@ def test_a_checkpoint_that_would_run_code_stops_the_embedding_run(shipped_tile_s
     marker = tmp_path / "pwned"
     weights = tmp_path / "student.pt"
     torch.save({"model": build_model("tiny-student").state_dict(), "hook": _Payload(marker)}, weights)
-    code, output = _run("--tiles", str(shipped_tile_store), "--out", str(tmp_path / "emb.zarr"),
-                        "--model", "tiny-student", "--weights", str(weights), "--device", "cpu",
-                        api_url=prefect_api, module="flows.embed")
+    code, output = _run(
+        "--tiles",
+        str(shipped_tile_store),
+        "--out",
+        str(tmp_path / "emb.zarr"),
+        "--model",
+        "tiny-student",
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        api_url=prefect_api,
+        module="flows.embed",
+    )
     assert code == 2 and "refused: the checkpoint holds Python objects besides tensors (exec)" in output
     assert not marker.exists()

@@ -23,18 +23,26 @@ def store(tmp_path_factory, shipped_tile_store) -> TileStore:
     root = tmp_path_factory.mktemp("inspect") / "tiles.zarr"
     shutil.copytree(shipped_tile_store, root)
     store = TileStore(root)
-    write_record(store, SlideRecord("broken", "/data/broken.svs", FAILED, error="not a slide: truncated header",
-                                    error_type="SlideOpenError"))
+    write_record(
+        store,
+        SlideRecord(
+            "broken", "/data/broken.svs", FAILED, error="not a slide: truncated header", error_type="SlideOpenError"
+        ),
+    )
     return store
 
 
 def test_info_names_the_kind_slides_tiles_failures_and_size(store, capsys):
     assert main(["info", str(store.root), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    expected = {s: zarr.open_array(store.slide_path(s) / "tiles", mode="r").shape[0] for s in store.complete_slide_ids()}
+    expected = {
+        s: zarr.open_array(store.slide_path(s) / "tiles", mode="r").shape[0] for s in store.complete_slide_ids()
+    }
     assert summary["kind"] == "tile store" and summary["slides"] == expected
     assert summary["tiles"] == sum(expected.values()) == 53
-    assert summary["failed"] == [{"id": "broken", "error_type": "SlideOpenError", "error": "not a slide: truncated header"}]
+    assert summary["failed"] == [
+        {"id": "broken", "error_type": "SlideOpenError", "error": "not a slide: truncated header"}
+    ]
     assert summary["parameters"]["tile_size_px"] == 224
     assert summary["size_bytes"] == sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file())
     assert main(["info", str(store.root)]) == 0

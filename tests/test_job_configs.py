@@ -29,19 +29,26 @@ def _commands():
 def test_loader_order_is_defaults_then_file_then_overrides_then_flags(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("slides: a\nout: b\ntiling:\n  tile_size_px: 256\n  threads: 3\n  tissue:\n    closing_um: 10\n")
-    job = load_config(TileJob, config, ["tiling.threads=4", "tiling.qc.min_tissue_fraction=0.3"],
-                      {"tiling.threads": 5, "workers": None})
+    job = load_config(
+        TileJob,
+        config,
+        ["tiling.threads=4", "tiling.qc.min_tissue_fraction=0.3"],
+        {"tiling.threads": 5, "workers": None},
+    )
     assert job.tiling.tile_size_px == 256 and job.tiling.threads == 5
     assert job.tiling.tissue.closing_um == 10 and job.tiling.qc.min_tissue_fraction == 0.3
     assert job.tiling.target_mpp_um == 0.5  # the paper's default, untouched
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["tiling.tissue.closing=3"], "unknown key tiling.tissue.closing (did you mean tiling.tissue.closing_um?)"),
-    (["tiling.tile_size_px=big"], "tiling.tile_size_px: Input should be a valid integer"),
-    (["tiling=3"], "tiling: "),
-    (["workers"], "'workers' is not key=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tiling.tissue.closing=3"], "unknown key tiling.tissue.closing (did you mean tiling.tissue.closing_um?)"),
+        (["tiling.tile_size_px=big"], "tiling.tile_size_px: Input should be a valid integer"),
+        (["tiling=3"], "tiling: "),
+        (["workers"], "'workers' is not key=value"),
+    ],
+)
 def test_a_bad_key_or_value_is_one_line_naming_it(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(TileJob, None, ["slides=a", "out=b", *overrides])
@@ -59,7 +66,8 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
     for dotted in module.FLAGS.values():
         field_at(model, dotted)  # every flag sets a real field
     args = job_parser("test", "", model, module.FLAGS).parse_intermixed_args(
-        [a for key, value in required.items() for a in (f"--{key}", value)])
+        [a for key, value in required.items() for a in (f"--{key}", value)]
+    )
     # No flag has a default of its own; the command's preset is the deployment's.
     assert config_from_args(model, args, module.FLAGS, preset) == model(**required, **preset)
     spec = next(s for s in DEPLOYMENTS if s.job is model and s.preset == preset)
@@ -72,46 +80,76 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
             default = info.get_default()
             default = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
             assert definition["properties"][field].get("default") == (
-                list(default) if isinstance(default, tuple) else default), field
+                list(default) if isinstance(default, tuple) else default
+            ), field
 
 
-@pytest.mark.parametrize(("module", "argv", "message"), [
-    ("flows.tile_tcga", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
-    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "tiling.tile_sise_px=3"], "unknown key"),
-    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--tile-size", "x"], "invalid int value"),
-    ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--config", "{tmp}/bad.yaml"], "unknown key"),
-    ("flows.tile_tcga", ["--out", "{tmp}/o.zarr"], "slides is required (give --slides)"),
-    ("flows.register_plism", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
-    ("flows.register_plism", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr"], "no slide in"),
-    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--set", "registration.stages=[x]"],
-     "registration.stages.0: Input should be 'rigid', 'affine' or 'bspline'"),
-    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
-    ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
-    ("flows.embed", ["--tiles", "{tmp}/missing", "--out", "{tmp}/e", "--model", "h0-mini"], "no such file"),
-    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0mini"], "did you mean h0-mini?"),
-    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--batch-size", "0"],
-     "batch_size: Input should be greater than 0"),
-    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--device", "gpu"], "device: "),
-    ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--config", "{tmp}/bad.yaml"], "unknown key"),
-    ("flows.evaluate", ["--embeddings", "{tmp}/missing", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
-                        "--task", "regression"], "--embeddings {tmp}/missing: no such file"),
-    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r",
-                        "--task", "regresion"], "argument --task: invalid choice"),
-    ("flows.evaluate", ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r"],
-     "task is required (give --task)"),
-])
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("flows.tile_tcga", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
+        ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "tiling.tile_sise_px=3"], "unknown key"),
+        ("flows.tile_tcga", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--tile-size", "x"], "invalid int value"),
+        (
+            "flows.tile_tcga",
+            ["--slides", "{tmp}", "--out", "{tmp}/o.zarr", "--config", "{tmp}/bad.yaml"],
+            "unknown key",
+        ),
+        ("flows.tile_tcga", ["--out", "{tmp}/o.zarr"], "slides is required (give --slides)"),
+        ("flows.register_plism", ["--slides", "{tmp}/missing", "--out", "{tmp}/o.zarr"], "no such file or folder"),
+        ("flows.register_plism", ["--slides", "{tmp}", "--out", "{tmp}/o.zarr"], "no slide in"),
+        (
+            "flows.extract_plism",
+            ["--slides", "{tmp}", "--out", "{tmp}/o", "--set", "registration.stages=[x]"],
+            "registration.stages.0: Input should be 'rigid', 'affine' or 'bspline'",
+        ),
+        ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
+        ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
+        ("flows.embed", ["--tiles", "{tmp}/missing", "--out", "{tmp}/e", "--model", "h0-mini"], "no such file"),
+        ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0mini"], "did you mean h0-mini?"),
+        (
+            "flows.embed",
+            ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--batch-size", "0"],
+            "batch_size: Input should be greater than 0",
+        ),
+        ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0-mini", "--device", "gpu"], "device: "),
+        ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--config", "{tmp}/bad.yaml"], "unknown key"),
+        (
+            "flows.evaluate",
+            ["--embeddings", "{tmp}/missing", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r", "--task", "regression"],
+            "--embeddings {tmp}/missing: no such file",
+        ),
+        (
+            "flows.evaluate",
+            ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r", "--task", "regresion"],
+            "argument --task: invalid choice",
+        ),
+        (
+            "flows.evaluate",
+            ["--embeddings", "{tmp}", "--labels", "{tmp}/bad.yaml", "--out", "{tmp}/r"],
+            "task is required (give --task)",
+        ),
+    ],
+)
 def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
     (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
-    done = subprocess.run([sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in argv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, env=_no_prefect_env())
+    done = subprocess.run(
+        [sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in argv)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_no_prefect_env(),
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and message.format(tmp=tmp_path) in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_extract_plism_help_names_itself():
-    done = subprocess.run([sys.executable, "-m", "flows.extract_plism", "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.extract_plism", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m flows.extract_plism")
 
 

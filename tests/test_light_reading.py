@@ -71,8 +71,18 @@ def stores(tmp_path_factory, shipped_tile_store, prefect_api):
     tiles = zarr.open_array(shipped_tile_store / "slides" / "CMU-1-Small-Region" / "tiles", mode="r")[:16]
     aligned = AlignedTileStore.create_or_open(folder / "aligned.zarr", {"test": True})
     table = [{"name": n, "staining": "GMH", "scanner": n, "mpp_um": 0.5} for n in ("A", "B")]
-    aligned.start_plan(table, {}, np.zeros((2, 16, 2)), np.ones((2, 16)), np.zeros((16, 2), np.int32),
-                       tile_size_px=224, mpp_um=0.5, tiles_per_shard=16, jpeg_quality=90, jpeg_subsampling="444")
+    aligned.start_plan(
+        table,
+        {},
+        np.zeros((2, 16, 2)),
+        np.ones((2, 16)),
+        np.zeros((16, 2), np.int32),
+        tile_size_px=224,
+        mpp_um=0.5,
+        tiles_per_shard=16,
+        jpeg_quality=90,
+        jpeg_subsampling="444",
+    )
     for index, name in enumerate(("A", "B")):
         aligned.write_condition_tiles(index, 0, tiles[:, :, ::-1] if index else tiles)
         write_record(aligned, SlideRecord(name, "", "extracted", extra={"plan_id": aligned.read_plan()["plan_id"]}))
@@ -100,8 +110,14 @@ def test_a_fresh_environment_with_only_the_reading_dependencies_reads_every_stor
 
     tiles_root, aligned_root, emb_root, aligned_emb_root = stores
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(light_python), "-c", READER.format(heavy=HEAVY), *map(str, stores)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment)
+    result = subprocess.run(
+        [str(light_python), "-c", READER.format(heavy=HEAVY), *map(str, stores)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=environment,
+    )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["heavy_installed"] == [] and seen["heavy_loaded"] == []
@@ -116,6 +132,7 @@ def test_a_fresh_environment_with_only_the_reading_dependencies_reads_every_stor
     assert seen["embedding_slides"] == ["CMU-1-Small-Region", "OS-1-detail"]
     assert seen["aligned_sum"] == int(open_aligned_tiles(aligned_root).tiles.values.astype(np.int64).sum())
     assert seen["aligned_embeddings_sum"] == pytest.approx(
-        float(open_embeddings(aligned_emb_root).embeddings.values.astype(np.float64).sum()))
+        float(open_embeddings(aligned_emb_root).embeddings.values.astype(np.float64).sum())
+    )
     assert seen["manifest_rows"] == 2
     assert seen["kinds"] == ["tile store", "aligned tile store", "embedding store", "embedding store"]

@@ -32,7 +32,13 @@ def test_mpp_from_generic_tiff_resolution_tags(tmp_path, cmu_pixels):
 
 @pytest.mark.parametrize(
     ("value", "unit", "expected"),
-    [(40000, "centimeter", 0.25), (101600, "inch", 0.25), (72, "inch", None), (1, "none", None), (0, "centimeter", None)],
+    [
+        (40000, "centimeter", 0.25),
+        (101600, "inch", 0.25),
+        (72, "inch", None),
+        (1, "none", None),
+        (0, "centimeter", None),
+    ],
 )
 def test_resolution_tag_conversion(value, unit, expected):
     result = mpp_from_resolution(value, unit)
@@ -40,15 +46,22 @@ def test_resolution_tag_conversion(value, unit, expected):
 
 
 def test_ome_physical_size_units():
-    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image>'
-           '<Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>')
+    xml = (
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image>'
+        '<Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>'
+    )
     assert mpp_from_ome_xml(xml) == pytest.approx(0.25)
 
 
 def _plan(mpp0, downsamples, target=0.5, allow_upsampling=False):
     return plan_resolution(
-        "slide.svs", mpp0, downsamples, target_mpp_um=target, tile_size_px=224,
-        mpp_tolerance=0.05, allow_upsampling=allow_upsampling,
+        "slide.svs",
+        mpp0,
+        downsamples,
+        target_mpp_um=target,
+        tile_size_px=224,
+        mpp_tolerance=0.05,
+        allow_upsampling=allow_upsampling,
     )
 
 

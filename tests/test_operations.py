@@ -57,8 +57,15 @@ def test_deployment_parameters_cover_the_flows():
     from flows.deployments import DEPLOYMENTS, build_deployment, deployment_spec
 
     names = {spec.full_name for spec in DEPLOYMENTS}
-    assert names == {"tile-tcga/tile-tcga", "plism/register-plism", "plism/extract-plism", "embed/embed",
-                     "distill/distill", "robustness/robustness", "evaluate/evaluate"}
+    assert names == {
+        "tile-tcga/tile-tcga",
+        "plism/register-plism",
+        "plism/extract-plism",
+        "embed/embed",
+        "distill/distill",
+        "robustness/robustness",
+        "evaluate/evaluate",
+    }
     from flows.serve import DEPLOYMENT_NAMES
 
     assert DEPLOYMENT_NAMES == tuple(spec.name for spec in DEPLOYMENTS)  # what serve's options are made of
@@ -76,11 +83,14 @@ def test_deployment_parameters_cover_the_flows():
         deployment_spec("tile")
 
 
-@pytest.mark.parametrize(("api_url", "options", "message"), [
-    (None, [], "PREFECT_API_URL"),
-    ("http://127.0.0.1:9/api", [], "does not answer"),
-    (None, ["--config", "{tmp}/serve.yaml"], "no deployment tile;"),
-])
+@pytest.mark.parametrize(
+    ("api_url", "options", "message"),
+    [
+        (None, [], "PREFECT_API_URL"),
+        ("http://127.0.0.1:9/api", [], "does not answer"),
+        (None, ["--config", "{tmp}/serve.yaml"], "no deployment tile;"),
+    ],
+)
 @pytest.mark.slow
 def test_serve_refuses_to_start_without_a_server_or_with_a_bad_config(tmp_path, api_url, options, message):
     (tmp_path / "serve.yaml").write_text('tile:\n  cron: "0 2 * * *"\n')
@@ -88,8 +98,14 @@ def test_serve_refuses_to_start_without_a_server_or_with_a_bad_config(tmp_path, 
     env.pop("PREFECT_API_URL", None)
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    done = subprocess.run([sys.executable, "-m", "flows.serve", *(o.format(tmp=tmp_path) for o in options)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.serve", *(o.format(tmp=tmp_path) for o in options)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
 
@@ -112,9 +128,13 @@ def test_served_tile_tcga_deployment_runs_from_the_api(private_prefect_server, s
     serve = None
     try:
         with log.open("w") as output:
-            serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--only", "tile-tcga", "embed",
-                                      "--cron-embed", "30 3 * * *"],
-                                     cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "flows.serve", "--only", "tile-tcga", "embed", "--cron-embed", "30 3 * * *"],
+                cwd=REPO,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         with temporary_settings({PREFECT_API_URL: api_url}):
             with get_client(sync_client=True) as client:
                 deadline = time.monotonic() + 60
@@ -129,16 +149,22 @@ def test_served_tile_tcga_deployment_runs_from_the_api(private_prefect_server, s
                 assert [s.schedule.cron for s in embed.schedules] == ["30 3 * * *"]
                 assert not tiling.schedules
                 out = tmp_path / "tiles.zarr"
-                run = run_deployment(name="tile-tcga/tile-tcga", timeout=150, poll_interval=1,
-                                     parameters={"job": {"slides": str(slide_dir), "out": str(out), "workers": 2}})
+                run = run_deployment(
+                    name="tile-tcga/tile-tcga",
+                    timeout=150,
+                    poll_interval=1,
+                    parameters={"job": {"slides": str(slide_dir), "out": str(out), "workers": 2}},
+                )
                 state = client.read_flow_run(run.id).state
                 assert state is not None and state.is_completed(), (state, _tail(log))
                 # The work is a child run of the real flow, which holds the summary artifact.
-                children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+                children = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+                )
                 assert [child.state.is_completed() for child in children] == [True]
-                summaries = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-                    any_=["tile-tcga-summary"])))
+                summaries = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tile-tcga-summary"]))
+                )
                 assert [artifact.flow_run_id for artifact in summaries] == [children[0].id]
         assert set(store_contents(out)) == SHIPPED
     finally:
@@ -155,22 +181,43 @@ def test_tile_tcga_on_an_existing_dask_cluster(prefect_api, slide_dir, tmp_path)
     logs = tempfile.TemporaryFile()
     processes: list[subprocess.Popen] = []
     try:
-        processes.append(subprocess.Popen(
-            [str(_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [str(_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                cwd=REPO,
+                env=env,
+                stdout=logs,
+                stderr=subprocess.STDOUT,
+            )
+        )
         for _ in range(2):
-            processes.append(subprocess.Popen(
-                [str(_BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
-                 "--no-dashboard"],
-                cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-            ))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(_BIN / "dask"),
+                        "worker",
+                        address,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=logs,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
         on_cluster, local = tmp_path / "cluster.zarr", tmp_path / "local.zarr"
         runs = [
-            run_cli("--slides", str(slide_dir), "--out", str(on_cluster), "--dask-address", address,
-                    api_url=prefect_api),
+            run_cli(
+                "--slides", str(slide_dir), "--out", str(on_cluster), "--dask-address", address, api_url=prefect_api
+            ),
             run_cli("--slides", str(slide_dir), "--out", str(local), "--workers", "2", api_url=prefect_api),
         ]
         for run in runs:

@@ -46,7 +46,9 @@ def _some_conditions(folder, names, target):
 
 def _run(slides, out, **options):
     runner = ThreadPoolTaskRunner(max_workers=2)
-    return plism.with_options(task_runner=runner)(slides=str(slides), out=str(out), registration=REGISTRATION, **options)
+    return plism.with_options(task_runner=runner)(
+        slides=str(slides), out=str(out), registration=REGISTRATION, **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +141,18 @@ def test_cli_registers_on_a_local_dask_cluster(study, tmp_path, prefect_api):
     slides = _some_conditions(study[0], ("GMH_S60", "GMH_AT2"), tmp_path / "pair")
     config = tmp_path / "plism.yaml"
     config.write_text("registration:\n  view_mpp_um: 4.0\n  stages: [rigid, affine]\n")
-    process = run_cli("--slides", str(slides), "--out", str(tmp_path / "pair.zarr"), "--config", str(config),
-                      "--workers", "2", api_url=prefect_api, module="flows.register_plism")
+    process = run_cli(
+        "--slides",
+        str(slides),
+        "--out",
+        str(tmp_path / "pair.zarr"),
+        "--config",
+        str(config),
+        "--workers",
+        "2",
+        api_url=prefect_api,
+        module="flows.register_plism",
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     store = open_aligned_store(tmp_path / "pair.zarr")

@@ -69,8 +69,9 @@ def _patch_correlations(
         pixels = centre + grid
         reference_patch = reference[pixels[:, 1], pixels[:, 0]]
         mapped = truth.map_points(pixels + 0.5 + offset_um / truth.reference_mpp_um) - 0.5  # remap: pixel centres
-        sampled = cv2.remap(condition, mapped[:, :1].astype(np.float32), mapped[:, 1:].astype(np.float32),
-                            cv2.INTER_LINEAR)
+        sampled = cv2.remap(
+            condition, mapped[:, :1].astype(np.float32), mapped[:, 1:].astype(np.float32), cv2.INTER_LINEAR
+        )
         scores.append(_correlation(reference_patch, sampled))
     return np.array(scores)
 
@@ -172,8 +173,24 @@ def test_a_seed_and_a_condition_name_fix_the_condition(plism, tmp_path):
 
 @pytest.mark.slow
 def test_command_line_writes_the_conditions_asked_for(tmp_path):
-    command = [sys.executable, "-m", "registration.synthetic", str(tmp_path), "--stainings", "GMH", "HR",
-               "--scanners", "S60", "AT2", "--seed", "3", "--mpp-scale", "8", "--source", str(CMU_SVS)]
+    command = [
+        sys.executable,
+        "-m",
+        "registration.synthetic",
+        str(tmp_path),
+        "--stainings",
+        "GMH",
+        "HR",
+        "--scanners",
+        "S60",
+        "AT2",
+        "--seed",
+        "3",
+        "--mpp-scale",
+        "8",
+        "--source",
+        str(CMU_SVS),
+    ]
     run = subprocess.run(command, capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["GMH_AT2.tif", "GMH_S60.tif", "HR_AT2.tif", "HR_S60.tif"]

@@ -71,8 +71,11 @@ def _kill_a_busy_worker_after(client, store: TileStore, finished: int, killed: d
             executed = client.run(lambda dask_worker: dask_worker.state.executed_count, workers=list(busy))
             victim = max(executed, key=executed.get)
             pid = client.run(os.getpid, workers=[victim])[victim]
-            killed.update(complete={slide_id: _publication(store, slide_id) for slide_id in complete},
-                          executed=executed[victim], pid=pid)
+            killed.update(
+                complete={slide_id: _publication(store, slide_id) for slide_id in complete},
+                executed=executed[victim],
+                pid=pid,
+            )
             os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.02)
@@ -87,12 +90,18 @@ def test_killing_a_worker_mid_run_retiles_no_complete_slide(twelve_slides, tmp_p
     tile_tcga(slides=str(twelve_slides), out=str(clean), config=config)
     store = TileStore.create_or_open(interrupted, config.model_dump())
     killed: dict = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         killer = threading.Thread(target=_kill_a_busy_worker_after, args=(client, store, 3, killed))
         killer.start()
         summary = tile_tcga.with_options(task_runner=make_task_runner(1, cluster.scheduler_address))(
-            slides=str(twelve_slides), out=str(interrupted), config=config,
+            slides=str(twelve_slides),
+            out=str(interrupted),
+            config=config,
         )
         killer.join()
     assert killed, "no worker was killed"

@@ -29,8 +29,9 @@ def _start_command(tmp_path: Path) -> tuple[subprocess.Popen, str, list[psutil.P
     """The command, its API URL, the processes it started (watchdog, server) and the server's home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     env["PREFECT_HOME"] = str(tmp_path / "user-prefect-home")  # the user's persistent home
-    command = subprocess.Popen([sys.executable, "-c", _COMMAND], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = subprocess.Popen(
+        [sys.executable, "-c", _COMMAND], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     line = command.stdout.readline()
     assert line.startswith("api "), line + command.stdout.read()
     helpers = psutil.Process(command.pid).children(recursive=True)

@@ -90,8 +90,10 @@ def _dataset(rng) -> xr.Dataset:
     embeddings = rng.normal(size=(5, 4)).astype(np.float16)
     coords = np.array([[0, 0], [224, 0], [0, 224], [0, 0], [448, 448]])
     return xr.Dataset(
-        {"embeddings": (("tile", "feature"), da.from_array(embeddings, chunks=2)),
-         "coords": (("tile", "xy"), da.from_array(coords))},
+        {
+            "embeddings": (("tile", "feature"), da.from_array(embeddings, chunks=2)),
+            "coords": (("tile", "xy"), da.from_array(coords)),
+        },
         coords={**tile_coordinates(["s1", "s2"], [3, 2]), "xy": ["x", "y"]},
     )
 
@@ -99,12 +101,16 @@ def _dataset(rng) -> xr.Dataset:
 def test_labels_join_by_slide_tile_index_or_coordinates(rng):
     data = _dataset(rng)
     stored = data.embeddings.values.astype(np.float32)
-    slides = probe_inputs(data, pd.DataFrame({"slide_id": ["s2", "s1"], "fold": [0, 1], "score": [1.0, 2.0]}),
-                          ProbeSettings(level="slide"))
+    slides = probe_inputs(
+        data,
+        pd.DataFrame({"slide_id": ["s2", "s1"], "fold": [0, 1], "score": [1.0, 2.0]}),
+        ProbeSettings(level="slide"),
+    )
     np.testing.assert_allclose(slides.features, [stored[3:].mean(0), stored[:3].mean(0)], rtol=1e-6)
     assert list(slides.targets.columns) == ["score"] and list(slides.folds) == [0, 1]
-    tiles = pd.DataFrame({"slide_id": ["s2", "s1"], "tile": [1, 2], "x": [448, 0], "y": [448, 224],
-                          "fold": [0, 1], "label": ["t", "n"]})
+    tiles = pd.DataFrame(
+        {"slide_id": ["s2", "s1"], "tile": [1, 2], "x": [448, 0], "y": [448, 224], "fold": [0, 1], "label": ["t", "n"]}
+    )
     settings = ProbeSettings(task="classification", level="tile")
     by_index = probe_inputs(data, tiles, settings)
     by_xy = probe_inputs(data, tiles.drop(columns="tile"), settings)
@@ -112,14 +118,17 @@ def test_labels_join_by_slide_tile_index_or_coordinates(rng):
     np.testing.assert_array_equal(by_xy.features, stored[[4, 2]])
 
 
-@pytest.mark.parametrize(("table", "level", "message"), [
-    ({"slide_id": ["s1", "x9", "x8"], "fold": [0, 1, 1], "v": [1.0, 2, 3]}, "slide", "2 slide_id.*x8, x9"),
-    ({"slide_id": ["s1", "s1"], "fold": [0, 1], "v": [1.0, 2]}, "slide", "repeated slide_id.*--level tile"),
-    ({"slide_id": ["s1", "s2"], "tile": [0, 2], "fold": [0, 1], "v": [1.0, 2]}, "tile", "outside.*s2/2"),
-    ({"slide_id": ["s1", "s2"], "x": [0, 1], "y": [0, 0], "fold": [0, 1], "v": [1.0, 2]}, "tile", r"s2@\(1,0\)"),
-    ({"slide_id": ["s1", "s2"], "fold": [0, 1], "v": ["a", "b"]}, "slide", "must be numeric"),
-    ({"slide_id": ["s1", "s2"], "v": [1.0, 2]}, "slide", "no column 'fold'"),
-])
+@pytest.mark.parametrize(
+    ("table", "level", "message"),
+    [
+        ({"slide_id": ["s1", "x9", "x8"], "fold": [0, 1, 1], "v": [1.0, 2, 3]}, "slide", "2 slide_id.*x8, x9"),
+        ({"slide_id": ["s1", "s1"], "fold": [0, 1], "v": [1.0, 2]}, "slide", "repeated slide_id.*--level tile"),
+        ({"slide_id": ["s1", "s2"], "tile": [0, 2], "fold": [0, 1], "v": [1.0, 2]}, "tile", "outside.*s2/2"),
+        ({"slide_id": ["s1", "s2"], "x": [0, 1], "y": [0, 0], "fold": [0, 1], "v": [1.0, 2]}, "tile", r"s2@\(1,0\)"),
+        ({"slide_id": ["s1", "s2"], "fold": [0, 1], "v": ["a", "b"]}, "slide", "must be numeric"),
+        ({"slide_id": ["s1", "s2"], "v": [1.0, 2]}, "slide", "no column 'fold'"),
+    ],
+)
 def test_labels_that_do_not_fit_are_refused_by_name(rng, table, level, message):
     with pytest.raises(LabelsError, match=message):
         probe_inputs(_dataset(rng), pd.DataFrame(table), ProbeSettings(level=level), source="labels.csv")
@@ -151,10 +160,12 @@ def embedding_store(tmp_path_factory, prefect_api):
         (root / "slides" / source.name).symlink_to(source)
     runner = ThreadPoolTaskRunner(max_workers=1)
     torch.manual_seed(0)  # the random weights of the in-process model, so that every run sees the same embeddings
-    tile_tcga.with_options(task_runner=runner)(slides=str(root / "slides"), out=str(root / "tiles.zarr"),
-                                               config=TilingConfig())
+    tile_tcga.with_options(task_runner=runner)(
+        slides=str(root / "slides"), out=str(root / "tiles.zarr"), config=TilingConfig()
+    )
     embed_tiles.with_options(task_runner=runner)(
-        tiles=str(root / "tiles.zarr"), out=str(root / "emb.zarr"),
+        tiles=str(root / "tiles.zarr"),
+        out=str(root / "emb.zarr"),
         settings=EmbeddingSettings(model="tiny-student", batch_size=32, loader_workers=0),
     )
     return root / "emb.zarr"
@@ -169,14 +180,31 @@ def test_the_command_line_probes_tiles_of_a_real_store(embedding_store, tmp_path
     tile = np.concatenate([np.arange(n) for n in np.bincount(data.slide_index.values)])
     X = data.embeddings.values.astype(np.float64)
     signal = (X - X.mean(0)) / (X.std(0) + 1e-6) @ rng.normal(size=X.shape[1])
-    labels = pd.DataFrame({"slide_id": slide_ids, "tile": tile, "fold": tile % 3,
-                           "signal": signal + rng.normal(scale=signal.std() / 3, size=len(signal)),
-                           "noise": rng.normal(size=len(signal))})
+    labels = pd.DataFrame(
+        {
+            "slide_id": slide_ids,
+            "tile": tile,
+            "fold": tile % 3,
+            "signal": signal + rng.normal(scale=signal.std() / 3, size=len(signal)),
+            "noise": rng.normal(size=len(signal)),
+        }
+    )
     labels.to_csv(tmp_path / "labels.csv", index=False)
     out = tmp_path / "results"
-    process = run_cli("--embeddings", str(embedding_store), "--labels", str(tmp_path / "labels.csv"),
-                      "--task", "regression", "--level", "tile", "--out", str(out),
-                      api_url=prefect_api, module="flows.evaluate")
+    process = run_cli(
+        "--embeddings",
+        str(embedding_store),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--task",
+        "regression",
+        "--level",
+        "tile",
+        "--out",
+        str(out),
+        api_url=prefect_api,
+        module="flows.evaluate",
+    )
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 0, output
     results = pd.read_csv(out / "results.csv").set_index(["fold", "metric"]).value
@@ -186,8 +214,20 @@ def test_the_command_line_probes_tiles_of_a_real_store(embedding_store, tmp_path
 
     labels.loc[0, "slide_id"] = "not-a-slide"
     labels.to_csv(tmp_path / "unknown.csv", index=False)
-    code = main(["--embeddings", str(embedding_store), "--labels", str(tmp_path / "unknown.csv"),
-                 "--task", "regression", "--level", "tile", "--out", str(out)])
+    code = main(
+        [
+            "--embeddings",
+            str(embedding_store),
+            "--labels",
+            str(tmp_path / "unknown.csv"),
+            "--task",
+            "regression",
+            "--level",
+            "tile",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "not-a-slide" in capsys.readouterr().err
 
 
@@ -200,10 +240,15 @@ def test_the_flow_classifies_slides_of_origin_and_records_an_artifact(embedding_
     data = open_embeddings(embedding_store)
     index = data.slide_index.values
     tile = np.concatenate([np.arange(n) for n in np.bincount(index)])
-    labels = pd.DataFrame({"slide_id": data.slide_id.values, "tile": tile, "fold": tile % 2,
-                           "origin": data.slide_id.values})
+    labels = pd.DataFrame(
+        {"slide_id": data.slide_id.values, "tile": tile, "fold": tile % 2, "origin": data.slide_id.values}
+    )
     labels.to_csv(tmp_path / "labels.csv", index=False)
-    means = evaluate_embeddings(str(embedding_store), str(tmp_path / "labels.csv"), str(tmp_path / "out"),
-                                ProbeSettings(task="classification", level="tile"))
+    means = evaluate_embeddings(
+        str(embedding_store),
+        str(tmp_path / "labels.csv"),
+        str(tmp_path / "out"),
+        ProbeSettings(task="classification", level="tile"),
+    )
     assert means["balanced_accuracy"] > 0.9
     assert "balanced_accuracy" in Artifact.get("evaluate-results").data

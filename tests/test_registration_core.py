@@ -136,8 +136,14 @@ def test_map_points_inverse_undoes_map_points(registered, ground_truth):
 def test_saved_result_reloads_and_maps_the_same(registered, ground_truth, tmp_path):
     folder = registered.save(tmp_path / "pair")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["TransformParameters.0.txt", "TransformParameters.1.txt", "TransformParameters.2.txt",
-                     "TransformParameters.3.txt", "qc.png", "registration.json"]
+    assert names == [
+        "TransformParameters.0.txt",
+        "TransformParameters.1.txt",
+        "TransformParameters.2.txt",
+        "TransformParameters.3.txt",
+        "qc.png",
+        "registration.json",
+    ]
     assert '(Transform "BSplineTransform")' in (folder / "TransformParameters.3.txt").read_text()
     loaded = RegistrationResult.load(folder)
     assert loaded == registered
@@ -158,8 +164,9 @@ def test_the_deformation_on_any_grid_is_the_transform_at_its_pixel_centres(regis
     field = deformation_um(list(registered.transform_maps), shape, spacing_um)
     assert field.shape == (7, 9, 2)
     centres = pixel_centres_um(shape, spacing_um)
-    np.testing.assert_allclose(centres + field.reshape(-1, 2),
-                               transform_points_um(registered.transform_maps, centres), atol=1e-3)
+    np.testing.assert_allclose(
+        centres + field.reshape(-1, 2), transform_points_um(registered.transform_maps, centres), atol=1e-3
+    )
 
 
 def test_checks_on_a_coarser_grid_give_the_same_verdict_and_a_smaller_picture(registered, warped_slide):

@@ -63,8 +63,14 @@ def test_phase_correlation_finds_exact_sub_pixel_shifts_and_no_shift_between_equ
 @pytest.fixture(scope="module")
 def pure_resample(tmp_path_factory):
     """Reference ``GMH_P`` (0.25 µm/px) and ``GMH_AT2`` (0.2527 µm/px, rotated, shifted, rescaled by < 0.6 %)."""
-    conditions = make_synthetic_plism(KI67, tmp_path_factory.mktemp("pure"), stainings=("GMH",),
-                                      scanners=("P", "AT2"), reference=("GMH", "P"), mpp_scale=1.0)
+    conditions = make_synthetic_plism(
+        KI67,
+        tmp_path_factory.mktemp("pure"),
+        stainings=("GMH",),
+        scanners=("P", "AT2"),
+        reference=("GMH", "P"),
+        mpp_scale=1.0,
+    )
     return {condition.scanner: condition for condition in conditions}
 
 
@@ -87,8 +93,11 @@ def test_reference_tiles_are_plain_area_averages_at_their_stored_corner(pure_res
     aligned = np.concatenate(list(extract_tiles(path, reference.mpp_um, nodes, 64, tiles.mpp_um)))
     with opened_slide(path) as slide:
         plan = plan_tiles(path, slide, reference.mpp_um, TILING)
-        stored = {int(i): t for b in iter_tile_batches(slide, plan.resolution, plan.grid, TILING.qc, block_tiles=8,
-                                                       threads=1) for i, t in zip(b.grid_index, b.tiles)}
+        stored = {
+            int(i): t
+            for b in iter_tile_batches(slide, plan.resolution, plan.grid, TILING.qc, block_tiles=8, threads=1)
+            for i, t in zip(b.grid_index, b.tiles)
+        }
     np.testing.assert_array_equal(plan.coordinates, tiles.top_left_xy)
     shifts, half_pixel_off = [], []
     for index, (corner, tile) in enumerate(zip(tiles.top_left_xy, aligned)):

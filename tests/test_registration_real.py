@@ -86,9 +86,7 @@ def _jpeg_rgb(stain: str) -> np.ndarray:
 
 def _relative_tre(result: RegistrationResult, fixed_px: np.ndarray, moving_px: np.ndarray) -> np.ndarray:
     """``[N]`` ANHIR rTRE: distance of mapped fixed landmarks to the moving ones, over the moving diagonal."""
-    return np.linalg.norm(result.map_points(fixed_px) - moving_px, axis=1) / np.hypot(
-        *result.moving_dimensions_level0
-    )
+    return np.linalg.norm(result.map_points(fixed_px) - moving_px, axis=1) / np.hypot(*result.moving_dimensions_level0)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +144,10 @@ def test_two_scanners_map_with_the_ratio_of_their_pixel_sizes(two_scanners):
     step_px = 100.0
     mapped = two_scanners.map_points(centres)
     jacobians = np.stack(
-        [(two_scanners.map_points(centres + [step_px, 0.0]) - mapped) / step_px,
-         (two_scanners.map_points(centres + [0.0, step_px]) - mapped) / step_px],
+        [
+            (two_scanners.map_points(centres + [step_px, 0.0]) - mapped) / step_px,
+            (two_scanners.map_points(centres + [0.0, step_px]) - mapped) / step_px,
+        ],
         axis=-1,
     )  # [9, 2, 2]: d(moving x, y) / d(fixed x, y)
     # Measured: scale 0.6559 and 0.6564 in x and y (0.1 % off), rotation -0.13°, offset 1.2-1.6 µm.

@@ -40,8 +40,9 @@ def pale_ihc(rgb: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pale_slide(tmp_path_factory, cmu_pixels):
     folder = tmp_path_factory.mktemp("pale")
-    return core._write_resampled(folder / "pale-ihc.tif", pale_ihc(cmu_pixels), core._warp_moving_to_fixed_um,
-                                 core.MOVING_SIZE_UM)
+    return core._write_resampled(
+        folder / "pale-ihc.tif", pale_ihc(cmu_pixels), core._warp_moving_to_fixed_um, core.MOVING_SIZE_UM
+    )
 
 
 def test_pale_ihc_is_found_by_its_optical_density_not_by_saturation(cmu_pixels):
@@ -71,7 +72,8 @@ def test_unrelated_tissue_is_refused_naming_every_attempt_and_what_to_change(tmp
 
 
 def test_a_mirror_image_of_the_pale_ihc_is_refused(tmp_path, cmu_pixels):
-    mirrored = write_tiff(tmp_path / "mirrored-pale.tif", np.ascontiguousarray(pale_ihc(cmu_pixels)[:, ::-1]),
-                          core.FIXED_MPP_UM)
+    mirrored = write_tiff(
+        tmp_path / "mirrored-pale.tif", np.ascontiguousarray(pale_ihc(cmu_pixels)[:, ::-1]), core.FIXED_MPP_UM
+    )
     with pytest.raises(RegistrationError, match="NCC|Dice"):
         register_slides(CMU_SVS, mirrored, view_mpp_um=4.0, stages=("rigid", "affine"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import imagecodecs
 import numpy as np
 import pandas as pd
-import imagecodecs
 import pytest
 import zarr
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,8 +28,18 @@ def embedding_stores(tmp_path_factory, shipped_tile_store, prefect_api):
     tiles = zarr.open_array(shipped_tile_store / "slides" / "CMU-1-Small-Region" / "tiles", mode="r")[:48]
     store = AlignedTileStore.create_or_open(folder / "aligned.zarr", {"test": True})
     table = [{"name": n, "staining": s, "scanner": m, "mpp_um": 0.5} for n, s, m in CONDITIONS]
-    store.start_plan(table, {}, np.zeros((4, 48, 2)), np.ones((4, 48)), np.zeros((48, 2), np.int32),
-                     tile_size_px=224, mpp_um=0.5, tiles_per_shard=16, jpeg_quality=90, jpeg_subsampling="444")
+    store.start_plan(
+        table,
+        {},
+        np.zeros((4, 48, 2)),
+        np.ones((4, 48)),
+        np.zeros((48, 2), np.int32),
+        tile_size_px=224,
+        mpp_um=0.5,
+        tiles_per_shard=16,
+        jpeg_quality=90,
+        jpeg_subsampling="444",
+    )
     for index, (name, staining, scanner) in enumerate(CONDITIONS):
         shifted = tiles.astype(np.float32) * (0.85 if staining == "HR" else 1.0)
         shifted[..., 2] += 12 if scanner == "AT2" else 0
@@ -43,7 +53,8 @@ def embedding_stores(tmp_path_factory, shipped_tile_store, prefect_api):
         out = folder / f"{model}.zarr"
         settings = EmbeddingSettings(model=model, batch_size=16, loader_workers=0)
         embed_tiles.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-            tiles=str(store.root), out=str(out), settings=settings)
+            tiles=str(store.root), out=str(out), settings=settings
+        )
         outputs.append(out)
     return outputs
 
@@ -52,8 +63,16 @@ def test_two_models_give_a_table_figures_and_a_report(embedding_stores, tmp_path
     out = tmp_path / "report"
     subset = tmp_path / "subset.npy"
     np.save(subset, np.arange(0, 48, 2))
-    process = run_cli("--embeddings", *map(str, embedding_stores), "--out", str(out), "--subset", str(subset),
-                      api_url=prefect_api, module="flows.robustness")
+    process = run_cli(
+        "--embeddings",
+        *map(str, embedding_stores),
+        "--out",
+        str(out),
+        "--subset",
+        str(subset),
+        api_url=prefect_api,
+        module="flows.robustness",
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     results = pd.read_csv(out / "results.csv")
@@ -84,8 +103,10 @@ def test_two_models_give_a_table_figures_and_a_report(embedding_stores, tmp_path
 def test_per_slide_embeddings_are_refused_clearly(shipped_tile_store, tmp_path, prefect_api):
     out = tmp_path / "emb.zarr"
     embed_tiles.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-        tiles=str(shipped_tile_store), out=str(out), settings=EmbeddingSettings(model="tiny-student", loader_workers=0))
-    process = run_cli("--embeddings", str(out), "--out", str(tmp_path / "report"), api_url=prefect_api,
-                      module="flows.robustness")
+        tiles=str(shipped_tile_store), out=str(out), settings=EmbeddingSettings(model="tiny-student", loader_workers=0)
+    )
+    process = run_cli(
+        "--embeddings", str(out), "--out", str(tmp_path / "report"), api_url=prefect_api, module="flows.robustness"
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 2 and "not an aligned PLISM store" in output

@@ -64,8 +64,13 @@ def test_stores_of_different_tile_sets_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("indices", "problem"),
-    [(np.array([0, 32]), r"0\.\.31"), (np.array([-1, 2]), r"0\.\.31"), (np.array([0.5]), "integer"),
-     (np.array([], dtype=int), "empty"), (np.array([1, 1]), "twice")],
+    [
+        (np.array([0, 32]), r"0\.\.31"),
+        (np.array([-1, 2]), r"0\.\.31"),
+        (np.array([0.5]), "integer"),
+        (np.array([], dtype=int), "empty"),
+        (np.array([1, 1]), "twice"),
+    ],
 )
 def test_a_subset_that_does_not_fit_the_stores_is_refused(indices, problem) -> None:
     with pytest.raises(StoreMismatchError, match=problem):
@@ -75,8 +80,18 @@ def test_a_subset_that_does_not_fit_the_stores_is_refused(indices, problem) -> N
 def _aligned_store(root) -> AlignedTileStore:
     store = AlignedTileStore.create_or_open(root, {"test": True})
     table = [{"name": n, "staining": s, "scanner": m, "mpp_um": 0.5} for n, s, m in CONDITIONS]
-    store.start_plan(table, {}, np.zeros((4, N_TILES, 2)), np.ones((4, N_TILES)), np.zeros((N_TILES, 2), np.int32),
-                     tile_size_px=224, mpp_um=0.5, tiles_per_shard=16, jpeg_quality=90, jpeg_subsampling="444")
+    store.start_plan(
+        table,
+        {},
+        np.zeros((4, N_TILES, 2)),
+        np.ones((4, N_TILES)),
+        np.zeros((N_TILES, 2), np.int32),
+        tile_size_px=224,
+        mpp_um=0.5,
+        tiles_per_shard=16,
+        jpeg_quality=90,
+        jpeg_subsampling="444",
+    )
     blank = np.full((16, 224, 224, 3), 200, np.uint8)
     for index, (name, _, _) in enumerate(CONDITIONS):
         for start in range(0, N_TILES, 16):
@@ -87,8 +102,9 @@ def _aligned_store(root) -> AlignedTileStore:
 
 def _embedding_store(out, aligned, weights, noise: float, pooling="cls+mean", seed=0) -> str:
     """An h0-mini embedding store of ``aligned`` with synthetic vectors: a tile's vector plus condition noise."""
-    settings = EmbeddingSettings(model="h0-mini", weights=str(weights) if weights else None, pooling=pooling,
-                                 dtype="float32")
+    settings = EmbeddingSettings(
+        model="h0-mini", weights=str(weights) if weights else None, pooling=pooling, dtype="float32"
+    )
     source = open_tile_source(aligned)
     store = prepare_store(out, settings, source)
     dim = zarr.open_array(store.root / "embeddings", mode="r").shape[-1]
@@ -108,8 +124,10 @@ def two_h0_mini_stores(tmp_path_factory):
     first, second = folder / "first.safetensors", folder / "second.safetensors"
     first.write_bytes(b"checkpoint one")
     second.write_bytes(b"checkpoint two")
-    return aligned, [_embedding_store(folder / "run1" / "h0-mini.zarr", aligned, first, 0.1),
-                     _embedding_store(folder / "run2" / "h0-mini.zarr", aligned, second, 3.0)]
+    return aligned, [
+        _embedding_store(folder / "run1" / "h0-mini.zarr", aligned, first, 0.1),
+        _embedding_store(folder / "run2" / "h0-mini.zarr", aligned, second, 3.0),
+    ]
 
 
 def test_two_h0_mini_stores_are_both_scored_under_their_own_labels(two_h0_mini_stores, tmp_path, prefect_api):
@@ -129,15 +147,30 @@ def test_two_h0_mini_stores_are_both_scored_under_their_own_labels(two_h0_mini_s
 @pytest.mark.slow
 def test_the_same_store_twice_or_other_tiles_exit_with_a_user_error(two_h0_mini_stores, tmp_path, prefect_api):
     aligned, stores = two_h0_mini_stores
-    process = run_cli("--embeddings", stores[0], stores[0], "--out", str(tmp_path / "twice"), api_url=prefect_api,
-                      module="flows.robustness")
+    process = run_cli(
+        "--embeddings",
+        stores[0],
+        stores[0],
+        "--out",
+        str(tmp_path / "twice"),
+        api_url=prefect_api,
+        module="flows.robustness",
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 2 and "--label" in output and "Traceback" not in output
     assert not (tmp_path / "twice").exists()  # refused before anything is written
     subset = tmp_path / "subset.npy"
     np.save(subset, np.arange(0, N_TILES + 8, 2))  # plismbench's indices, but for a larger tile set
-    process = run_cli("--embeddings", *stores, "--subset", str(subset), "--out", str(tmp_path / "subset"),
-                      api_url=prefect_api, module="flows.robustness")
+    process = run_cli(
+        "--embeddings",
+        *stores,
+        "--subset",
+        str(subset),
+        "--out",
+        str(tmp_path / "subset"),
+        api_url=prefect_api,
+        module="flows.robustness",
+    )
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 2 and "must lie in 0..31" in output and "Traceback" not in output
     labelled = robustness(embeddings=[stores[0], stores[0]], out=str(tmp_path / "labelled"), labels=["a", "b"])
@@ -162,6 +195,8 @@ def test_a_resumed_random_model_store_refuses_another_seed(two_h0_mini_stores, t
     _embedding_store(tmp_path / "random.zarr", aligned, None, 0.1)
     source = open_tile_source(aligned)
     with pytest.raises(StoreError, match="init_seed"):
-        prepare_store(tmp_path / "random.zarr", EmbeddingSettings(model="h0-mini", dtype="float32", init_seed=1), source)
+        prepare_store(
+            tmp_path / "random.zarr", EmbeddingSettings(model="h0-mini", dtype="float32", init_seed=1), source
+        )
     stored = zarr.open_group(tmp_path / "random.zarr", mode="r").attrs["embedding"]
     assert stored["init_seed"] == 0 and stored["weights_sha256"] is None

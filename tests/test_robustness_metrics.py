@@ -217,7 +217,9 @@ def test_blockwise_equals_dense_with_ties(block: int) -> None:
         expected = dense_pair(embeddings[i], embeddings[j], ks)
         assert row.cosine_similarity == pytest.approx(expected.pop("cosine_similarity"), abs=1e-12)
         assert {k: getattr(row, k) for k in expected} == expected  # exact, ties included
-        optimistic = {f"top_{k}_accuracy": v for k, v in topk_ranks_optimistic(embeddings[i], embeddings[j], ks).items()}
+        optimistic = {
+            f"top_{k}_accuracy": v for k, v in topk_ranks_optimistic(embeddings[i], embeddings[j], ks).items()
+        }
         tied_pairs += optimistic != expected
     assert tied_pairs > 0  # the data does exercise the tie rule
 

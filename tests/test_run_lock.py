@@ -79,8 +79,12 @@ def sleeper():
 def test_a_live_owner_on_this_host_is_named_and_keeps_the_lock(tmp_path: Path, sleeper) -> None:
     store = TileStore.create_or_open(tmp_path / "t.zarr", TilingConfig().model_dump())
     lock_path = store.staging_dir / "run.lock"
-    owner = replace(LockOwner.of_this_process(), pid=sleeper.pid,
-                    process_started=psutil.Process(sleeper.pid).create_time(), command="python -m flows.tile_tcga")
+    owner = replace(
+        LockOwner.of_this_process(),
+        pid=sleeper.pid,
+        process_started=psutil.Process(sleeper.pid).create_time(),
+        command="python -m flows.tile_tcga",
+    )
     _write_lock(lock_path, owner)
     with pytest.raises(StoreError, match=f"in use by process {sleeper.pid} on host .*flows.tile_tcga"):
         store.acquire_run_lock()
@@ -106,8 +110,10 @@ def test_a_dead_owner_on_this_host_is_stale_and_taken_over(tmp_path: Path) -> No
 def test_a_killed_owner_not_yet_reaped_is_gone(tmp_path: Path) -> None:
     path = tmp_path / "run.lock"
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    _write_lock(path, replace(LockOwner.of_this_process(), pid=owner.pid,
-                              process_started=psutil.Process(owner.pid).create_time()))
+    _write_lock(
+        path,
+        replace(LockOwner.of_this_process(), pid=owner.pid, process_started=psutil.Process(owner.pid).create_time()),
+    )
     owner.kill()
     _wait_zombie(owner.pid)
     try:

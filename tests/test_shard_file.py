@@ -25,8 +25,15 @@ def _tiles(count: int) -> np.ndarray:
 
 
 def _array(path, shape, shards=128, **codecs):
-    return zarr.create_array(path, shape=shape, chunks=(1, 224, 224, 3), shards=(shards, 224, 224, 3),
-                             dtype="uint8", fill_value=0, **({"serializer": JpegCodec(), "compressors": None} | codecs))
+    return zarr.create_array(
+        path,
+        shape=shape,
+        chunks=(1, 224, 224, 3),
+        shards=(shards, 224, 224, 3),
+        dtype="uint8",
+        fill_value=0,
+        **({"serializer": JpegCodec(), "compressors": None} | codecs),
+    )
 
 
 def test_full_and_partial_shards_equal_zarrs_own(tmp_path):
@@ -49,8 +56,14 @@ def test_read_shard_gives_what_zarr_reads_in_two_and_three_dimensional_layouts(t
     expected = flat[256:300]
     np.testing.assert_array_equal(read_shard(tmp_path / "flat", flat, 2, 44), expected)
     per_condition = zarr.create_array(
-        tmp_path / "conditions", shape=(2, 300, 224, 224, 3), chunks=(1, 1, 224, 224, 3),
-        shards=(1, 128, 224, 224, 3), dtype="uint8", fill_value=0, serializer=JpegCodec(), compressors=None,
+        tmp_path / "conditions",
+        shape=(2, 300, 224, 224, 3),
+        chunks=(1, 1, 224, 224, 3),
+        shards=(1, 128, 224, 224, 3),
+        dtype="uint8",
+        fill_value=0,
+        serializer=JpegCodec(),
+        compressors=None,
     )
     per_condition[1] = tiles
     np.testing.assert_array_equal(read_shard(tmp_path / "conditions", per_condition, (1, 2), 44), expected)
@@ -63,7 +76,10 @@ def test_a_piece_of_a_shard_reads_as_that_slice_of_the_whole(tmp_path):
     flat[:] = _tiles(300)
     whole = read_shard_encoded(tmp_path / "flat", flat, 1, 128)
     assert read_shard_encoded(tmp_path / "flat", flat, 1, 16, start=40) == whole[40:56]
-    assert read_shard_encoded(tmp_path / "flat", flat, 2, 4, start=40) == read_shard_encoded(tmp_path / "flat", flat, 2, 44)[40:]
+    assert (
+        read_shard_encoded(tmp_path / "flat", flat, 2, 4, start=40)
+        == read_shard_encoded(tmp_path / "flat", flat, 2, 44)[40:]
+    )
     with pytest.raises(ValueError, match="fewer than 45 images"):
         read_shard_encoded(tmp_path / "flat", flat, 2, 5, start=40)
     with pytest.raises(ValueError, match="outside a shard of 128"):

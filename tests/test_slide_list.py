@@ -41,7 +41,8 @@ def test_csv_paths_are_relative_to_the_csv_and_a_row_mpp_wins_over_the_global_on
     csv.write_text("path,slide_id,mpp\nx.svs,first,0.25\nx.svs,second,\nx.svs,third,-1\n")
     specs, rejected = list_slides(csv, mpp_override_um=0.5)
     assert [(s.slide_id, s.path, s.mpp_override_um) for s in specs] == [
-        ("first", tmp_path / "x.svs", 0.25), ("second", tmp_path / "x.svs", 0.5)
+        ("first", tmp_path / "x.svs", 0.25),
+        ("second", tmp_path / "x.svs", 0.5),
     ]
     assert [r.slide_id for r in rejected] == ["third"] and "not a positive number" in str(rejected[0].error)
 

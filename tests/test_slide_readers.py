@@ -53,7 +53,9 @@ def test_untiled_tiff_falls_back_to_openslide_pixels(tmp_path, cmu_pixels):
     import tifffile
 
     path = tmp_path / "strips.tif"
-    tifffile.imwrite(path, cmu_pixels[:512, :512], photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, cmu_pixels[:512, :512], photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
     backend = open_backend(path)
     assert not backend.name.endswith("tiff-tiles")
     np.testing.assert_array_equal(read_region(backend, 0, (10, 20, 100, 50)), cmu_pixels[20:70, 10:110])
@@ -93,6 +95,10 @@ def test_reduced_decoding_refuses_rects_off_its_grid():
 def test_pyramid_downsamples_are_the_scale_the_levels_were_built_with():
     from tiling.slide import pyramid_downsamples
 
-    assert pyramid_downsamples([(4440, 5934), (2220, 2967), (1110, 1483), (2167 // 4, 1483 // 2)])[:3] == (1.0, 2.0, 4.0)
+    assert pyramid_downsamples([(4440, 5934), (2220, 2967), (1110, 1483), (2167 // 4, 1483 // 2)])[:3] == (
+        1.0,
+        2.0,
+        4.0,
+    )
     assert pyramid_downsamples([(2167, 2967), (541, 741)]) == (1.0, 4.0)  # OpenSlide says 4.0035
     assert pyramid_downsamples([(1000, 1000), (300, 300)])[1] == pytest.approx(1000 / 300)  # not a whole factor

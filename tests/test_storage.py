@@ -49,7 +49,10 @@ def test_a_fresh_process_decodes_tiles_through_the_entry_point(store):
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(store.slide_path("cmu") / "tiles")],
-        capture_output=True, text=True, timeout=60, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
     )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == pytest.approx(open_slide_group(store, "cmu")["tiles"][3].mean())
@@ -98,8 +101,14 @@ def test_not_a_store_is_a_clear_error(tmp_path):
 
 def test_codec_rejects_layouts_jpeg_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="one RGB image"):
-        zarr.create_array(tmp_path / "a", shape=(4, 8, 8, 3), chunks=(2, 8, 8, 3), dtype="uint8",
-                          serializer=JpegCodec(), compressors=None)
+        zarr.create_array(
+            tmp_path / "a",
+            shape=(4, 8, 8, 3),
+            chunks=(2, 8, 8, 3),
+            dtype="uint8",
+            serializer=JpegCodec(),
+            compressors=None,
+        )
     with pytest.raises(ValueError, match="subsampling"):
         JpegCodec(subsampling="411")
 
@@ -123,8 +132,14 @@ def test_tiles_use_the_proposed_jpeg_codec_and_are_plain_baseline_jpegs(store):
 
 def test_arrays_written_under_the_old_codec_name_still_open_and_keep_it(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, size=(2, 16, 16, 3), dtype=np.uint8)
-    array = zarr.create_array(tmp_path / "old", shape=images.shape, chunks=(1, 16, 16, 3), dtype="uint8",
-                              serializer=JpegCodec(), compressors=None)
+    array = zarr.create_array(
+        tmp_path / "old",
+        shape=images.shape,
+        chunks=(1, 16, 16, 3),
+        dtype="uint8",
+        serializer=JpegCodec(),
+        compressors=None,
+    )
     array[:] = images
     expected = array[:]
     path = tmp_path / "old" / "zarr.json"
@@ -147,9 +162,13 @@ def test_xarray_idioms_select_one_slide_by_its_id(store):
     dropped = dataset.where(dataset.slide_id == "ome", drop=True)
     assert dropped.sizes["tile"] == dataset.sizes["tile"] - n_cmu
     assert {key: group.sizes["tile"] for key, group in dataset.groupby("slide_id")} == {
-        "cmu": n_cmu, "ome": dataset.sizes["tile"] - n_cmu}
+        "cmu": n_cmu,
+        "ome": dataset.sizes["tile"] - n_cmu,
+    }
     means = dataset.tissue_fraction.groupby("slide_id").mean()
-    assert means.sel(slide_id="cmu") == pytest.approx(float(open_slide_group(store, "cmu")["tissue_fraction"][:].mean()))
+    assert means.sel(slide_id="cmu") == pytest.approx(
+        float(open_slide_group(store, "cmu")["tissue_fraction"][:].mean())
+    )
     assert list(dataset.n_tiles.values) == [n_cmu, dataset.sizes["tile"] - n_cmu]
 
 
@@ -182,8 +201,9 @@ def test_the_store_tree_lists_without_warnings_and_the_manifest_names_absolute_p
     assert read_manifest(store).source_path.tolist() == [str(OME_TIFF)]
 
 
-@pytest.mark.parametrize("key", [slice(None), slice(2, 9), slice(None, None, -3), slice(8, 1, -2), 4, -1, [6, 0, 3],
-                                 slice(5, 5)])
+@pytest.mark.parametrize(
+    "key", [slice(None), slice(2, 9), slice(None, None, -3), slice(8, 1, -2), 4, -1, [6, 0, 3], slice(5, 5)]
+)
 def test_rows_without_dask_index_like_numpy(tmp_path, key):
     """The dask-free view reads the same rows numpy indexing of the concatenation gives."""
     import xarray as xr
@@ -198,5 +218,7 @@ def test_rows_without_dask_index_like_numpy(tmp_path, key):
         paths.append((str(tmp_path / str(i)), len(part)))
     variable = xr.Variable(("row", "a", "b"), lazily(ZarrRows(paths, (2, 3), np.int64)))
     np.testing.assert_array_equal(variable[key].values, np.concatenate(parts)[key])
-    np.testing.assert_array_equal(variable[key, 1:, ::2].values, np.concatenate(parts)[key][..., 1:, ::2]
-                                  if not isinstance(key, int) else np.concatenate(parts)[key][1:, ::2])
+    np.testing.assert_array_equal(
+        variable[key, 1:, ::2].values,
+        np.concatenate(parts)[key][..., 1:, ::2] if not isinstance(key, int) else np.concatenate(parts)[key][1:, ::2],
+    )

@@ -26,17 +26,33 @@ from storage.tile_units import open_tile_source
 TILE_PX = 32  # the store does not care about the tile size; small tiles keep the tests fast
 
 
-def write_slide(store: TileStore, slide_id: str, n_tiles: int, *, shard: int = 2, created_at: str = "t0",
-                tile_px: int = TILE_PX) -> bool:
+def write_slide(
+    store: TileStore, slide_id: str, n_tiles: int, *, shard: int = 2, created_at: str = "t0", tile_px: int = TILE_PX
+) -> bool:
     """Publish a slide of ``n_tiles`` tiles through the real writer; each tile's pixels encode its slide and index."""
-    writer = SlideWriter(store, slide_id, capacity=n_tiles, tile_size_px=tile_px, tiles_per_shard=shard,
-                         jpeg_quality=95, jpeg_subsampling="444")
+    writer = SlideWriter(
+        store,
+        slide_id,
+        capacity=n_tiles,
+        tile_size_px=tile_px,
+        tiles_per_shard=shard,
+        jpeg_quality=95,
+        jpeg_subsampling="444",
+    )
     value = sum(map(ord, slide_id)) % 200
-    writer.append(np.stack([np.full((tile_px, tile_px, 3), value + i, np.uint8) for i in range(n_tiles)])
-                  if n_tiles else np.zeros((0, tile_px, tile_px, 3), np.uint8))
+    writer.append(
+        np.stack([np.full((tile_px, tile_px, 3), value + i, np.uint8) for i in range(n_tiles)])
+        if n_tiles
+        else np.zeros((0, tile_px, tile_px, 3), np.uint8)
+    )
     coords = np.stack([np.arange(n_tiles), np.zeros(n_tiles)], axis=1).astype(np.int64)
-    return writer.finish(coords, np.ones(n_tiles, np.float32), np.ones((4, 4), bool), 8.0,
-                         {"slide_id": slide_id, "created_at": created_at})
+    return writer.finish(
+        coords,
+        np.ones(n_tiles, np.float32),
+        np.ones((4, 4), bool),
+        8.0,
+        {"slide_id": slide_id, "created_at": created_at},
+    )
 
 
 def new_store(root: Path) -> TileStore:
@@ -85,7 +101,12 @@ def test_readers_take_the_slides_from_the_index_without_opening_groups(tmp_path,
     monkeypatch.setattr(tile_store_module, "slide_entry", no_walking)
     units = open_tile_source(store.root).units()
     assert [(u.group, u.position, u.start, u.count) for u in units] == [
-        ("s0", (0,), 0, 2), ("s0", (1,), 2, 1), ("s2", (0,), 0, 2), ("s2", (1,), 2, 2), ("s2", (2,), 4, 1)]
+        ("s0", (0,), 0, 2),
+        ("s0", (1,), 2, 1),
+        ("s2", (0,), 0, 2),
+        ("s2", (1,), 2, 2),
+        ("s2", (2,), 4, 1),
+    ]
     reader = TileReader(store)
     assert len(reader) == 8 and reader.locate(3) == ("s2", 0)
     dataset = open_tiles(store)
@@ -141,8 +162,9 @@ def test_two_processes_publishing_at_once_leave_every_slide_in_the_index(tmp_pat
         for future in [pool.submit(_publish_many, str(store.root), prefix, 70) for prefix in ("a", "b")]:
             future.result()
     known = store.index.read()
-    assert len(known) == 140 and known == {s: tile_store_module.slide_entry(store.slide_path(s))
-                                           for s in store.complete_slide_ids()}
+    assert len(known) == 140 and known == {
+        s: tile_store_module.slide_entry(store.slide_path(s)) for s in store.complete_slide_ids()
+    }
     assert len(list(store.index.pending_dir.iterdir())) < 2 * 32  # merged as they came, not left pending
 
 
@@ -242,4 +264,6 @@ def test_ranks_embed_the_prepared_units_once_while_the_tiler_publishes(tmp_path,
         embed_partition(str(tiles.root), str(out), settings, rank, 2)
     assert Counter(written[first:]) == Counter(set(store.done_keys()) - set(prepared))
     assert max(Counter(written).values()) == 1
-    assert list(open_embeddings(out).slide.values) == tiles.complete_slide_ids() and len(tiles.complete_slide_ids()) == 10
+    assert (
+        list(open_embeddings(out).slide.values) == tiles.complete_slide_ids() and len(tiles.complete_slide_ids()) == 10
+    )

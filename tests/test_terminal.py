@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flows.progress import progress_bar
 from flows.prefect_api import _hide_run_links
+from flows.progress import progress_bar
 
 
 def test_an_idle_run_prints_one_line_instead_of_an_empty_bar(capsys):

@@ -31,8 +31,10 @@ class TissueConfig(_Frozen):
     # Pale IHC (a haematoxylin counterstain and little DAB) is grey, not saturated: saturation alone finds none
     # of CIMA's Cc10 section. Registration turns this on; tiling keeps saturation alone unless asked.
     min_od_above_glass: float | None = Field(
-        None, gt=0, description="also count as tissue pixels whose optical density (summed over RGB) exceeds the "
-        "glass's by this much; None: saturation alone"
+        None,
+        gt=0,
+        description="also count as tissue pixels whose optical density (summed over RGB) exceeds the "
+        "glass's by this much; None: saturation alone",
     )
 
 

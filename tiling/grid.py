@@ -38,7 +38,9 @@ class TileGrid:
         return len(self.rows)
 
 
-def cell_tissue_fractions(mask: np.ndarray, mask_px_per_level_px: float, grid_shape: tuple[int, int], step_level: int) -> np.ndarray:
+def cell_tissue_fractions(
+    mask: np.ndarray, mask_px_per_level_px: float, grid_shape: tuple[int, int], step_level: int
+) -> np.ndarray:
     """Mean of ``mask`` over each grid cell, ``[rows, cols]`` float32.
 
     Cell borders are rounded to whole mask pixels and summed through an

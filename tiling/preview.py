@@ -86,8 +86,15 @@ def render_qc_picture(
     canvas[header:, :width] = picture
     _text(canvas, title, (12, _LINE_PX), 0.85, 2)
     _text(canvas, details, (12, 2 * _LINE_PX + 2), 0.65, 1)
-    _legend(canvas, 3 * _LINE_PX + 6, [(_MASK_COLOUR, "tissue outline", True), (_KEPT_COLOUR, "tile kept", False),
-                                       (_REJECTED_COLOUR, "tile rejected by QC", False)])
+    _legend(
+        canvas,
+        3 * _LINE_PX + 6,
+        [
+            (_MASK_COLOUR, "tissue outline", True),
+            (_KEPT_COLOUR, "tile kept", False),
+            (_REJECTED_COLOUR, "tile rejected by QC", False),
+        ],
+    )
     ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("OpenCV could not encode the QC picture")
@@ -96,12 +103,15 @@ def render_qc_picture(
 
 def qc_details(n_kept: int, n_rejected: int, mpp_tiles_um: float, tile_size_px: int, view_mpp_um: float) -> str:
     """The header's second line: counts, tile size and pixel sizes, in the one mpp format."""
-    return (f"{n_kept} tiles kept, {n_rejected} rejected of {n_kept + n_rejected} on tissue; "
-            f"{tile_size_px} px at {format_mpp(mpp_tiles_um)}; picture at {format_mpp(view_mpp_um)}")
+    return (
+        f"{n_kept} tiles kept, {n_rejected} rejected of {n_kept + n_rejected} on tissue; "
+        f"{tile_size_px} px at {format_mpp(mpp_tiles_um)}; picture at {format_mpp(view_mpp_um)}"
+    )
 
 
-def slide_qc_picture(backend, slide_id: str, mpp_level0_um: float, tile_plan, kept: np.ndarray,
-                     tile_size_px: int) -> bytes:
+def slide_qc_picture(
+    backend, slide_id: str, mpp_level0_um: float, tile_plan, kept: np.ndarray, tile_size_px: int
+) -> bytes:
     """The QC picture of a tiled slide: a fresh view at :func:`qc_view_mpp`, the plan's mask and grid.
 
     ``tile_plan`` is the slide's :class:`tiling.tile_slide.TilePlan`; ``kept``
@@ -116,5 +126,13 @@ def slide_qc_picture(backend, slide_id: str, mpp_level0_um: float, tile_plan, ke
     rejected[kept] = False
     plan = tile_plan.resolution
     details = qc_details(len(kept), int(rejected.sum()), plan.effective_mpp_um, tile_size_px, view.mpp_um)
-    return render_qc_picture(view, tile_plan.mask, coordinates[kept], coordinates[rejected],
-                             plan.tile_size_level0, mpp_level0_um, title=slide_id, details=details)
+    return render_qc_picture(
+        view,
+        tile_plan.mask,
+        coordinates[kept],
+        coordinates[rejected],
+        plan.tile_size_level0,
+        mpp_level0_um,
+        title=slide_id,
+        details=details,
+    )

@@ -61,17 +61,25 @@ def _rows(store: TileStore) -> list[dict]:
         if record is None:
             continue
         rejected = _slide_attributes(store, record.slide_id).get("n_rejected", {})
-        rows.append({
-            "slide_id": record.slide_id, "status": record.status, "n_tiles": record.n_tiles,
-            "n_rejected": sum(rejected.values()) if isinstance(rejected, dict) else int(rejected or 0),
-            "error": record.error, "message": record.message, "seconds": record.seconds,
-            "picture": store.qc_path(record.slide_id).name if store.qc_path(record.slide_id).is_file() else None,
-        })
+        rows.append(
+            {
+                "slide_id": record.slide_id,
+                "status": record.status,
+                "n_tiles": record.n_tiles,
+                "n_rejected": sum(rejected.values()) if isinstance(rejected, dict) else int(rejected or 0),
+                "error": record.error,
+                "message": record.message,
+                "seconds": record.seconds,
+                "picture": store.qc_path(record.slide_id).name if store.qc_path(record.slide_id).is_file() else None,
+            }
+        )
     return rows
 
 
 def _cell(text: object, css: str = "", sort: object = None) -> str:
-    attributes = (f' class="{css}"' if css else "") + (f' data-sort="{html.escape(str(sort))}"' if sort is not None else "")
+    attributes = (f' class="{css}"' if css else "") + (
+        f' data-sort="{html.escape(str(sort))}"' if sort is not None else ""
+    )
     return f"<td{attributes}>{html.escape(str(text))}</td>"
 
 
@@ -81,15 +89,19 @@ def render_qc_index(store: TileStore) -> str:
     failed = sum(row["status"] == "failed" for row in rows)
     body = []
     for row in rows:
-        picture = (f'<td><a href="{html.escape(row["picture"])}"><img src="{html.escape(row["picture"])}" '
-                   f'alt="QC picture of {html.escape(row["slide_id"])}" loading="lazy"></a></td>'
-                   if row["picture"] else '<td>no picture</td>')
+        picture = (
+            f'<td><a href="{html.escape(row["picture"])}"><img src="{html.escape(row["picture"])}" '
+            f'alt="QC picture of {html.escape(row["slide_id"])}" loading="lazy"></a></td>'
+            if row["picture"]
+            else "<td>no picture</td>"
+        )
         note = row["error"] or row["message"]
         seconds = f"{row['seconds']:.1f}"
         body.append(
             f'<tr class="{html.escape(row["status"])}">{picture}{_cell(row["slide_id"])}{_cell(row["status"])}'
-            f'{_cell(row["n_tiles"], "num")}{_cell(row["n_rejected"], "num")}'
-            f'{_cell(note, "error" if row["error"] else "")}{_cell(seconds, "num")}</tr>')
+            f"{_cell(row['n_tiles'], 'num')}{_cell(row['n_rejected'], 'num')}"
+            f"{_cell(note, 'error' if row['error'] else '')}{_cell(seconds, 'num')}</tr>"
+        )
     header = "".join(f"<th>{html.escape(name)}</th>" for name in COLUMNS)
     title = f"QC of {store.root.name}"
     return (

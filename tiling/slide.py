@@ -171,7 +171,9 @@ class TiffBackend:
     def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
         if self._tiles is not None:
             return _read_tiles(self._path, self._tiles, level, rects, reduce)
-        return _decode_or_fail(self._path, lambda: _regions_from_bounding_box(lambda b: self._read_box(level, b), rects))
+        return _decode_or_fail(
+            self._path, lambda: _regions_from_bounding_box(lambda b: self._read_box(level, b), rects)
+        )
 
     def close(self) -> None:
         if self._tiles is not None:

@@ -23,16 +23,41 @@ from storage.manifest import REJECTED_PREFIX
 from tiling.errors import InvalidSlideIdError, SlideError, UnreadableSlideError
 
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".qptiff",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".qptiff",
 )
 _TCGA_BARCODE = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]?-\d{2}-[A-Z]{2}\d+", re.IGNORECASE)
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Names a store gives its own files and folders at the levels where slide ids live (slides/, status/, qc/,
 # staging/, done/ of tile, aligned and embedding stores), compared case-insensitively.
-RESERVED_IDS = frozenset({
-    "zarr.json", "slides", "status", "qc", "staging", "done", "index", "embeddings", "tiles", "coords",
-    "tissue_fraction", "tissue_mask", "grid", "run.lock",
-})
+RESERVED_IDS = frozenset(
+    {
+        "zarr.json",
+        "slides",
+        "status",
+        "qc",
+        "staging",
+        "done",
+        "index",
+        "embeddings",
+        "tiles",
+        "coords",
+        "tissue_fraction",
+        "tissue_mask",
+        "grid",
+        "run.lock",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +109,11 @@ def find_slide_files(folder: Path) -> list[Path]:
     slides, dicom_folders = [], set()
     for path in sorted(folder.rglob("*")):
         broken_link = path.is_symlink() and not path.exists()
-        if not (path.is_file() or broken_link) or path.name.startswith(".") or not path.name.lower().endswith(SLIDE_SUFFIXES):
+        if (
+            not (path.is_file() or broken_link)
+            or path.name.startswith(".")
+            or not path.name.lower().endswith(SLIDE_SUFFIXES)
+        ):
             continue
         if path.suffix.lower() == ".dcm":
             if path.parent in dicom_folders:
@@ -98,14 +127,16 @@ def validate_slide_id(slide_id: str, path: Path) -> None:
     """Raise :class:`InvalidSlideIdError` unless ``slide_id`` is a safe folder name."""
     if not _SAFE_ID.fullmatch(slide_id) or ".." in slide_id:
         raise InvalidSlideIdError(
-            path, f"slide id {slide_id!r} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit, without '..'"
+            path,
+            f"slide id {slide_id!r} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit, without '..'",
         )
     folded = slide_id.casefold()
     if folded in RESERVED_IDS or folded.startswith(REJECTED_PREFIX):
         raise InvalidSlideIdError(
-            path, f"slide id {slide_id!r} is a name the store uses for itself; give the slide another id "
-            "(a slide_id column in a CSV, or rename the file)"
+            path,
+            f"slide id {slide_id!r} is a name the store uses for itself; give the slide another id "
+            "(a slide_id column in a CSV, or rename the file)",
         )
 
 
@@ -191,8 +222,9 @@ def list_slides(
         if len(clashing) > 1:
             where = ", ".join(f"#{r} ({candidates[r - 1][0]})" for r in clashing)
             clash = InvalidSlideIdError(
-                path, f"slide id {slide_id!r} is shared by slides {where} (ids are compared without case); "
-                "ids must be unique"
+                path,
+                f"slide id {slide_id!r} is shared by slides {where} (ids are compared without case); "
+                "ids must be unique",
             )
             rejected.append(RejectedSlide(row, path, slide_id, clash))
         else:

@@ -148,7 +148,10 @@ class TiffTileSource:
         page = self._pages[level]
         tile_w, tile_h = page.tilewidth // reduce, page.tilelength // reduce
         image_w, image_h = _ceil_div(page.imagewidth, reduce), _ceil_div(page.imagelength, reduce)
-        tiles_down, tiles_across = _ceil_div(page.imagelength, page.tilelength), _ceil_div(page.imagewidth, page.tilewidth)
+        tiles_down, tiles_across = (
+            _ceil_div(page.imagelength, page.tilelength),
+            _ceil_div(page.imagewidth, page.tilewidth),
+        )
 
         def tile_span(start: int, length: int, size: int, count: int) -> range:
             return range(max(0, start // size), min(count, (start + length - 1) // size + 1))
@@ -169,8 +172,9 @@ class TiffTileSource:
                     x0, y0 = max(x, col * tile_w), max(y, row * tile_h)
                     x1, y1 = min(x + width, (col + 1) * tile_w, image_w), min(y + height, (row + 1) * tile_h, image_h)
                     if x1 > x0 and y1 > y0:
-                        out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[y0 - row * tile_h : y1 - row * tile_h,
-                                                                     x0 - col * tile_w : x1 - col * tile_w]
+                        out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[
+                            y0 - row * tile_h : y1 - row * tile_h, x0 - col * tile_w : x1 - col * tile_w
+                        ]
             regions.append(out)
         return regions
 

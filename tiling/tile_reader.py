@@ -59,7 +59,10 @@ def _read_block(
     backend: SlideBackend, plan: ResolutionPlan, grid: TileGrid, start: int, end: int, qc: TileQCConfig
 ) -> TileBatch:
     step = plan.tile_size_level
-    rects = [(col * step, row * step, step, step) for row, col in zip(grid.rows[start:end].tolist(), grid.cols[start:end].tolist())]
+    rects = [
+        (col * step, row * step, step, step)
+        for row, col in zip(grid.rows[start:end].tolist(), grid.cols[start:end].tolist())
+    ]
     kept_tiles, kept_index = [], []
     rejected: dict[str, int] = {}
     for offset, region in enumerate(backend.read_regions(plan.level, rects, plan.decode_reduction)):

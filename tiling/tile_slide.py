@@ -45,15 +45,17 @@ def _resolve_mpp(spec: SlideSpec, backend: SlideBackend) -> tuple[float, str, st
     if spec.mpp_replace_um is not None:
         if recorded is None:
             return spec.mpp_replace_um, "replacement", ""
-        note = f"pixel size replaced: the file records {format_mpp(recorded)}, tiled as {format_mpp(spec.mpp_replace_um)}"
+        note = (
+            f"pixel size replaced: the file records {format_mpp(recorded)}, tiled as {format_mpp(spec.mpp_replace_um)}"
+        )
         return spec.mpp_replace_um, "replacement", note
     if recorded is not None:
         return recorded, "file", ""
     if spec.mpp_override_um is not None:
         return spec.mpp_override_um, "override", ""
     raise MissingMppError(
-        spec.path, "no pixel size (mpp) in the slide's metadata; give one with --mpp-override "
-        "or an 'mpp' column in the slide CSV"
+        spec.path,
+        "no pixel size (mpp) in the slide's metadata; give one with --mpp-override or an 'mpp' column in the slide CSV",
     )
 
 
@@ -96,15 +98,23 @@ def plan_tiles(path: Path, backend: SlideBackend, mpp_um: float, config: TilingC
         When the slide is coarser than the target and upsampling is not allowed.
     """
     plan = plan_resolution(
-        path, mpp_um, backend.level_downsamples, target_mpp_um=config.target_mpp_um,
-        tile_size_px=config.tile_size_px, mpp_tolerance=config.mpp_tolerance,
+        path,
+        mpp_um,
+        backend.level_downsamples,
+        target_mpp_um=config.target_mpp_um,
+        tile_size_px=config.tile_size_px,
+        mpp_tolerance=config.mpp_tolerance,
         allow_upsampling=config.allow_upsampling,
     )
     thumbnail = read_thumbnail(backend, mpp_um, config.tissue.mask_mpp_um)
     mask = detect_tissue(thumbnail, config.tissue)
     grid = plan_grid(
-        backend.level_dimensions[plan.level], plan, mask, thumbnail.mpp_um,
-        config.qc.min_tissue_fraction, config.read_block_tiles,
+        backend.level_dimensions[plan.level],
+        plan,
+        mask,
+        thumbnail.mpp_um,
+        config.qc.min_tissue_fraction,
+        config.read_block_tiles,
     )
     return TilePlan(plan, thumbnail, mask, grid)
 
@@ -115,8 +125,12 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
     tile_plan = plan_tiles(spec.path, backend, mpp_um, config)
     plan, thumbnail, mask, grid = tile_plan.resolution, tile_plan.thumbnail, tile_plan.mask, tile_plan.grid
     writer = SlideWriter(
-        store, spec.slide_id, capacity=len(grid), tile_size_px=config.tile_size_px,
-        tiles_per_shard=config.tiles_per_shard, jpeg_quality=config.jpeg_quality,
+        store,
+        spec.slide_id,
+        capacity=len(grid),
+        tile_size_px=config.tile_size_px,
+        tiles_per_shard=config.tiles_per_shard,
+        jpeg_quality=config.jpeg_quality,
         jpeg_subsampling=config.jpeg_subsampling,
     )
     # Hashing a multi-GB slide takes seconds; hashlib releases the GIL, so it overlaps the tiling.
@@ -154,9 +168,17 @@ def _tile_open_slide(spec: SlideSpec, backend: SlideBackend, store: TileStore, c
         message = f"upsampled from {format_mpp(plan.level_mpp_um)}"
     message = "; ".join(m for m in (mpp_note, message) if m)
     return SlideRecord(
-        slide_id=spec.slide_id, source_path=str(spec.path), status=DONE, n_tiles=writer.written,
-        message=message, extra={"effective_mpp_um": plan.effective_mpp_um, "level": plan.level,
-                                "mpp_level0_um": mpp_um, "mpp_recorded_um": backend.mpp_um},
+        slide_id=spec.slide_id,
+        source_path=str(spec.path),
+        status=DONE,
+        n_tiles=writer.written,
+        message=message,
+        extra={
+            "effective_mpp_um": plan.effective_mpp_um,
+            "level": plan.level,
+            "mpp_level0_um": mpp_um,
+            "mpp_recorded_um": backend.mpp_um,
+        },
     )
 
 

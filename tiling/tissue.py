@@ -56,7 +56,9 @@ def read_thumbnail(backend: SlideBackend, mpp_level0_um: float, thumbnail_mpp_um
     """
     level_mpps = [mpp_level0_um * d for d in backend.level_downsamples]
     usable = [lvl for lvl, mpp in enumerate(level_mpps) if mpp <= thumbnail_mpp_um]
-    level = max(usable, key=level_mpps.__getitem__) if usable else min(range(len(level_mpps)), key=level_mpps.__getitem__)
+    level = (
+        max(usable, key=level_mpps.__getitem__) if usable else min(range(len(level_mpps)), key=level_mpps.__getitem__)
+    )
     level_width, level_height = backend.level_dimensions[level]
     block_level_px = max(1, round(_OUTPUT_BLOCK_PX * thumbnail_mpp_um / level_mpps[level]))
     scale = _OUTPUT_BLOCK_PX / block_level_px  # thumbnail px per level px, exactly

@@ -63,8 +63,9 @@ def evaluation_tiles(stores: list[str], count: int, size_px: int | None = None) 
     whole = torch.cat(tiles)
     if size_px is None or size_px == whole.shape[1]:
         return whole
-    resized = nn.functional.interpolate(whole.permute(0, 3, 1, 2).float(), size=(size_px, size_px), mode="bilinear",
-                                        antialias=True, align_corners=False)
+    resized = nn.functional.interpolate(
+        whole.permute(0, 3, 1, 2).float(), size=(size_px, size_px), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
@@ -74,12 +75,16 @@ def embeddings(backbone: nn.Module, tiles: torch.Tensor, batch: int = 64) -> tor
     was_training = backbone.training
     backbone.eval()
     try:
-        return torch.cat([embed(backbone, tiles[i:i + batch], "cls").float().cpu() for i in range(0, len(tiles), batch)])
+        return torch.cat(
+            [embed(backbone, tiles[i : i + batch], "cls").float().cpu() for i in range(0, len(tiles), batch)]
+        )
     finally:
         backbone.train(was_training)
 
 
 def agreement(teacher: torch.Tensor, student: torch.Tensor, k: int) -> dict[str, float]:
     """``knn{k}_overlap`` and ``linear_cka`` of teacher and student embeddings of the same tiles."""
-    return {f"knn{k}_overlap": round(knn_overlap(teacher, student, k), 4),
-            "linear_cka": round(linear_cka(teacher, student), 4)}
+    return {
+        f"knn{k}_overlap": round(knn_overlap(teacher, student, k), 4),
+        "linear_cka": round(linear_cka(teacher, student), 4),
+    }

@@ -96,8 +96,9 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
     return int(torch.randint(low, high, (), generator=generator))
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-             generator: torch.Generator) -> tuple[int, int, int, int]:
+def crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator
+) -> tuple[int, int, int, int]:
     """``(top, left, height, width)`` of a random crop of ``scale`` × the area and ``ratio`` width/height.
 
     torchvision's ``RandomResizedCrop.get_params``, drawing from ``generator``:
@@ -149,8 +150,15 @@ class MultiCrop:
         ]
         return {"global_crops": global_crops, "local_crops": local_crops}
 
-    def _crop(self, image: torch.Tensor, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
-              generator: torch.Generator) -> torch.Tensor:
+    def _crop(
+        self,
+        image: torch.Tensor,
+        size: int,
+        scale: tuple[float, float],
+        blur_p: float,
+        solarize_p: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         """One augmented crop of ``image`` ``[3, H, W]`` as ``[size, size, 3]`` uint8."""
         config = self.config
         image_height, image_width = image.shape[-2:]
@@ -158,8 +166,16 @@ class MultiCrop:
         if (height, width) == (size, size):  # nothing to resample: an exact copy, not an interpolated one
             crop = image[:, top : top + height, left : left + width]
         else:
-            crop = F.resized_crop(image, top, left, height, width, [size, size],
-                                  interpolation=_INTERPOLATION[config.interpolation], antialias=True)
+            crop = F.resized_crop(
+                image,
+                top,
+                left,
+                height,
+                width,
+                [size, size],
+                interpolation=_INTERPOLATION[config.interpolation],
+                antialias=True,
+            )
         if _happens(config.hflip_p, generator):
             crop = F.horizontal_flip(crop)
         if _happens(config.vflip_p, generator):
@@ -182,8 +198,11 @@ class MultiCrop:
         """Torchvision's ``ColorJitter``: the four adjustments in a random order, each with a random strength."""
         config = self.config
         adjustments = []
-        for strength, adjust in ((config.brightness, F.adjust_brightness), (config.contrast, F.adjust_contrast),
-                                 (config.saturation, F.adjust_saturation)):
+        for strength, adjust in (
+            (config.brightness, F.adjust_brightness),
+            (config.contrast, F.adjust_contrast),
+            (config.saturation, F.adjust_saturation),
+        ):
             if strength > 0:
                 adjustments.append((adjust, _uniform(max(0.0, 1 - strength), 1 + strength, generator)))
         if config.hue > 0:

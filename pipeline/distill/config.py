@@ -26,8 +26,11 @@ class ModelsConfig(_Frozen):
     teacher_weights: str | None = Field(None, description="local weights file of the teacher backbone")
     student: str = Field("h0-mini", description="model name of the student (randomly initialised)")
     random_teacher_layerscale: float | None = Field(
-        None, gt=0, description="LayerScale factors of a teacher built without weights: a fresh ViT's 1e-5 makes "
-        "its blocks near no-ops and every tile's class token alike, leaving nothing to distil (tiny configs: 1)")
+        None,
+        gt=0,
+        description="LayerScale factors of a teacher built without weights: a fresh ViT's 1e-5 makes "
+        "its blocks near no-ops and every tile's class token alike, leaving nothing to distil (tiny configs: 1)",
+    )
 
 
 class HeadsConfig(_Frozen):
@@ -64,10 +67,19 @@ class OptimConfig(_Frozen):
     warmup_epochs: int = Field(16, ge=0)
     weight_decay: float = Field(0.04, ge=0)
     weight_decay_end: float = Field(0.4, ge=0)
-    clip_grad: float = Field(3.0, gt=0, description="gradient norm bound of each trained module on its own "
-                             "(backbone, DINO head, iBOT head), as DINOv2 clips them")
-    layerwise_decay: float = Field(0.9, gt=0, le=1, description="block i of L learns at decay ** (L - i) times the LR; "
-                                   "embeddings at decay ** (L + 1) (DINOv2's layerwise_decay)")
+    clip_grad: float = Field(
+        3.0,
+        gt=0,
+        description="gradient norm bound of each trained module on its own "
+        "(backbone, DINO head, iBOT head), as DINOv2 clips them",
+    )
+    layerwise_decay: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="block i of L learns at decay ** (L - i) times the LR; "
+        "embeddings at decay ** (L + 1) (DINOv2's layerwise_decay)",
+    )
     patch_embed_lr_mult: float = Field(0.2, gt=0, description="further LR multiplier of the patch embedding (DINOv2)")
     ema_momentum: float = Field(0.994, ge=0, le=1, description="EMA of the student, rising to 1 by the end")
     freeze_prototypes_epochs: int = Field(
@@ -86,10 +98,18 @@ class TrainConfig(_Frozen):
     checkpoint_every: int = Field(2_500, gt=0)
     loader_workers: int = Field(8, ge=0)
     piece_tiles: int = Field(64, gt=0, description="consecutive tiles of one shard read together (one read)")
-    window_tiles: int = Field(8192, gt=0, description="tiles shuffled together, from window_tiles / piece_tiles "
-                              "pieces of as many slides; bounds each loader worker's memory (~27 kB a tile)")
-    agreement_tiles: int = Field(256, ge=0, description="whole tiles on which the end of a run measures teacher-"
-                                 "student agreement (k-NN overlap, linear CKA) before and after; 0: not measured")
+    window_tiles: int = Field(
+        8192,
+        gt=0,
+        description="tiles shuffled together, from window_tiles / piece_tiles "
+        "pieces of as many slides; bounds each loader worker's memory (~27 kB a tile)",
+    )
+    agreement_tiles: int = Field(
+        256,
+        ge=0,
+        description="whole tiles on which the end of a run measures teacher-"
+        "student agreement (k-NN overlap, linear CKA) before and after; 0: not measured",
+    )
     agreement_neighbours: int = Field(10, gt=0, description="k of the k-NN overlap")
 
 
@@ -141,6 +161,8 @@ def random_teacher_warning(config: DistillConfig) -> str | None:
     models = config.models
     if models.teacher_weights is not None or models.teacher.startswith("tiny-"):
         return None
-    return (f"DISTILLING FROM A RANDOM TEACHER: models.teacher_weights is not set, so {models.teacher!r} is a "
-            "randomly initialised network and the student will learn nothing useful; set models.teacher_weights "
-            "to the teacher's local weights file")
+    return (
+        f"DISTILLING FROM A RANDOM TEACHER: models.teacher_weights is not set, so {models.teacher!r} is a "
+        "randomly initialised network and the student will learn nothing useful; set models.teacher_weights "
+        "to the teacher's local weights file"
+    )

@@ -86,22 +86,36 @@ class TileStream(IterableDataset):
         stores hold no tile.
     """
 
-    def __init__(self, stores: list[str | Path], *, seed: int, global_batch: int, rank: int, world: int,
-                 transform: MultiCrop, start_step: int = 0, piece_tiles: int = 64, window_tiles: int = 8192) -> None:
+    def __init__(
+        self,
+        stores: list[str | Path],
+        *,
+        seed: int,
+        global_batch: int,
+        rank: int,
+        world: int,
+        transform: MultiCrop,
+        start_step: int = 0,
+        piece_tiles: int = 64,
+        window_tiles: int = 8192,
+    ) -> None:
         if global_batch <= 0 or global_batch % world:
             raise ValueError(f"global_batch {global_batch} must be a positive multiple of world {world}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         if start_step < 0 or piece_tiles < 1 or window_tiles < 1:
-            raise ValueError(f"start_step ({start_step}) must be >= 0, piece_tiles ({piece_tiles}) and "
-                             f"window_tiles ({window_tiles}) >= 1")
+            raise ValueError(
+                f"start_step ({start_step}) must be >= 0, piece_tiles ({piece_tiles}) and "
+                f"window_tiles ({window_tiles}) >= 1"
+            )
         self.sources = [open_tile_source(store) for store in stores]
         self._units = [(index, unit) for index, source in enumerate(self.sources) for unit in source.units()]
         unit_counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
         # Piece i: tiles [_piece_start[i], _piece_start[i] + _counts[i]) of unit _piece_unit[i].
         self._piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
-        self._piece_start = np.concatenate([np.arange(0, count, piece_tiles) for count in unit_counts.tolist()]
-                                           or [np.zeros(0, dtype=np.int64)])
+        self._piece_start = np.concatenate(
+            [np.arange(0, count, piece_tiles) for count in unit_counts.tolist()] or [np.zeros(0, dtype=np.int64)]
+        )
         self._counts = np.minimum(piece_tiles, unit_counts[self._piece_unit] - self._piece_start)
         self.tiles_per_pass = int(self._counts.sum())
         if not self.tiles_per_pass:
@@ -123,7 +137,9 @@ class TileStream(IterableDataset):
 
     def _pass_layout(self, pass_index: int) -> _PassLayout:
         if self._layout is None or self._layout[0] != pass_index:
-            order = np.random.default_rng(derive_seed(self.seed, _PIECE_ORDER, pass_index)).permutation(len(self._counts))
+            order = np.random.default_rng(derive_seed(self.seed, _PIECE_ORDER, pass_index)).permutation(
+                len(self._counts)
+            )
             sizes = np.add.reduceat(self._counts[order], np.arange(0, len(order), self.window_pieces))
             self._layout = (pass_index, _PassLayout(order, np.concatenate([[0], np.cumsum(sizes)])))
         return self._layout[1]
@@ -134,10 +150,12 @@ class TileStream(IterableDataset):
         """
         if self._window_cache is None or self._window_cache[0] != (pass_index, window):
             pieces = self._pass_layout(pass_index).piece_order[
-                window * self.window_pieces : (window + 1) * self.window_pieces]
+                window * self.window_pieces : (window + 1) * self.window_pieces
+            ]
             counts = self._counts[pieces]
             order = np.random.default_rng(derive_seed(self.seed, _TILE_ORDER, pass_index, window)).permutation(
-                int(counts.sum()))
+                int(counts.sum())
+            )
             self._window_cache = ((pass_index, window), (pieces, order, np.cumsum(counts) - counts))
         return self._window_cache[1]
 
@@ -205,7 +223,11 @@ def make_loader(stream: TileStream, num_workers: int, *, pin_memory: bool = Fals
     loop does not pay their start-up again.
     """
     return DataLoader(
-        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
         multiprocessing_context="forkserver" if num_workers else None,
-        persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=2 if num_workers else None,
     )

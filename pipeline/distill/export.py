@@ -18,8 +18,14 @@ from storage.atomic import atomic_path, write_bytes_atomic
 from storage.checksum import sha256_of_file
 
 
-def export_student(state: dict[str, torch.Tensor], config: DistillConfig, stores: list[str], steps: int,
-                   path: Path, agreement: dict[str, float | int] | None = None) -> Path:
+def export_student(
+    state: dict[str, torch.Tensor],
+    config: DistillConfig,
+    stores: list[str],
+    steps: int,
+    path: Path,
+    agreement: dict[str, float | int] | None = None,
+) -> Path:
     """Write the backbone ``state`` to ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``.
 
     ``agreement`` (from :func:`pipeline.distill.train.measure_agreement`) goes into the card as a table.
@@ -55,8 +61,12 @@ def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
     """Markdown table of the teacher-student agreement before and after training, or nothing."""
     if not agreement:
         return ""
-    rows = "".join(f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
-                   for key, label in ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA")))
-    return (f"\n## Agreement with the teacher\n\nClass-token embeddings of {agreement['tiles']} whole tiles of the "
-            "training stores, resized to the global-crop size (training saw random crops of them only); the "
-            f"student the run started from, then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}")
+    rows = "".join(
+        f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
+        for key, label in ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA"))
+    )
+    return (
+        f"\n## Agreement with the teacher\n\nClass-token embeddings of {agreement['tiles']} whole tiles of the "
+        "training stores, resized to the global-crop size (training saw random crops of them only); the "
+        f"student the run started from, then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}"
+    )

@@ -48,8 +48,9 @@ class DINOHead(nn.Module):
     cosine similarity in ``[-1, 1]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3
+    ) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"DINOHead needs at least one layer, got nlayers={nlayers}")

@@ -71,8 +71,9 @@ def _cross_entropy(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor)
 class _TeacherTargets(nn.Module):
     """Centre buffer and target rule shared by the class-token and patch losses."""
 
-    def __init__(self, center_shape: tuple[int, ...], student_temp: float, center_momentum: float,
-                 centering: Centering) -> None:
+    def __init__(
+        self, center_shape: tuple[int, ...], student_temp: float, center_momentum: float, centering: Centering
+    ) -> None:
         super().__init__()
         if centering not in ("centering", "sinkhorn_knopp"):
             raise ValueError(f"centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}")
@@ -93,8 +94,9 @@ class _TeacherTargets(nn.Module):
     def _update(self, batch_center: torch.Tensor) -> None:
         """``center ← m · center + (1 − m) · batch_center``; DINOv2 keeps no centre under Sinkhorn-Knopp."""
         if self.centering == "centering":
-            self.center.mul_(self.center_momentum).add_(batch_center.view_as(self.center),
-                                                        alpha=1 - self.center_momentum)
+            self.center.mul_(self.center_momentum).add_(
+                batch_center.view_as(self.center), alpha=1 - self.center_momentum
+            )
 
     def _student_log_probs(self, student_logits: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
@@ -113,8 +115,9 @@ class DINOLoss(_TeacherTargets):
     logits, so the centre used at a step averages earlier batches only, as DINOv2's deferred update does.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: Centering = "centering") -> None:
+    def __init__(
+        self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9, centering: Centering = "centering"
+    ) -> None:
         super().__init__((1, out_dim), student_temp, center_momentum, centering)
 
     def teacher_probabilities(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -135,8 +138,10 @@ class DINOLoss(_TeacherTargets):
         n_global, n_crops = len(teacher_probs), len(student_logits)
         n_pairs = n_global * (n_crops - 1)
         if n_crops < n_global or n_pairs == 0:
-            raise ValueError(f"DINO loss needs the {n_global} global crops among more than one student crop, "
-                             f"got {n_crops} student crops")
+            raise ValueError(
+                f"DINO loss needs the {n_global} global crops among more than one student crop, "
+                f"got {n_crops} student crops"
+            )
         total = student_logits[0].new_zeros((), dtype=torch.float32)
         for j, logits in enumerate(student_logits):
             log_probs = self._student_log_probs(logits)
@@ -155,8 +160,13 @@ class IBOTPatchLoss(_TeacherTargets):
     every patch "masked" (paper: no masking) that is the mean over patches, then over images.
     """
 
-    def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: Centering = "centering") -> None:
+    def __init__(
+        self,
+        patch_out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: Centering = "centering",
+    ) -> None:
         super().__init__((1, 1, patch_out_dim), student_temp, center_momentum, centering)
 
     def teacher_probabilities(self, teacher_patch_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -190,8 +200,13 @@ class TokenRegressionLoss(nn.Module):
         self.cls_projector = nn.Linear(student_dim, teacher_dim)
         self.patch_projector = nn.Linear(student_dim, teacher_dim)
 
-    def forward(self, student_cls: torch.Tensor, student_patches: torch.Tensor, teacher_cls: torch.Tensor,
-                teacher_patches: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        student_cls: torch.Tensor,
+        student_patches: torch.Tensor,
+        teacher_cls: torch.Tensor,
+        teacher_patches: torch.Tensor,
+    ) -> torch.Tensor:
         """Class tokens ``[B, D_s]`` / ``[B, D_t]`` and patch tokens ``[B, N, D_s]`` / ``[B, N, D_t]`` → scalar."""
         cls = _token_distance(self.cls_projector(student_cls), teacher_cls).mean()
         patches = _token_distance(self.patch_projector(student_patches), teacher_patches).mean(dim=-1).mean()

@@ -28,8 +28,14 @@ def init_seed(what: str, seed: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def seeded_model(name: str, seed: int, weights: str | Path | None = None, *, device: str | torch.device = "cpu",
-                 layerscale: float | None = None) -> nn.Module:
+def seeded_model(
+    name: str,
+    seed: int,
+    weights: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    layerscale: float | None = None,
+) -> nn.Module:
     """``build_model(name, weights)`` with its random initialisation drawn from ``init_seed(name, seed)``,
     leaving the global random state as it was: a random teacher is the same network at every (re)start.
 
@@ -54,10 +60,16 @@ def tokens(backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def make_heads(in_dim: int, config: HeadsConfig) -> nn.ModuleDict:
     """A DINO head (class tokens) and an iBOT head (patch tokens) onto the same prototypes."""
-    return nn.ModuleDict({
-        "dino_head": DINOHead(in_dim, config.prototypes, config.hidden_dim, config.dino_bottleneck_dim, config.layers),
-        "ibot_head": DINOHead(in_dim, config.prototypes, config.hidden_dim, config.ibot_bottleneck_dim, config.layers),
-    })
+    return nn.ModuleDict(
+        {
+            "dino_head": DINOHead(
+                in_dim, config.prototypes, config.hidden_dim, config.dino_bottleneck_dim, config.layers
+            ),
+            "ibot_head": DINOHead(
+                in_dim, config.prototypes, config.hidden_dim, config.ibot_bottleneck_dim, config.layers
+            ),
+        }
+    )
 
 
 @dataclass

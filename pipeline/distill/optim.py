@@ -66,10 +66,23 @@ def param_groups(student: nn.Module, optim: OptimConfig) -> list[dict]:
         for name, parameter in module.named_parameters():
             if not parameter.requires_grad:
                 continue
-            key = (module_name, lr_multiplier(name, n_blocks, optim.layerwise_decay, optim.patch_embed_lr_mult),
-                   weight_decay_multiplier(name), "last_layer" in name)
-            group = groups.setdefault(key, {"params": [], "names": [], "module": key[0], "lr_multiplier": key[1],
-                                            "wd_multiplier": key[2], "prototypes": key[3]})
+            key = (
+                module_name,
+                lr_multiplier(name, n_blocks, optim.layerwise_decay, optim.patch_embed_lr_mult),
+                weight_decay_multiplier(name),
+                "last_layer" in name,
+            )
+            group = groups.setdefault(
+                key,
+                {
+                    "params": [],
+                    "names": [],
+                    "module": key[0],
+                    "lr_multiplier": key[1],
+                    "wd_multiplier": key[2],
+                    "prototypes": key[3],
+                },
+            )
             group["params"].append(parameter)
             group["names"].append(f"{module_name}.{name}")
     return list(groups.values())

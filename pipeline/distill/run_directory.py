@@ -37,8 +37,11 @@ def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"refused: not a plain-tensor checkpoint of this project ({first_line}); "
-                                    "delete it to restart from the previous one") from None
+        raise CheckpointError(
+            path,
+            f"refused: not a plain-tensor checkpoint of this project ({first_line}); "
+            "delete it to restart from the previous one",
+        ) from None
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(path, "refused: not a distillation checkpoint (no step recorded)")
     return state
@@ -108,6 +111,9 @@ class RunDirectory:
         """
         if not self.metrics.exists():
             return
-        kept = [r for r in self.records() if not (r["stage"] == stage and r["step"] > step)
-                and not (stage == "distill" and r["stage"] == "agreement")]
+        kept = [
+            r
+            for r in self.records()
+            if not (r["stage"] == stage and r["step"] > step) and not (stage == "distill" and r["stage"] == "agreement")
+        ]
         write_bytes_atomic(self.metrics, "".join(f"{json.dumps(r)}\n" for r in kept).encode())

@@ -48,8 +48,12 @@ class Schedules:
         def span(epochs: int) -> int:
             return min(round(epochs * per_epoch), iterations)
 
-        lr = cosine_schedule(optim.base_lr * math.sqrt(config.train.batch_size_total / 1024), optim.min_lr,
-                             iterations, span(optim.warmup_epochs))
+        lr = cosine_schedule(
+            optim.base_lr * math.sqrt(config.train.batch_size_total / 1024),
+            optim.min_lr,
+            iterations,
+            span(optim.warmup_epochs),
+        )
         prototype_lr = lr.copy()
         prototype_lr[: span(optim.freeze_prototypes_epochs)] = 0.0
         warmup_temp = span(loss.teacher_temp_warmup_epochs)

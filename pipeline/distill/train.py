@@ -77,13 +77,17 @@ class Objective(nn.Module):
         self.with_heads = with_heads
         self.dino_weight, self.ibot_weight = loss.dino_weight, loss.ibot_weight
         if with_heads:
-            common = {"student_temp": loss.student_temp, "center_momentum": loss.center_momentum,
-                      "centering": loss.centering}
+            common = {
+                "student_temp": loss.student_temp,
+                "center_momentum": loss.center_momentum,
+                "centering": loss.centering,
+            }
             self.dino = DINOLoss(config.heads.prototypes, **common)
             self.ibot = IBOTPatchLoss(config.heads.prototypes, **common)
 
-    def forward(self, student: Outputs, teacher: Outputs, teacher_temp: float, regression: nn.Module | None
-                ) -> dict[str, torch.Tensor]:
+    def forward(
+        self, student: Outputs, teacher: Outputs, teacher_temp: float, regression: nn.Module | None
+    ) -> dict[str, torch.Tensor]:
         if not self.with_heads:
             n_global = len(teacher.cls)
             value = regression(student.cls[:n_global], student.patches, teacher.cls, teacher.patches)
@@ -97,16 +101,26 @@ class Objective(nn.Module):
         ibot = self.ibot(student.ibot.float(), teacher_ibot)
         self.dino.update_center(dino_logits)
         self.ibot.update_center(ibot_logits)
-        return {"loss": self.dino_weight * dino + self.ibot_weight * ibot,
-                "dino_loss": dino.detach(), "ibot_loss": ibot.detach()}
+        return {
+            "loss": self.dino_weight * dino + self.ibot_weight * ibot,
+            "dino_loss": dino.detach(),
+            "ibot_loss": ibot.detach(),
+        }
 
 
 class Stage:
     """One training stage: its networks, optimiser, EMA, objective and schedules, and how to save them."""
 
-    def __init__(self, name: str, config: DistillConfig, teacher_backbone: nn.Module, device: torch.device,
-                 teacher_heads: nn.ModuleDict | None, mesh: DeviceMesh | None = None,
-                 identity: dict | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: DistillConfig,
+        teacher_backbone: nn.Module,
+        device: torch.device,
+        teacher_heads: nn.ModuleDict | None,
+        mesh: DeviceMesh | None = None,
+        identity: dict | None = None,
+    ) -> None:
         self.name, self.config, self.device = name, config, device
         # What a checkpoint must match to be resumed here: the networks' names, seeds and weights.
         self.identity = run_identity(config) if identity is None else identity
@@ -137,8 +151,11 @@ class Stage:
                 shard_each(side.heads, mesh)
             shard_each(self.teacher.heads, mesh)
         ema_parameters = dict(self.ema.named_parameters())
-        self._ema_pairs = [(ema_parameters[name], parameter) for name, parameter in self.student.named_parameters()
-                           if parameter.requires_grad]
+        self._ema_pairs = [
+            (ema_parameters[name], parameter)
+            for name, parameter in self.student.named_parameters()
+            if parameter.requires_grad
+        ]
         self.objective = Objective(config, backbone.embed_dim, teacher_dim, with_heads).to(device)
         self.iterations = config.heads.fit_iterations if name == HEADS else config.train.iterations
         self.schedules = Schedules.from_config(config, self.iterations)
@@ -153,17 +170,24 @@ class Stage:
 
     def state_dict(self) -> dict:
         """Whole tensors under parameter names, on rank 0 only when sharded: every process must call it."""
-        return {"stage": self.name, "step": self.step, "identity": self.identity,
-                "student": whole_state(self._learned(self.student)),
-                "ema": whole_state(self._learned(self.ema)),
-                "optimizer": whole_optimizer_state(self.student, self.optimizer),
-                "scaler": self.scaler.state_dict(), "objective": self.objective.state_dict()}
+        return {
+            "stage": self.name,
+            "step": self.step,
+            "identity": self.identity,
+            "student": whole_state(self._learned(self.student)),
+            "ema": whole_state(self._learned(self.ema)),
+            "optimizer": whole_optimizer_state(self.student, self.optimizer),
+            "scaler": self.scaler.state_dict(),
+            "objective": self.objective.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from ``state``; raises ``ValueError`` if it was made with other networks (teacher, seeds)."""
         if state.get("identity") != self.identity:
-            raise ValueError(f"made with {state.get('identity')}, not {self.identity}: the teacher or the "
-                             "initialisation differs; use another --out or restore the original teacher")
+            raise ValueError(
+                f"made with {state.get('identity')}, not {self.identity}: the teacher or the "
+                "initialisation differs; use another --out or restore the original teacher"
+            )
         self.step = state["step"]
         load_whole_state(self._learned(self.student), state["student"])
         load_whole_state(self._learned(self.ema), state["ema"])
@@ -179,8 +203,12 @@ class Stage:
     def train_step(self, batch: dict) -> dict[str, float]:
         """One optimisation step on this process's slice of the global batch."""
         step, schedules = self.step, self.schedules
-        set_learning_rates(self.optimizer, float(schedules.lr[step]), float(schedules.prototype_lr[step]),
-                           float(schedules.weight_decay[step]))
+        set_learning_rates(
+            self.optimizer,
+            float(schedules.lr[step]),
+            float(schedules.prototype_lr[step]),
+            float(schedules.weight_decay[step]),
+        )
         global_crops = batch["global_crops"].flatten(0, 1).to(self.device, non_blocking=True)
         local_crops = batch["local_crops"].flatten(0, 1).to(self.device, non_blocking=True)
         with self._autocast():
@@ -196,8 +224,10 @@ class Stage:
         self.scaler.update()
         self._update_ema(float(schedules.momentum[step]))
         self.step += 1
-        return {**{name: value.detach() for name, value in losses.items()},
-                **{f"grad_norm_{name}": norm.detach() for name, norm in norms.items()}}
+        return {
+            **{name: value.detach() for name, value in losses.items()},
+            **{f"grad_norm_{name}": norm.detach() for name, norm in norms.items()},
+        }
 
     @torch.no_grad()
     def _update_ema(self, momentum: float) -> None:
@@ -208,9 +238,17 @@ class Stage:
 
 def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Iterator[dict]:
     rank, world = _rank_world()
-    stream = TileStream(stores, seed=config.train.seed, global_batch=config.train.batch_size_total, rank=rank,
-                        world=world, transform=MultiCrop(config.crops), start_step=start_step,
-                        piece_tiles=config.train.piece_tiles, window_tiles=config.train.window_tiles)
+    stream = TileStream(
+        stores,
+        seed=config.train.seed,
+        global_batch=config.train.batch_size_total,
+        rank=rank,
+        world=world,
+        transform=MultiCrop(config.crops),
+        start_step=start_step,
+        piece_tiles=config.train.piece_tiles,
+        window_tiles=config.train.window_tiles,
+    )
     for _, batch in make_loader(stream, config.train.loader_workers):
         yield batch
 
@@ -247,10 +285,17 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
             elapsed = time.perf_counter() - started
             rate = (stage.step - first_step) * config.batch_size_total / elapsed
             if rank == 0:
-                run.log({"stage": stage.name, "step": stage.step, **values, "lr": float(stage.schedules.lr[stage.step - 1]),
-                         "teacher_temp": float(stage.schedules.teacher_temp[stage.step - 1]),
-                         "images_per_s": round(rate, 2),
-                         "eta_s": round((stage.iterations - stage.step) * config.batch_size_total / max(rate, 1e-9), 1)})
+                run.log(
+                    {
+                        "stage": stage.name,
+                        "step": stage.step,
+                        **values,
+                        "lr": float(stage.schedules.lr[stage.step - 1]),
+                        "teacher_temp": float(stage.schedules.teacher_temp[stage.step - 1]),
+                        "images_per_s": round(rate, 2),
+                        "eta_s": round((stage.iterations - stage.step) * config.batch_size_total / max(rate, 1e-9), 1),
+                    }
+                )
         if stage.step % config.checkpoint_every == 0 or stage.step == stage.iterations:
             state = stage.state_dict()  # a collective when sharded
             if rank == 0:
@@ -264,16 +309,27 @@ def run_identity(config: DistillConfig) -> dict:
     and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused.
     """
     models, heads = config.models, config.heads
-    return {"teacher": models.teacher, "student": models.student,
-            "teacher_init_seed": init_seed(models.teacher, config.train.seed),
-            "student_init_seed": init_seed(models.student, config.train.seed),
-            "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
-            "teacher_heads_sha256": (weights_sha256(heads.teacher_heads_path)
-                                     if heads.teacher_heads == "checkpoint" else None)}
+    return {
+        "teacher": models.teacher,
+        "student": models.student,
+        "teacher_init_seed": init_seed(models.teacher, config.train.seed),
+        "student_init_seed": init_seed(models.student, config.train.seed),
+        "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
+        "teacher_heads_sha256": (
+            weights_sha256(heads.teacher_heads_path) if heads.teacher_heads == "checkpoint" else None
+        ),
+    }
 
 
-def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module, device: torch.device,
-                   stores: list[str], mesh: DeviceMesh | None, identity: dict) -> nn.ModuleDict | None:
+def _teacher_heads(
+    config: DistillConfig,
+    run: RunDirectory,
+    teacher: nn.Module,
+    device: torch.device,
+    stores: list[str],
+    mesh: DeviceMesh | None,
+    identity: dict,
+) -> nn.ModuleDict | None:
     """The fixed teacher heads of the distillation stage, by the configured mode (whole, not yet sharded)."""
     mode = config.heads.teacher_heads
     if mode == "none":
@@ -295,8 +351,9 @@ def _teacher_heads(config: DistillConfig, run: RunDirectory, teacher: nn.Module,
     return heads
 
 
-def measure_agreement(config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module,
-                      device: torch.device) -> dict[str, float | int]:
+def measure_agreement(
+    config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module, device: torch.device
+) -> dict[str, float | int]:
     """Teacher-student agreement on the first ``train.agreement_tiles`` whole tiles, for the student the run
     started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded).
     """
@@ -308,12 +365,16 @@ def measure_agreement(config: DistillConfig, stores: list[str], teacher: nn.Modu
     initial = seeded_model(config.models.student, config.train.seed, device=device)
     before = agreement(target, embeddings(initial, tiles), k)
     after = agreement(target, embeddings(student, tiles), k)
-    return {"tiles": len(tiles), **{f"{name}_before": value for name, value in before.items()},
-            **{f"{name}_after": value for name, value in after.items()}}
+    return {
+        "tiles": len(tiles),
+        **{f"{name}_before": value for name, value in before.items()},
+        **{f"{name}_after": value for name, value in after.items()},
+    }
 
 
-def train(config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu",
-          sharding: Sharding = "ddp") -> Path:
+def train(
+    config: DistillConfig, stores: list[str], out: Path | str, device: str = "cpu", sharding: Sharding = "ddp"
+) -> Path:
     """Run (or resume) a distillation to its end and export the EMA student; returns the exported file.
 
     ``sharding`` matters only with several processes (see :mod:`pipeline.distill.sharding`). A teacher
@@ -335,14 +396,21 @@ def train(config: DistillConfig, stores: list[str], out: Path | str, device: str
     mesh = shard_mesh(sharding, target)
     identity = run_identity(config)
     models = config.models
-    teacher = seeded_model(models.teacher, config.train.seed, models.teacher_weights, device=target,
-                           layerscale=models.random_teacher_layerscale)
+    teacher = seeded_model(
+        models.teacher,
+        config.train.seed,
+        models.teacher_weights,
+        device=target,
+        layerscale=models.random_teacher_layerscale,
+    )
     if mesh is not None:
         shard(teacher, mesh)
     heads = _teacher_heads(config, run, teacher, target, stores, mesh, identity)
     stage = Stage(DISTILL, config, teacher, target, heads, mesh, identity)
     run_stage(stage, run, stores)
-    agreed = measure_agreement(config, stores, teacher, stage.ema.backbone, target) if config.train.agreement_tiles else {}
+    agreed = (
+        measure_agreement(config, stores, teacher, stage.ema.backbone, target) if config.train.agreement_tiles else {}
+    )
     student = whole_state(stage.ema.backbone)
     if rank == 0:
         if agreed:
@@ -362,9 +430,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--tiles", required=True, nargs="+")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto; under torchrun each rank takes cuda:LOCAL_RANK")
-    parser.add_argument("--sharding", choices=SHARDINGS, default="ddp",
-                        help="ddp: every process holds whole networks; fsdp: parameters sharded across processes")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or auto; under torchrun each rank takes cuda:LOCAL_RANK"
+    )
+    parser.add_argument(
+        "--sharding",
+        choices=SHARDINGS,
+        default="ddp",
+        help="ddp: every process holds whole networks; fsdp: parameters sharded across processes",
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

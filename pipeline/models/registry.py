@@ -100,7 +100,11 @@ MODEL_SPECS: dict[str, ViTSpec] = {
 
 
 def build_model(
-    name: str, weights: str | Path | None = None, *, device: str | torch.device = "cpu", dynamic_img_size: bool = False,
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dynamic_img_size: bool = False,
     init_seed: int | None = None,
 ) -> nn.Module:
     """Build a model by name, with random weights unless a local ``weights`` file is given.

@@ -75,9 +75,11 @@ def read_state_dict(path: str | Path) -> StateDict:
         # torch names the first global it would have had to import (e.g. builtins.exec): loading the file
         # the old way would run that code as the user, so the file is refused, never "trusted".
         culprit = _UNSAFE_GLOBAL.search(str(error))
-        problem = ("refused: the checkpoint holds Python objects besides tensors"
-                   + (f" ({culprit.group(1)})" if culprit else "")
-                   + ", which could run code when loaded; give a safetensors file or a plain tensor state dict")
+        problem = (
+            "refused: the checkpoint holds Python objects besides tensors"
+            + (f" ({culprit.group(1)})" if culprit else "")
+            + ", which could run code when loaded; give a safetensors file or a plain tensor state dict"
+        )
         raise WeightsError(path, problem) from error
     except (SafetensorError, RuntimeError, EOFError) as error:
         problem = f"not a readable safetensors file or plain-tensor torch checkpoint ({error})"

@@ -23,7 +23,19 @@ from pipeline.probes.inputs import LabelsError, ProbeInputs, ProbeSettings, load
 from pipeline.probes.report import results_markdown, results_table, summarise
 
 __all__ = [
-    "FoldError", "LabelsError", "ProbeInputs", "ProbeSettings", "hest_ridge_alpha", "linear_probe_cv",
-    "linear_probe_pipeline", "load_probe_inputs", "logistic_C", "probe_inputs", "results_markdown",
-    "results_table", "ridge_pipeline", "ridge_regression_cv", "summarise",
+    "FoldError",
+    "LabelsError",
+    "ProbeInputs",
+    "ProbeSettings",
+    "hest_ridge_alpha",
+    "linear_probe_cv",
+    "linear_probe_pipeline",
+    "load_probe_inputs",
+    "logistic_C",
+    "probe_inputs",
+    "results_markdown",
+    "results_table",
+    "ridge_pipeline",
+    "ridge_regression_cv",
+    "summarise",
 ]

@@ -56,11 +56,13 @@ def ridge_pipeline(n_train: int, n_features: int, n_targets: int, seed: int = 0)
     solution lsqr approaches.
     """
     n_components = min(PCA_COMPONENTS, n_train, n_features)
-    return Pipeline([
-        ("scale", StandardScaler()),
-        ("pca", PCA(n_components=n_components, random_state=seed)),
-        ("ridge", Ridge(alpha=hest_ridge_alpha(n_components, n_targets), max_iter=MAX_ITER)),
-    ])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("pca", PCA(n_components=n_components, random_state=seed)),
+            ("ridge", Ridge(alpha=hest_ridge_alpha(n_components, n_targets), max_iter=MAX_ITER)),
+        ]
+    )
 
 
 def logistic_C(n_train: int, n_features: int, n_classes: int) -> float:
@@ -81,11 +83,17 @@ def linear_probe_pipeline(n_train: int, n_features: int, n_classes: int) -> Pipe
     Class weights match the metric (balanced accuracy), so a probe cannot
     score by predicting the majority class of an imbalanced slide cohort.
     """
-    return Pipeline([
-        ("scale", StandardScaler()),
-        ("logreg", LogisticRegression(C=logistic_C(n_train, n_features, n_classes), class_weight="balanced",
-                                      max_iter=MAX_ITER)),
-    ])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            (
+                "logreg",
+                LogisticRegression(
+                    C=logistic_C(n_train, n_features, n_classes), class_weight="balanced", max_iter=MAX_ITER
+                ),
+            ),
+        ]
+    )
 
 
 def pearson_per_target(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -124,8 +132,13 @@ def ridge_regression_cv(X: np.ndarray, Y: np.ndarray | pd.DataFrame, folds: Arra
     for fold, train, test in fold_splits(folds):
         model = ridge_pipeline(int(train.sum()), X.shape[1], Y.shape[1], seed).fit(X[train], Y[train])
         r = pearson_per_target(Y[test], model.predict(X[test]).reshape(-1, Y.shape[1]))
-        common = {"fold": fold, "n_train": int(train.sum()), "n_test": int(test.sum()),
-                  "n_components": model["pca"].n_components, "alpha": model["ridge"].alpha}
+        common = {
+            "fold": fold,
+            "n_train": int(train.sum()),
+            "n_test": int(test.sum()),
+            "n_components": model["pca"].n_components,
+            "alpha": model["ridge"].alpha,
+        }
         mean = float(np.nanmean(r)) if np.isfinite(r).any() else np.nan
         rows.append({**common, "metric": "pearson", "value": mean})
         rows += [{**common, "metric": f"pearson:{name}", "value": float(v)} for name, v in zip(names, r)]
@@ -145,9 +158,16 @@ def linear_probe_cv(X: np.ndarray, y: ArrayLike, folds: ArrayLike) -> pd.DataFra
         if n_classes < 2:
             raise FoldError(f"training on every fold but {fold!r} leaves one class only ({labels[train][0]!r})")
         model = linear_probe_pipeline(int(train.sum()), X.shape[1], n_classes).fit(X[train], labels[train])
-        rows.append({"fold": fold, "metric": "balanced_accuracy",
-                     "value": float(balanced_accuracy_score(labels[test], model.predict(X[test]))),
-                     "n_train": int(train.sum()), "n_test": int(test.sum()), "C": model["logreg"].C})
+        rows.append(
+            {
+                "fold": fold,
+                "metric": "balanced_accuracy",
+                "value": float(balanced_accuracy_score(labels[test], model.predict(X[test]))),
+                "n_train": int(train.sum()),
+                "n_test": int(test.sum()),
+                "C": model["logreg"].C,
+            }
+        )
     return _ordered(rows)
 
 

@@ -76,15 +76,17 @@ def probe_inputs(dataset, table: pd.DataFrame, settings: ProbeSettings, source: 
     known = {slide_id: i for i, slide_id in enumerate(dataset.slide.values)}
     unknown = sorted(set(slide_ids) - set(known))
     if unknown:
-        raise LabelsError(f"{source}: {len(unknown)} slide_id(s) not in the embedding store (or not completely "
-                          f"embedded): {_few(unknown)}")
+        raise LabelsError(
+            f"{source}: {len(unknown)} slide_id(s) not in the embedding store (or not completely "
+            f"embedded): {_few(unknown)}"
+        )
     # Tiles of one slide are contiguous and slides in order, so slide i holds rows bounds[i]:bounds[i + 1].
     bounds = np.searchsorted(dataset.slide_index.values, np.arange(len(known) + 1))
     slides = slide_ids.map(known).to_numpy()
     embeddings = dataset.embeddings.data
     if settings.level == "slide":
         _no_duplicates(table, ["slide_id"], source, hint="; tables with several rows per slide need --level tile")
-        pooled = [embeddings[bounds[i]:bounds[i + 1]].astype(np.float32).mean(axis=0) for i in slides]
+        pooled = [embeddings[bounds[i] : bounds[i + 1]].astype(np.float32).mean(axis=0) for i in slides]
         features = np.stack(_compute(pooled))
     else:
         rows = _tile_rows(dataset, table, slides, bounds, source)
@@ -106,8 +108,10 @@ def _targets(table: pd.DataFrame, settings: ProbeSettings, source: str) -> pd.Da
             raise LabelsError(f"{source}: regression targets must be numeric: {text}; choose columns with --targets")
     empty = targets.isna().any(axis=1)
     if empty.any():
-        raise LabelsError(f"{source}: {int(empty.sum())} row(s) with a missing target, e.g. line(s) "
-                          f"{_few(list(np.flatnonzero(empty) + 2))}")
+        raise LabelsError(
+            f"{source}: {int(empty.sum())} row(s) with a missing target, e.g. line(s) "
+            f"{_few(list(np.flatnonzero(empty) + 2))}"
+        )
     return targets
 
 
@@ -127,11 +131,19 @@ def _tile_rows(dataset, table: pd.DataFrame, slides: np.ndarray, bounds: np.ndar
     _no_duplicates(table, ["slide_id", "x", "y"], source)
     coords = dataset["coords"].data
     wanted = sorted(set(slides))
-    stored = pd.concat([
-        pd.DataFrame({"slide_id": dataset.slide.values[i], "x": xy[:, 0], "y": xy[:, 1],
-                      "row": np.arange(bounds[i], bounds[i + 1])})
-        for i, xy in zip(wanted, _compute([coords[bounds[i]:bounds[i + 1]] for i in wanted]))
-    ])
+    stored = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "slide_id": dataset.slide.values[i],
+                    "x": xy[:, 0],
+                    "y": xy[:, 1],
+                    "row": np.arange(bounds[i], bounds[i + 1]),
+                }
+            )
+            for i, xy in zip(wanted, _compute([coords[bounds[i] : bounds[i + 1]] for i in wanted]))
+        ]
+    )
     keys = table[["slide_id", "x", "y"]].astype({"slide_id": str, "x": np.int64, "y": np.int64})
     joined = keys.merge(stored, on=["slide_id", "x", "y"], how="left")
     missing = joined["row"].isna().to_numpy()

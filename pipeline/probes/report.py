@@ -27,9 +27,14 @@ def results_table(results: pd.DataFrame) -> pd.DataFrame:
 def results_markdown(results: pd.DataFrame, title: str, context: dict[str, object]) -> str:
     """A short report: ``context`` as a list, then one line per metric with its mean ± std and per-fold values."""
     folds = [str(f) for f in results["fold"].unique()]
-    lines = [f"# {title}", "", *[f"- **{key}**: {value}" for key, value in context.items()], "",
-             "| metric | mean | std | " + " | ".join(f"fold {f}" for f in folds) + " |",
-             "|---|---|---|" + "---|" * len(folds)]
+    lines = [
+        f"# {title}",
+        "",
+        *[f"- **{key}**: {value}" for key, value in context.items()],
+        "",
+        "| metric | mean | std | " + " | ".join(f"fold {f}" for f in folds) + " |",
+        "|---|---|---|" + "---|" * len(folds),
+    ]
     by_fold = results.astype({"fold": str}).pivot(index="metric", columns="fold", values="value")
     for row in summarise(results).itertuples(index=False):
         values = " | ".join(_number(by_fold.at[row.metric, f]) for f in folds)

@@ -23,8 +23,9 @@ from pipeline.robustness.summary import group_rows  # noqa: E402
 
 DPI = 100  # one figure pixel per screen pixel at 100 % zoom
 MAX_WIDTH_IN = 11.5  # 1,150 px: fits the report's 1,280-px window with its margins
-matplotlib.rcParams.update({"font.size": 11, "axes.titlesize": 12, "xtick.labelsize": 10, "ytick.labelsize": 10,
-                            "legend.fontsize": 10})
+matplotlib.rcParams.update(
+    {"font.size": 11, "axes.titlesize": 12, "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10}
+)
 
 
 def group_distributions(pairs_by_model: dict[str, pd.DataFrame], metrics: list[str], path: Path) -> Path:
@@ -36,8 +37,7 @@ def group_distributions(pairs_by_model: dict[str, pd.DataFrame], metrics: list[s
         for m, model in enumerate(models):
             data = [group_rows(pairs_by_model[model], group)[metric].to_numpy(float) for group in GROUPS]
             positions = np.arange(len(GROUPS)) + (m - (len(models) - 1) / 2) * width
-            boxes = axis.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
-                                 showfliers=False)
+            boxes = axis.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False)
             colour = plt.cm.tab10(m % 10)
             for box in boxes["boxes"]:
                 box.set_facecolor(colour)
@@ -73,7 +73,8 @@ def scanner_vs_staining(pairs_by_model: dict[str, pd.DataFrame], metric: str, pa
 
 def pair_matrix(pairs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Condition × condition matrix of ``metric`` (symmetric; the diagonal, a slide against itself, is not
-    measured and left empty)."""
+    measured and left empty).
+    """
     names = list(dict.fromkeys([*pairs["condition_a"], *pairs["condition_b"]]))
     matrix = pd.DataFrame(np.full((len(names), len(names)), np.nan), index=names, columns=names)
     for row in pairs.itertuples(index=False):

@@ -31,7 +31,8 @@ class Report:
         captions = captions or {}
         figures = "".join(
             f'<figure><img src="{html.escape(str(p.relative_to(root)))}" alt="{html.escape(p.stem)}">'
-            f"<figcaption>{html.escape(captions.get(p.stem, p.stem))}</figcaption></figure>" for p in paths
+            f"<figcaption>{html.escape(captions.get(p.stem, p.stem))}</figcaption></figure>"
+            for p in paths
         )
         self.sections.append(f'<div class="pictures">{figures}</div>')
 
@@ -40,19 +41,25 @@ class Report:
         links = "".join(
             f'<figure><a href="{html.escape(str(p.relative_to(root)))}"><img class="thumbnail" '
             f'src="{html.escape(str(p.relative_to(root)))}" width="{width_px}" alt="{html.escape(p.stem)}"></a>'
-            f"<figcaption>{html.escape(p.stem)} (click for full size)</figcaption></figure>" for p in paths
+            f"<figcaption>{html.escape(p.stem)} (click for full size)</figcaption></figure>"
+            for p in paths
         )
         self.sections.append(f'<div class="pictures">{links}</div>')
 
     def write(self, folder: Path) -> Path:
-        style = ("body{font:16px/1.45 sans-serif;margin:16px;max-width:1240px}table.results{border-collapse:collapse}"
-                 "table.results td,table.results th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;"
-                 "overflow-wrap:anywhere}table.results th{background:#f3f3f3}"
-                 ".pictures{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:1240px}"
-                 "figcaption{font-size:14px;max-width:1150px}p{max-width:1150px}")
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
-                + "\n".join(self.sections) + "</body></html>")
+        style = (
+            "body{font:16px/1.45 sans-serif;margin:16px;max-width:1240px}table.results{border-collapse:collapse}"
+            "table.results td,table.results th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;"
+            "overflow-wrap:anywhere}table.results th{background:#f3f3f3}"
+            ".pictures{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:1240px}"
+            "figcaption{font-size:14px;max-width:1150px}p{max-width:1150px}"
+        )
+        page = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
+            + "\n".join(self.sections)
+            + "</body></html>"
+        )
         path = folder / "index.html"
         path.write_text(page)
         return path

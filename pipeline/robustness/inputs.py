@@ -89,7 +89,8 @@ def check_same_tiles(stores: dict[str, StoreIdentity]) -> None:
         listed = "; ".join(f"{label}: plan {s.plan_id}, {s.n_tiles} tiles ({s.path})" for label, s in stores.items())
         raise StoreMismatchError(
             "the embedding stores come from different aligned tile sets, so their tiles do not match one to one: "
-            + listed + ". Embed the same aligned tile store with every model"
+            + listed
+            + ". Embed the same aligned tile store with every model"
         )
 
 
@@ -99,20 +100,25 @@ def pooling_warning(stores: dict[str, StoreIdentity]) -> str | None:
     if len(poolings) < 2:
         return None
     listed = ", ".join(f"{label}: {store.pooling}" for label, store in stores.items())
-    return (f"the stores were pooled differently ({listed}); their scores differ by pooling as well as by model. "
-            f"The PLISM leaderboard pools with the class token only (--pooling {LEADERBOARD_POOLING})")
+    return (
+        f"the stores were pooled differently ({listed}); their scores differ by pooling as well as by model. "
+        f"The PLISM leaderboard pools with the class token only (--pooling {LEADERBOARD_POOLING})"
+    )
 
 
 def validated_subset(indices: np.ndarray, n_tiles: int, source: str) -> np.ndarray:
     """The tile subset as int64 indices, or :class:`StoreMismatchError` naming ``source`` if it does not fit."""
     if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-        raise StoreMismatchError(f"{source}: a tile subset is a 1-D array of integer tile indices, "
-                                 f"got {indices.dtype} {indices.shape}")
+        raise StoreMismatchError(
+            f"{source}: a tile subset is a 1-D array of integer tile indices, got {indices.dtype} {indices.shape}"
+        )
     if indices.size == 0:
         raise StoreMismatchError(f"{source}: the tile subset is empty")
     if indices.min() < 0 or indices.max() >= n_tiles:
-        raise StoreMismatchError(f"{source}: tile indices must lie in 0..{n_tiles - 1} (the stores hold {n_tiles} "
-                                 f"tiles), found {indices.min()}..{indices.max()}")
+        raise StoreMismatchError(
+            f"{source}: tile indices must lie in 0..{n_tiles - 1} (the stores hold {n_tiles} "
+            f"tiles), found {indices.min()}..{indices.max()}"
+        )
     if len(np.unique(indices)) != indices.size:
         raise StoreMismatchError(f"{source}: the tile subset lists some tiles twice")
     return indices.astype(np.int64)
