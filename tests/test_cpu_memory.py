@@ -34,6 +34,7 @@ def _mmapped_bytes(mode: str) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+@pytest.mark.slow
 def test_kept_memory_serves_large_tensors_from_the_heap():
     assert _mmapped_bytes("default") >= 64 << 20  # glibc's default: a fresh mapping, unmapped on free
     assert _mmapped_bytes("keep") < 64 << 20

@@ -280,6 +280,7 @@ def test_two_ranks_together_see_what_one_rank_sees(stores):
         _stream(stores, global_batch=9, world=2)
 
 
+@pytest.mark.slow
 def test_loader_workers_give_the_steps_in_order_as_one_process_does(stores):
     stream = _stream(stores, start_step=3)
     alone = list(itertools.islice(make_loader(stream, 0), 5))
