@@ -67,6 +67,7 @@ def build_moving(fixed: Path, path: Path) -> Path:
         moved = moved.linear(list(TINT), [0, 0, 0]).cast("uchar")
         mpp_um = FIXED_MPP_UM / SCALE
         temporary = path.with_suffix(".tmp.tif")
+        temporary.parent.mkdir(parents=True, exist_ok=True)
         moved.tiffsave(
             str(temporary),
             tile=True,
