@@ -45,9 +45,9 @@ from dataclasses import dataclass  # noqa: E402
 import numpy as np  # noqa: E402
 import openslide  # noqa: E402
 import psutil  # noqa: E402
-import pyvips  # noqa: E402
 
 from flows.prefect_api import TemporaryPrefectServer  # noqa: E402
+from tiling.pyramid_tiff import write_pyramid_tiff  # noqa: E402
 
 REPO = _HERE.parent
 SAMPLE = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -68,20 +68,7 @@ def build_small_slide(path: Path) -> Path:
     with openslide.OpenSlide(SAMPLE) as sample:
         rgb = np.asarray(sample.read_region(CROP_XY, 0, (CROP_PX, CROP_PX)).convert("RGB"))
         mpp_um = float(sample.properties["openslide.mpp-x"])
-    image = pyvips.Image.new_from_array(np.ascontiguousarray(rgb))
-    partial = path.with_suffix(".partial.tif")
-    image.tiffsave(
-        str(partial),
-        tile=True,
-        tile_width=256,
-        tile_height=256,
-        pyramid=True,
-        compression="jpeg",
-        Q=90,
-        xres=1000.0 / mpp_um,
-        yres=1000.0 / mpp_um,
-        resunit="cm",
-    )
+    partial = write_pyramid_tiff(path.with_suffix(".partial.tif"), rgb, mpp_um)
     partial.rename(path)
     return path
 

@@ -71,7 +71,18 @@ def _label_value(value: object) -> object:
 
 
 class _Labelled:
-    """What both datasets share: the slides chosen by the labels, the transform, the item tuple."""
+    """What the datasets share: the labels, the slides chosen by them, the transform, the item tuple."""
+
+    def _set_up(
+        self,
+        store: Path | str,
+        labels: pd.DataFrame | Path | str | None,
+        label_column: str | None,
+        transform: Transform | None,
+    ) -> None:
+        self.path = Path(store)
+        self.labels = _label_table(labels, label_column)
+        self.transform = transform or _identity
 
     def _choose_slides(self, available: list[str], slide_ids: list[str] | None) -> list[str]:
         chosen = available if slide_ids is None else list(slide_ids)
@@ -109,9 +120,7 @@ class TileDataset(_Labelled, Dataset):
         label_column: str | None = None,
         transform: Transform | None = to_tensor,
     ) -> None:
-        self.path = Path(store)
-        self.labels = _label_table(labels, label_column)
-        self.transform = transform or _identity
+        self._set_up(store, labels, label_column, transform)
         available = TileReader(store).slide_ids
         self.reader = TileReader(store, self._choose_slides(available, slide_ids))
         self.slide_ids = self.reader.tile_slide_ids()
@@ -143,9 +152,7 @@ class TileStream(_Labelled, IterableDataset):
         shuffle: bool = False,
         seed: int = 0,
     ) -> None:
-        self.path = Path(store)
-        self.labels = _label_table(labels, label_column)
-        self.transform = transform or _identity
+        self._set_up(store, labels, label_column, transform)
         reader = TileReader(store)
         self.reader = TileReader(store, self._choose_slides(reader.slide_ids, slide_ids))
         entries = self.reader.store.slide_entries()
@@ -197,9 +204,7 @@ class AlignedTileDataset(_Labelled, Dataset):
         label_column: str | None = None,
         transform: Transform | None = to_tensor,
     ) -> None:
-        self.path = Path(store)
-        self.labels = _label_table(labels, label_column)
-        self.transform = transform or _identity
+        self._set_up(store, labels, label_column, transform)
         aligned = open_aligned_store(store)
         plan = aligned.read_plan()
         if plan is None:

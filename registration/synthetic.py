@@ -44,11 +44,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyvips
 
 from registration.ground_truth import MARGIN_UM, ElasticWave, GroundTruth, Placement
 from registration.stains import OD_OF_UINT8, STAINS_OD, UNMIX
 from tiling.errors import MissingMppError
+from tiling.pyramid_tiff import write_pyramid_tiff
 from tiling.slide import opened_slide, read_region
 
 # Approximate nominal level-0 pixel sizes (µm/px) of PLISM's scanners at 40×, as vendors state them.
@@ -167,22 +167,6 @@ def _render(source_rgb: np.ndarray, source_mpp_um: float, truth: GroundTruth, si
     return cv2.remap(source_rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=white)
 
 
-def _write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp_um: float, jpeg_quality: int) -> None:
-    """Tiled JPEG pyramid with the pixel size in its resolution tags, as ``tiling.mpp`` reads it."""
-    pyvips.Image.new_from_array(np.ascontiguousarray(rgb)).tiffsave(
-        str(path),
-        tile=True,
-        tile_width=256,
-        tile_height=256,
-        pyramid=True,
-        compression="jpeg",
-        Q=jpeg_quality,
-        xres=1000.0 / mpp_um,
-        yres=1000.0 / mpp_um,
-        resunit="cm",
-    )
-
-
 def _read_source(path: Path) -> tuple[np.ndarray, float]:
     """The whole level 0 of ``path`` as ``[H, W, 3]`` uint8, and its µm/px (a small region is expected)."""
     with opened_slide(path) as slide:
@@ -246,7 +230,7 @@ def make_synthetic_plism(
             size_px = tuple(int(v) for v in np.round((extent_um + 2 * MARGIN_UM) / mpp_um))
             condition = SyntheticCondition(staining, scanner, out_dir / f"{staining}_{scanner}.tif", mpp_um, truth)
             rgb = appearance.apply(_render(source_rgb, source_mpp_um, truth, size_px))
-            _write_pyramid_tiff(condition.path, rgb, mpp_um, appearance.jpeg_quality)
+            write_pyramid_tiff(condition.path, rgb, mpp_um, jpeg_quality=appearance.jpeg_quality)
             truth.save(out_dir / "ground_truth" / f"{condition.name}.json")
             conditions.append(condition)
             appearances[condition.name] = asdict(appearance)

@@ -21,6 +21,8 @@ import pytest  # noqa: E402
 import pyvips  # noqa: E402
 import tifffile  # noqa: E402
 
+from tiling.pyramid_tiff import write_pyramid_tiff  # noqa: E402
+
 DATA = Path(__file__).parent / "data" / "slides"
 CMU_SVS = DATA / "CMU-1-Small-Region.svs"
 OME_TIFF = DATA / "OS-1-detail.ome.tif"
@@ -37,20 +39,7 @@ def write_tiff(path: Path, rgb: np.ndarray, mpp_um: float | None, *, pyramid: bo
     if mpp_um is None:  # libvips always writes a resolution; tifffile can leave it unitless
         tifffile.imwrite(path, rgb, tile=(256, 256), compression="jpeg", photometric="rgb", resolutionunit="NONE")
         return path
-    image = pyvips.Image.new_from_array(np.ascontiguousarray(rgb))
-    image.tiffsave(
-        str(path),
-        tile=True,
-        tile_width=256,
-        tile_height=256,
-        pyramid=pyramid,
-        compression="jpeg",
-        Q=90,
-        xres=1000.0 / mpp_um,
-        yres=1000.0 / mpp_um,
-        resunit="cm",
-    )
-    return path
+    return write_pyramid_tiff(path, rgb, mpp_um, pyramid=pyramid)
 
 
 @pytest.fixture(scope="session")

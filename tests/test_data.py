@@ -12,8 +12,7 @@ import zarr
 from torch.utils.data import DataLoader
 
 from distillpath.data import AlignedTileDataset, TileDataset, TileStream
-from storage.aligned_store import AlignedTileStore
-from storage.manifest import SlideRecord, write_record
+from tests.flow_helpers import write_two_condition_store
 
 CMU, OME = "CMU-1-Small-Region", "OS-1-detail"
 
@@ -26,25 +25,8 @@ def _slide(store, slide_id):
 def aligned(tmp_path_factory, shipped_tile_store):
     """Two conditions of 16 tiles: the CMU tiles and the same tiles mirrored."""
     tiles = _slide(shipped_tile_store, CMU)["tiles"][:16]
-    store = AlignedTileStore.create_or_open(tmp_path_factory.mktemp("data") / "aligned.zarr", {"test": True})
-    table = [{"name": n, "staining": "GMH", "scanner": n, "mpp_um": 0.5} for n in ("A", "B")]
     coords = np.stack([np.full((16, 2), 10.4), np.full((16, 2), 20.6)])
-    store.start_plan(
-        table,
-        {},
-        coords,
-        np.ones((2, 16)),
-        np.zeros((16, 2), np.int32),
-        tile_size_px=224,
-        mpp_um=0.5,
-        tiles_per_shard=16,
-        jpeg_quality=90,
-        jpeg_subsampling="444",
-    )
-    for index, name in enumerate(("A", "B")):
-        store.write_condition_tiles(index, 0, tiles[:, :, ::-1] if index else tiles)
-        write_record(store, SlideRecord(name, "", "extracted", extra={"plan_id": store.read_plan()["plan_id"]}))
-    return store.root
+    return write_two_condition_store(tmp_path_factory.mktemp("data") / "aligned.zarr", tiles, coords)
 
 
 def test_items_are_the_stored_tile_its_slide_and_coordinates(shipped_tile_store):

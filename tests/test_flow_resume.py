@@ -15,18 +15,14 @@ from flows.tile_tcga import main
 from flows.tiling_flow import tile_tcga
 from storage.manifest import read_manifest
 from storage.tile_store import StoreError, TileStore
-from tests.flow_helpers import assert_same_stores, run_cli
+from tests.flow_helpers import assert_same_stores, linked_slides, run_cli
 from tiling.config import TilingConfig
 
 
 @pytest.fixture
 def many_slides(tmp_path, slide_025_single_level):
     """Six slides that need resampling, so a run lasts long enough to be killed mid-way."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for index in range(6):
-        os.link(slide_025_single_level, folder / f"slide-{index}.tif")
-    return folder
+    return linked_slides(tmp_path / "many", slide_025_single_level, 6)
 
 
 def _clean_run(slides, out, api_url) -> None:
@@ -70,7 +66,7 @@ def test_killed_run_resumes_to_the_same_tiles_as_a_clean_run(many_slides, tmp_pa
     assert_same_stores(clean, resumed)
     assert not [p for p in store.staging_dir.iterdir() if p.is_dir()]
     manifest = read_manifest(resumed)
-    assert sorted(manifest["slide_id"]) == [f"slide-{i}" for i in range(6)]
+    assert sorted(manifest["slide_id"]) == [f"slide-{i:02d}" for i in range(6)]
     assert set(manifest["status"]) == {"done"}
 
 

@@ -20,8 +20,7 @@ import pytest
 import zarr
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.aligned_store import AlignedTileStore
-from storage.manifest import SlideRecord, write_record
+from tests.flow_helpers import write_two_condition_store
 
 pytestmark = pytest.mark.slow
 
@@ -69,28 +68,12 @@ def stores(tmp_path_factory, shipped_tile_store, prefect_api):
 
     folder = tmp_path_factory.mktemp("light")
     tiles = zarr.open_array(shipped_tile_store / "slides" / "CMU-1-Small-Region" / "tiles", mode="r")[:16]
-    aligned = AlignedTileStore.create_or_open(folder / "aligned.zarr", {"test": True})
-    table = [{"name": n, "staining": "GMH", "scanner": n, "mpp_um": 0.5} for n in ("A", "B")]
-    aligned.start_plan(
-        table,
-        {},
-        np.zeros((2, 16, 2)),
-        np.ones((2, 16)),
-        np.zeros((16, 2), np.int32),
-        tile_size_px=224,
-        mpp_um=0.5,
-        tiles_per_shard=16,
-        jpeg_quality=90,
-        jpeg_subsampling="444",
-    )
-    for index, name in enumerate(("A", "B")):
-        aligned.write_condition_tiles(index, 0, tiles[:, :, ::-1] if index else tiles)
-        write_record(aligned, SlideRecord(name, "", "extracted", extra={"plan_id": aligned.read_plan()["plan_id"]}))
+    aligned = write_two_condition_store(folder / "aligned.zarr", tiles, np.zeros((2, 16, 2)))
     runner = ThreadPoolTaskRunner(max_workers=1)
     settings = EmbeddingSettings(model="tiny-student", batch_size=16, loader_workers=0)
-    for source, out in ((shipped_tile_store, folder / "emb.zarr"), (aligned.root, folder / "aligned-emb.zarr")):
+    for source, out in ((shipped_tile_store, folder / "emb.zarr"), (aligned, folder / "aligned-emb.zarr")):
         embed_tiles.with_options(task_runner=runner)(tiles=str(source), out=str(out), settings=settings)
-    return shipped_tile_store, aligned.root, folder / "emb.zarr", folder / "aligned-emb.zarr"
+    return shipped_tile_store, aligned, folder / "emb.zarr", folder / "aligned-emb.zarr"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from flows.tiling_flow import tile_tcga
 from storage.manifest import DONE, SKIPPED, read_record
 from storage.tile_store import TileStore
 from tests.conftest import CMU_SVS
-from tests.flow_helpers import assert_same_stores
+from tests.flow_helpers import assert_same_stores, linked_slides
 from tiling.config import TilingConfig
 from tiling.slide_list import SlideSpec
 from tiling.tile_slide import tile_slide
@@ -54,11 +54,7 @@ def test_a_complete_slide_is_returned_without_reading_or_writing_it(tmp_path, mo
 @pytest.fixture
 def twelve_slides(tmp_path, slide_025_single_level):
     """Twelve slides that need resampling (about a second each), as hard links to one file."""
-    folder = tmp_path / "twelve"
-    folder.mkdir()
-    for index in range(12):
-        os.link(slide_025_single_level, folder / f"slide-{index:02d}.tif")
-    return folder
+    return linked_slides(tmp_path / "twelve", slide_025_single_level, 12)
 
 
 def _kill_a_busy_worker_after(client, store: TileStore, finished: int, killed: dict) -> None:

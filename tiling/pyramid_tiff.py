@@ -1,0 +1,45 @@
+"""Write an image as a tiled JPEG TIFF pyramid that records its pixel size: a slide the tiler reads.
+
+Synthetic studies, the benchmarks' generated slides and the tests' slides are
+all written this way, so the resolution tags are written one way: libvips
+stores ``xres``/``yres`` in pixels per millimetre with the unit ``cm`` in the
+file's tag, and :mod:`tiling.mpp` reads them back as µm/px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+
+def write_pyramid_tiff(
+    path: Path,
+    image: np.ndarray | pyvips.Image,
+    mpp_um: float,
+    *,
+    jpeg_quality: int = 90,
+    pyramid: bool = True,
+) -> Path:
+    """Write ``image`` (``[H, W, 3]`` uint8 or a libvips image) to ``path`` with 256-px JPEG tiles.
+
+    ``mpp_um`` is written as the resolution (a slide without one is written
+    with tifffile and ``resolutionunit="NONE"``: libvips always writes some
+    resolution). ``pyramid=False`` writes level 0 only.
+    """
+    if isinstance(image, np.ndarray):
+        image = pyvips.Image.new_from_array(np.ascontiguousarray(image))
+    image.tiffsave(
+        str(path),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=pyramid,
+        compression="jpeg",
+        Q=jpeg_quality,
+        xres=1000.0 / mpp_um,
+        yres=1000.0 / mpp_um,
+        resunit="cm",
+    )
+    return path
