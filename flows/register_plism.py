@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from flows.cli import job_main
-from flows.jobs import PlismJob
+from flows.jobs import DEPLOYMENT_JOBS, PlismJob
 
 FLAGS = {
     "--slides": "slides",
@@ -32,7 +32,7 @@ FLAGS = {
     "--dask-address": "dask_address",
     "--overwrite": "overwrite",
 }
-PRESET = {"stage": "register"}  # what this command changes from PlismJob's defaults; the deployment's preset too
+PRESET = DEPLOYMENT_JOBS["register-plism"][1]  # what this command changes from PlismJob's defaults
 
 
 def check(job: PlismJob) -> None:
@@ -62,22 +62,9 @@ def check(job: PlismJob) -> None:
 
 
 def run(job: PlismJob, args: argparse.Namespace) -> None:
-    from flows.plism_flow import plism
-    from flows.runners import make_task_runner
+    from flows.job_flows import plism
 
-    plism.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides,
-        out=job.out,
-        registration=job.registration,
-        tiling=job.tiling,
-        refinement=job.refinement_options(),
-        pattern=job.pattern,
-        reference=job.reference,
-        stainings=job.stainings,
-        stage=job.stage,
-        overwrite=job.overwrite,
-        progress_bar=not args.no_progress,
-    )
+    plism(job, progress_bar=not args.no_progress)
 
 
 def main(

@@ -42,18 +42,9 @@ def check(job: TileJob) -> None:
 
 
 def run(job: TileJob, args: argparse.Namespace) -> None:
-    from flows.runners import make_task_runner
-    from flows.tiling_flow import tile_tcga
+    from flows.job_flows import tile
 
-    tile_tcga.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides,
-        out=job.out,
-        config=job.tiling,
-        mpp_override_um=job.mpp_override_um,
-        mpp_replace_um=job.mpp_replace_um,
-        overwrite=job.overwrite,
-        progress_bar=not args.no_progress,
-    )
+    tile(job, progress_bar=not args.no_progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.tile_tcga") -> int:
