@@ -264,6 +264,6 @@ def plism_store_parameters(
         "stainings": sorted(stainings) if stainings else None,
         "registration": registration.model_dump(mode="json"),
         "refinement": refinement,
-        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}),
+        "tiling": tiling.model_dump(mode="json", exclude=set(tiling.RUN_ONLY)),
         "nodes_per_side": nodes_per_side,
     }

@@ -38,7 +38,7 @@ def check(job: TileJob) -> None:
     from storage.tile_store import TileStore
 
     existing_path(job.slides, "--slides")
-    store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite)
+    store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
 
 
 def run(job: TileJob, args: argparse.Namespace) -> None:
