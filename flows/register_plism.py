@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flows.cli import job_main
 from flows.jobs import DEPLOYMENT_JOBS, PlismJob
@@ -39,10 +40,10 @@ def check(job: PlismJob) -> None:
     """Found before Prefect starts: the folder, its reference slide, and a store made with other parameters."""
     from flows.checks import existing_path, store_accepts
     from flows.jobs import NODES_PER_SIDE, plism_store_parameters
-    from registration.layout import PlismLayout
-    from storage.aligned_store import AlignedTileStore
 
     existing_path(job.slides, "--slides")
+    from registration.layout import PlismLayout  # reads the slides' headers: after the cheap checks
+
     try:
         layout = PlismLayout.from_folder(
             job.slides,
@@ -58,7 +59,10 @@ def check(job: PlismJob) -> None:
     parameters = plism_store_parameters(
         reference, job.pattern, job.stainings, job.registration, job.refinement_options(), job.tiling, NODES_PER_SIDE
     )
-    store_accepts(AlignedTileStore, job.out, parameters, job.overwrite)
+    if Path(job.out).exists():  # a new store needs no check, nor zarr imported
+        from storage.aligned_store import AlignedTileStore
+
+        store_accepts(AlignedTileStore, job.out, parameters, job.overwrite)
 
 
 def run(job: PlismJob, args: argparse.Namespace) -> None:

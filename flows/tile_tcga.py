@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flows.cli import job_main
 from flows.jobs import TileJob
@@ -35,10 +36,12 @@ FLAGS = {
 def check(job: TileJob) -> None:
     """What the user can fix, found before Prefect starts: the slides exist, the store accepts these parameters."""
     from flows.checks import existing_path, store_accepts
-    from storage.tile_store import TileStore
 
     existing_path(job.slides, "--slides")
-    store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
+    if Path(job.out).exists():  # a new store needs no check, nor zarr imported (a second under load)
+        from storage.tile_store import TileStore
+
+        store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
 
 
 def run(job: TileJob, args: argparse.Namespace) -> None:
