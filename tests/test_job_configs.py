@@ -300,3 +300,17 @@ def test_the_shipped_serve_file_is_a_valid_serve_job():
 
     job = _load(["--config", str(REPO / "examples" / "serve.yaml")], "serve")
     assert job.deployments["embed"].parameters["model"] == "h0-mini" and job.deployments["tile-tcga"].cron
+
+
+def test_a_refinement_typo_is_refused_before_any_worker_sees_it(tmp_path):
+    from flows.jobs import PlismJob
+    from flows.register_plism import check
+    from tests.conftest import CMU_SVS
+
+    (tmp_path / "GMH_S60.svs").symlink_to(CMU_SVS)
+    job = PlismJob(slides=str(tmp_path), out=str(tmp_path / "o.zarr"), refinement={"anchor_spacing": 300})
+    with pytest.raises(
+        UserInputError, match=r"refinement: unknown key anchor_spacing \(did you mean anchor_spacing_um"
+    ):
+        check(job)
+    check(job.model_copy(update={"refinement": {"anchor_spacing_um": 300}}))
