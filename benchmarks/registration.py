@@ -66,11 +66,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pyvips  # noqa: E402
 
-from registration import RegistrationError, register_slides  # noqa: E402
+from registration import RegistrationConfig, RegistrationError, register_slides  # noqa: E402
 from registration.aligned_tiles import IdentityMapping, extract_tiles, map_tiles, reference_tiles  # noqa: E402
 from registration.elastix import itk_image, loaded_itk, run_elastix, transform_points_um  # noqa: E402
 from registration.phase_correlation import phase_shift_px  # noqa: E402
-from registration.refine import refine_registration  # noqa: E402
+from registration.refine import RefinementConfig, refine_registration  # noqa: E402
 from registration.synthetic import SyntheticCondition, make_synthetic_plism  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
 
@@ -265,10 +265,11 @@ def synthetic_rows(workdir: Path, quick: bool) -> tuple[list[Row], list[PairErro
     corners = tiles.top_left_xy
     reference_grey = _tile_greys(reference, IdentityMapping(), tiles)
     unregistered, global_pairs, refined_pairs = [], [], []
+    synthetic, refinement = RegistrationConfig(**SYNTHETIC_OPTIONS), RefinementConfig(**REFINE_OPTIONS)
     for name, condition in by_name.items():
         truth = condition.truth.map_points(points)
-        result, register_s = timed(lambda c=condition: register_slides(reference.path, c.path, **SYNTHETIC_OPTIONS))
-        refined, refine_s = timed(lambda r=result: refine_registration(r, tiles.centres(), **REFINE_OPTIONS))
+        result, register_s = timed(lambda c=condition: register_slides(reference.path, c.path, synthetic))
+        refined, refine_s = timed(lambda r=result: refine_registration(r, tiles.centres(), refinement))
         diagonal_um = float(np.hypot(*result.moving_dimensions_level0) * condition.mpp_um)
 
         def errors(mapped: np.ndarray, c: SyntheticCondition = condition, t: np.ndarray = truth) -> np.ndarray:
@@ -379,7 +380,9 @@ def cima_rows(workdir: Path, quick: bool) -> tuple[list[Row], list[PairErrors]]:
         before.append(PairErrors(name, 0.0, np.linalg.norm(fixed_xy - moving_xy, axis=1) * CIMA_MPP_UM, diagonal_um))
         try:
             result, seconds = timed(
-                lambda f=fixed, m=moving: register_slides(cima_tiff(workdir, f), cima_tiff(workdir, m), **CIMA_OPTIONS)
+                lambda f=fixed, m=moving: register_slides(
+                    cima_tiff(workdir, f), cima_tiff(workdir, m), RegistrationConfig(**CIMA_OPTIONS)
+                )
             )
         except RegistrationError as error:
             reason = str(error).split(": ", 1)[-1].splitlines()[0]
@@ -468,7 +471,7 @@ def cima_rows(workdir: Path, quick: bool) -> tuple[list[Row], list[PairErrors]]:
 
 def os2_row() -> tuple[Row, float]:
     """The Hamamatsu → Olympus pair: seconds, agreement before and after, and the scale found."""
-    result, seconds = timed(lambda: register_slides(OS2_FIXED, OS2_MOVING, **OS2_OPTIONS))
+    result, seconds = timed(lambda: register_slides(OS2_FIXED, OS2_MOVING, RegistrationConfig(**OS2_OPTIONS)))
     quality = result.quality
     centre = np.array([[d / 2 for d in result.fixed_dimensions_level0]])
     step_px = 100.0

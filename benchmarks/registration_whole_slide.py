@@ -37,7 +37,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import pyvips  # noqa: E402
 
-from registration import register_slides  # noqa: E402
+from registration import RegistrationConfig, register_slides  # noqa: E402
 from registration.refine import refine_registration  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
 from tiling.slide import opened_slide  # noqa: E402
@@ -119,12 +119,12 @@ def main() -> None:
         return np.linalg.norm(mapped - truth, axis=1) * moving_mpp_um
 
     warm = time.perf_counter()
-    register_slides(CMU_SVS, CMU_SVS, stages=("rigid",))
+    register_slides(CMU_SVS, CMU_SVS, RegistrationConfig(stages=("rigid",)))
     rows = [_row("warm-up: load ITK, first elastix call", time.perf_counter() - warm, None, "excluded below")]
     results = {}
     for view in args.views:
         begin = time.perf_counter()
-        results[view] = register_slides(fixed, moving, view_mpp_um=view)
+        results[view] = register_slides(fixed, moving, RegistrationConfig(view_mpp_um=view))
         seconds = time.perf_counter() - begin
         quality = results[view].quality
         rows.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,14 @@ def existing_path(path: str, flag: str) -> Path:
     return resolved
 
 
-def store_accepts(store_class: type[RunStore], root: str, parameters: dict, overwrite: bool) -> None:
+def store_accepts(
+    store_class: type[RunStore], root: str, parameters: dict, overwrite: bool, without_effect: Collection[str] = ()
+) -> None:
     """Refuse at once a store made with other parameters, naming the fields that differ."""
     from storage.tile_store import StoreError
 
     try:
-        store_class.check_can_open(root, parameters, overwrite=overwrite)
+        store_class.check_can_open(root, parameters, overwrite=overwrite, without_effect=without_effect)
     except StoreError as error:
         raise UserInputError(str(error)) from None
 

@@ -116,7 +116,8 @@ def _one_line(
             flag = flag_names.get(key)
             problems.append(f"{key} is required" + (f" (give {flag})" if flag else ""))
         else:
-            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})" if key else item["msg"])
+            message = item["msg"].removeprefix("Value error, ")  # a model validator's own message
+            problems.append(f"{key}: {message} (got {item.get('input')!r})" if key else message)
     where = f"{path}: " if path else ""
     return where + "; ".join(problems)
 
@@ -174,10 +175,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]
 
 
 def config_from_args(
-    model: type[BaseModel], args: argparse.Namespace, flags: Mapping[str, str], preset: Mapping[str, Any] | None = None
+    model: type[BaseModel],
+    args: argparse.Namespace,
+    flags: Mapping[str, str],
+    preset: Mapping[str, Any] | None = None,
+    more_flags: Mapping[str, Any] | None = None,
 ) -> BaseModel:
-    """The job config given by parsed arguments (see :func:`add_config_arguments`)."""
-    values = {dotted: getattr(args, _dest(dotted)) for dotted in flags.values()}
+    """The job config given by parsed arguments (see :func:`add_config_arguments`).
+
+    ``more_flags`` (dotted key to value, ``None`` when not given) are options a command parsed itself,
+    e.g. ``serve``'s ``--cron-NAME`` that set a key of a dict field.
+    """
+    values = {dotted: getattr(args, _dest(dotted)) for dotted in flags.values()} | dict(more_flags or {})
     return load_config(
         model,
         args.config,

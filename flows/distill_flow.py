@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from tqdm import tqdm
 
-from pipeline.distill.config import DistillConfig
+from pipeline.distill.config import DistillConfig, recorded_text
 from pipeline.distill.run_directory import parse_records
 
 _POLL_S = 2.0
@@ -31,8 +32,11 @@ def _records(metrics: Path, seen: int) -> list[dict]:
     return parse_records(metrics.read_text())[seen:] if metrics.exists() else []
 
 
-def _launch(config_path: Path, stores: list[str], out: Path, processes: int, device: str, sharding: str):
-    """Start the training; returns ``(is_running, wait)``."""
+def _launch(config: DistillConfig, stores: list[str], out: Path, processes: int, device: str, sharding: str):
+    """Start the training; returns ``(is_running, wait)``.
+
+    torchrun's processes read the config from a file of this run's (deleted when it ends).
+    """
     if processes <= 1:
         from pipeline.distill.train import train
 
@@ -40,7 +44,7 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
 
         def target() -> None:
             try:
-                train(DistillConfig.from_yaml(config_path), stores, out, "cuda" if device == "cuda" else "cpu")
+                train(config, stores, out, "cuda" if device == "cuda" else "cpu")
             except BaseException as error:  # re-raised in the flow's thread by wait()
                 failure.append(error)
 
@@ -53,6 +57,9 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
                 raise failure[0]
 
         return thread.is_alive, wait
+    folder = tempfile.TemporaryDirectory(prefix="distill-config-")
+    config_path = Path(folder.name) / "config.yaml"
+    config_path.write_text(recorded_text(config))
     command = [
         sys.executable,
         "-m",
@@ -75,7 +82,9 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
     process = subprocess.Popen(command)
 
     def wait() -> None:
-        if process.wait() != 0:
+        code = process.wait()
+        folder.cleanup()
+        if code != 0:
             raise RuntimeError(f"torchrun exited with code {process.returncode}: {' '.join(command)}")
 
     return lambda: process.poll() is None, wait
@@ -83,7 +92,7 @@ def _launch(config_path: Path, stores: list[str], out: Path, processes: int, dev
 
 @flow(name="distill", log_prints=True)
 def distill(
-    config: str,
+    config: DistillConfig,
     tiles: list[str],
     out: str,
     processes: int = 1,
@@ -96,11 +105,10 @@ def distill(
     ``sharding`` (``ddp`` or ``fsdp``) chooses how several processes hold the networks.
     """
     logger = get_run_logger()
-    settings = DistillConfig.from_yaml(config)
     run = Path(out)
-    total = settings.train.iterations + (settings.heads.fit_iterations if settings.heads.teacher_heads == "fit" else 0)
+    total = config.train.iterations + (config.heads.fit_iterations if config.heads.teacher_heads == "fit" else 0)
     progress = create_progress_artifact(progress=0.0, key="distill-progress", description=f"distillation into {run}")
-    is_running, wait = _launch(Path(config), [str(Path(t)) for t in tiles], run, processes, device, sharding)
+    is_running, wait = _launch(config, [str(Path(t)) for t in tiles], run, processes, device, sharding)
     seen, last = 0, {}
     with tqdm(total=total, unit="step", disable=not progress_bar, file=sys.stderr) as bar:
         while True:
@@ -112,8 +120,8 @@ def distill(
                     continue
                 last = record
                 done = record["step"] + (
-                    settings.heads.fit_iterations
-                    if record["stage"] == "distill" and settings.heads.teacher_heads == "fit"
+                    config.heads.fit_iterations
+                    if record["stage"] == "distill" and config.heads.teacher_heads == "fit"
                     else 0
                 )
                 bar.update(done - bar.n)

@@ -48,17 +48,9 @@ def check(job: EmbedJob) -> None:
 
 
 def run(job: EmbedJob, args: argparse.Namespace) -> None:
-    from flows.embedding_flow import embed_tiles
-    from flows.runners import make_task_runner
+    from flows.job_flows import embed
 
-    embed_tiles.with_options(task_runner=make_task_runner(job.partitions, job.dask_address))(
-        tiles=job.tiles,
-        out=job.out,
-        settings=job.settings(),
-        partitions=job.partitions,
-        overwrite=job.overwrite,
-        progress_bar=not args.no_progress,
-    )
+    embed(job, progress_bar=not args.no_progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.embed") -> int:

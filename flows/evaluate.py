@@ -39,9 +39,9 @@ def check(job: EvaluateJob) -> None:
 
 
 def run(job: EvaluateJob, args: argparse.Namespace) -> None:
-    from flows.evaluate_flow import evaluate_embeddings
+    from flows.job_flows import evaluate
 
-    evaluate_embeddings(embeddings=job.embeddings, labels=job.labels, out=job.out, settings=job.probe_settings())
+    evaluate(job)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.evaluate") -> int:

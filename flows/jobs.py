@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from registration.config import RegistrationConfig
-from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE
+from pipeline.distill.config import DistillConfig
+from registration.config import DEFAULT_PATTERN, DEFAULT_REFERENCE, RegistrationConfig
 from tiling.config import TilingConfig
 
 NODES_PER_SIDE = 8  # registration nodes measured per side of each tile, to know where it falls on a condition
@@ -138,6 +138,116 @@ class EvaluateJob(_Job):
         return ProbeSettings(task=self.task, level=self.level, folds_column=self.folds_column, targets=self.targets)
 
 
+class DistillJob(DistillConfig):
+    """Distil a teacher into a student on tile stores (``distillpath distill``): every hyperparameter, typed.
+
+    The sections of :class:`~pipeline.distill.config.DistillConfig` (``models``, ``heads``, ``loss``,
+    ``optim``, ``train``, ``crops``) sit at the top level beside the paths, so a file of
+    ``configs/distill/`` is a job file as it is, and ``train.iterations=10`` sets one hyperparameter.
+    """
+
+    tiles: list[str] = Field(min_length=1, description="tile stores to train on")
+    out: str = Field(description="run directory to create or resume")
+    processes: int = Field(1, gt=0, description="training processes (torchrun when > 1, one per GPU with cuda)")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where to train")
+    sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: whole networks in each (ddp) or parameters sharded (fsdp)"
+    )
+
+    def distill_config(self) -> DistillConfig:
+        """The hyperparameters alone: what the run directory records and ``pipeline.distill.train`` takes."""
+        return DistillConfig.model_validate(self.model_dump(include=set(DistillConfig.model_fields)))
+
+
+class RobustnessJob(_Job):
+    """Score PLISM robustness of embedding stores into a report (``distillpath robustness``)."""
+
+    embeddings: list[str] = Field(min_length=1, description="embedding stores of aligned PLISM tiles, one per model")
+    out: str = Field(description="folder for the results and the report")
+    ks: tuple[PositiveInt, ...] = Field((1, 3, 5, 10), min_length=1, description="k of the top-k accuracies")
+    subset: str | None = Field(None, description="tile indices to keep (.npy), e.g. plismbench's tiles_subset_8139.npy")
+    labels: list[str] | None = Field(
+        None, description="a name per store, in the order of embeddings (none: model name and weights checksum)"
+    )
+    qc_from: list[str] | None = Field(None, description="other stores whose QC pictures the report shows")
+
+    @model_validator(mode="after")
+    def _a_label_per_store(self) -> RobustnessJob:
+        if self.labels is not None and len(self.labels) != len(self.embeddings):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.embeddings)} embedding stores")
+        return self
+
+
+# Each deployment, named after its command line: the job it runs and the fields its command presets.
+DEPLOYMENT_JOBS: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
+    "tile-tcga": (TileJob, {}),
+    "register-plism": (PlismJob, {"stage": "register"}),
+    "extract-plism": (PlismJob, {"stage": "all"}),
+    "embed": (EmbedJob, {}),
+    "distill": (DistillJob, {}),
+    "robustness": (RobustnessJob, {}),
+    "evaluate": (EvaluateJob, {}),
+}
+
+
+class ServedDeployment(_Job):
+    """What ``distillpath serve`` sets of one deployment: a schedule, and default parameters (the UI's form)."""
+
+    cron: str | None = Field(None, description="cron schedule, e.g. '0 2 * * *' (none: runs on demand only)")
+    timezone: str | None = Field(None, description="IANA time zone of the cron (none: ServeJob.timezone)")
+    parameters: dict[str, Any] = Field({}, description="fields of the deployment's job: defaults of its runs")
+
+
+class ServeJob(_Job):
+    """Serve every job as a Prefect deployment (``distillpath serve``).
+
+    ``deployments`` maps deployment names to their settings; in a YAML file the
+    names may also be top-level sections (``tile-tcga: {cron: ...}``). Each
+    section's ``parameters`` are checked against the deployment's job model
+    now, except for fields left to each run (the paths).
+    """
+
+    deployments: dict[str, ServedDeployment] = Field({}, description="per deployment name: cron, timezone, parameters")
+    only: list[str] | None = Field(None, description="serve only these deployments (none: all)")
+    timezone: str = Field("UTC", description="IANA time zone of crons that name none")
+    dask_address: str | None = Field(None, description="default Dask scheduler of the Dask-parallel deployments")
+    limit: int | None = Field(None, gt=0, description="most flow runs at once on this machine (none: no limit)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_at_the_top(cls, data: Any) -> Any:
+        if isinstance(data, dict) and set(data) & set(DEPLOYMENT_JOBS):
+            data = dict(data)
+            sections = {name: data.pop(name) or {} for name in list(data) if name in DEPLOYMENT_JOBS}
+            nested = data.get("deployments") or {}
+            data["deployments"] = {
+                name: {**sections.get(name, {}), **nested.get(name, {})} for name in {*sections, *nested}
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _known_names_and_parameters(self) -> ServeJob:
+        for name in [*self.deployments, *(self.only or [])]:
+            if name not in DEPLOYMENT_JOBS:
+                raise ValueError(f"no deployment {name}; there are {', '.join(DEPLOYMENT_JOBS)}")
+        for name, section in self.deployments.items():
+            model, preset = DEPLOYMENT_JOBS[name]
+            try:
+                model.model_validate({**preset, **section.parameters})
+            except ValidationError as error:
+                wrong = [e for e in error.errors() if e["type"] != "missing"]
+                if wrong:
+                    first = wrong[0]
+                    problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+                    where = ".".join(map(str, first["loc"]))
+                    raise ValueError(f"deployments.{name}.parameters.{where}: {problem}") from None
+        return self
+
+    def served(self) -> list[str]:
+        """The names of the deployments to serve, in the order of :data:`DEPLOYMENT_JOBS`."""
+        return [name for name in DEPLOYMENT_JOBS if not self.only or name in self.only]
+
+
 def plism_store_parameters(
     reference_name: str,
     pattern: str,
@@ -154,6 +264,6 @@ def plism_store_parameters(
         "stainings": sorted(stainings) if stainings else None,
         "registration": registration.model_dump(mode="json"),
         "refinement": refinement,
-        "tiling": tiling.model_dump(mode="json", exclude={"threads", "checksum"}),
+        "tiling": tiling.model_dump(mode="json", exclude=set(tiling.RUN_ONLY)),
         "nodes_per_side": nodes_per_side,
     }

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from flows.cli import job_main
-from flows.jobs import PlismJob
+from flows.cli import UserInputError, job_main
+from flows.jobs import DEPLOYMENT_JOBS, PlismJob
 
 FLAGS = {
     "--slides": "slides",
@@ -32,17 +33,17 @@ FLAGS = {
     "--dask-address": "dask_address",
     "--overwrite": "overwrite",
 }
-PRESET = {"stage": "register"}  # what this command changes from PlismJob's defaults; the deployment's preset too
+PRESET = DEPLOYMENT_JOBS["register-plism"][1]  # what this command changes from PlismJob's defaults
 
 
 def check(job: PlismJob) -> None:
     """Found before Prefect starts: the folder, its reference slide, and a store made with other parameters."""
     from flows.checks import existing_path, store_accepts
     from flows.jobs import NODES_PER_SIDE, plism_store_parameters
-    from registration.layout import PlismLayout
-    from storage.aligned_store import AlignedTileStore
 
     existing_path(job.slides, "--slides")
+    from registration.layout import PlismLayout  # reads the slides' headers: after the cheap checks
+
     try:
         layout = PlismLayout.from_folder(
             job.slides,
@@ -52,32 +53,28 @@ def check(job: PlismJob) -> None:
         )
         reference = layout.reference.name
     except (ValueError, OSError) as error:  # no reference slide, a pattern without its groups
-        from flows.cli import UserInputError
-
         raise UserInputError(str(error)) from None
+    if job.refinement:  # checked here, not in each worker; imports OpenCV, so only when refinement is given
+        from flows.config_loader import ConfigError, load_config
+        from registration.refine import RefinementConfig
+
+        try:
+            load_config(RefinementConfig, preset=job.refinement)
+        except ConfigError as error:
+            raise UserInputError(f"refinement: {error}") from None
     parameters = plism_store_parameters(
         reference, job.pattern, job.stainings, job.registration, job.refinement_options(), job.tiling, NODES_PER_SIDE
     )
-    store_accepts(AlignedTileStore, job.out, parameters, job.overwrite)
+    if Path(job.out).exists():  # a new store needs no check, nor zarr imported
+        from storage.aligned_store import AlignedTileStore
+
+        store_accepts(AlignedTileStore, job.out, parameters, job.overwrite)
 
 
 def run(job: PlismJob, args: argparse.Namespace) -> None:
-    from flows.plism_flow import plism
-    from flows.runners import make_task_runner
+    from flows.job_flows import plism
 
-    plism.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides,
-        out=job.out,
-        registration=job.registration,
-        tiling=job.tiling,
-        refinement=job.refinement_options(),
-        pattern=job.pattern,
-        reference=job.reference,
-        stainings=job.stainings,
-        stage=job.stage,
-        overwrite=job.overwrite,
-        progress_bar=not args.no_progress,
-    )
+    plism(job, progress_bar=not args.no_progress)
 
 
 def main(

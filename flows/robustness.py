@@ -1,4 +1,4 @@
-"""Score PLISM robustness of one or several models: ``python -m flows.robustness``.
+"""Score PLISM robustness of one or several models: ``python -m flows.robustness`` (``distillpath robustness``).
 
 ``--embeddings`` takes embedding stores of aligned PLISM tiles (one per
 model, from ``python -m flows.embed`` on an aligned tile store); ``--out`` receives
@@ -6,48 +6,55 @@ model, from ``python -m flows.embed`` on an aligned tile store); ``--out`` recei
 ``index.html``. ``--subset`` restricts to a tile index file (``.npy``, e.g.
 plismbench's ``tiles_subset_8139.npy``). Each store is reported under its
 model name and weights checksum, or the names given with ``--label``; the
-stores must embed the same aligned tile store.
+stores must embed the same aligned tile store. The parameters are the fields
+of :class:`flows.jobs.RobustnessJob`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from flows.cli import run_flow_command
+from flows.cli import job_main
+from flows.jobs import RobustnessJob
+
+FLAGS = {
+    "--embeddings": "embeddings",
+    "--out": "out",
+    "--ks": "ks",
+    "--subset": "subset",
+    "--label": "labels",
+    "--qc-from": "qc_from",
+}
 
 
-def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--embeddings", required=True, nargs="+", help="embedding stores, one per model")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10], help="k of the top-k accuracies")
-    parser.add_argument("--subset", type=Path, help="tile indices to keep (.npy)")
-    parser.add_argument(
-        "--label",
-        nargs="+",
-        help="a name per store for the report, in the order of --embeddings (default: model name and weights checksum)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other commands")
-    return parser.parse_args(argv)
+def check(job: RobustnessJob) -> None:
+    """Found before Prefect and torch start: the stores and the subset file exist."""
+    from flows.checks import existing_path
+
+    for store in [*job.embeddings, *(job.qc_from or [])]:
+        existing_path(store, "--embeddings" if store in job.embeddings else "--qc-from")
+    if job.subset:
+        existing_path(job.subset, "--subset")
+
+
+def run(job: RobustnessJob, args: argparse.Namespace) -> None:
+    from flows.job_flows import robustness
+
+    robustness(job)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.robustness") -> int:
-    args = _parse_args(argv, prog)
-
-    def run() -> None:
-        from flows.robustness_flow import robustness
-
-        robustness(
-            embeddings=[str(e) for e in args.embeddings],
-            out=str(args.out),
-            ks=tuple(args.ks),
-            subset=str(args.subset) if args.subset else None,
-            labels=args.label,
-        )
-
-    return run_flow_command(prog, "flows.robustness_flow", run)
+    return job_main(
+        argv,
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        model=RobustnessJob,
+        flags=FLAGS,
+        flow_module="flows.robustness_flow",
+        run=run,
+        check=check,
+    )
 
 
 if __name__ == "__main__":

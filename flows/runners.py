@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.retries import is_transient
@@ -58,6 +62,29 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
             "host": "127.0.0.1",
         },
     )
+
+
+@contextmanager
+def tasks_on(workers: int, dask_address: str | None) -> Iterator[TaskRunner]:
+    """Inside a running flow: from here on, its tasks and Dask futures run where a job's parameters say.
+
+    A flow's task runner is otherwise fixed when the flow is decorated or
+    served; a job names its workers per run. The runner is started here and
+    put in the flow run's context, where ``task.submit`` and
+    :func:`flows.submission.dask_client_of_flow` find it, so the work stays in
+    this flow run: its task runs, logs and artifacts are this run's, with no
+    child run in between.
+    """
+    context = FlowRunContext.get()
+    if context is None:
+        raise RuntimeError("tasks_on() is for the inside of a running flow")
+    quiet_dask_logging()
+    if dask_address:
+        get_run_logger().info("tasks run on the Dask cluster at %s", dask_address)
+    elif workers > 1:
+        get_run_logger().info("tasks run on a local Dask cluster of %d worker processes", workers)
+    with make_task_runner(workers, dask_address) as runner, context.model_copy(update={"task_runner": runner}):
+        yield runner
 
 
 def is_transient_io_error(task, task_run, state) -> bool:

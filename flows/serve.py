@@ -1,4 +1,4 @@
-"""Serve every flow as a Prefect deployment, to run from the UI, the API or a schedule: ``python -m flows.serve``.
+"""Serve every job as a Prefect deployment, to run from the UI, the API or a schedule: ``python -m flows.serve``.
 
 A long-running process: it registers the deployments of :mod:`flows.deployments`
 (``tile-tcga/tile-tcga``, ``plism/register-plism``, ``plism/extract-plism``,
@@ -7,72 +7,48 @@ A long-running process: it registers the deployments of :mod:`flows.deployments`
 each flow run they get in a subprocess of this machine, until stopped
 (Ctrl-C). Runs see this machine's files: give paths as this machine sees them.
 
-Schedules: ``--cron-tile-tcga "0 2 * * *"`` (one option per deployment), or a
-YAML file (``--config``) with a section per deployment::
+The parameters are the fields of :class:`flows.jobs.ServeJob`. Schedules:
+``--cron-tile-tcga "0 2 * * *"`` (one option per deployment), or a YAML file
+(``--config``) with a section per deployment::
 
     tile-tcga:
       cron: "0 2 * * *"            # optional
-      timezone: Europe/Paris       # optional, UTC by default
-      parameters:                  # default parameters: of scheduled runs, and preset in the UI
+      timezone: Europe/Paris       # optional, --timezone (UTC) by default
+      parameters:                  # default job fields: of scheduled runs, and preset in the UI
         slides: /data/tcga
         out: /data/tiles.zarr
         workers: 8
+    limit: 4                       # any ServeJob field, e.g. the most runs at once
 
-Command-line crons override the file's. ``--dask-address`` presets the
-cluster of every Dask-parallel deployment (tile-tcga, the plism ones, embed).
-Exit code 2 when no Prefect server is configured or an option is wrong.
+Each section's parameters are checked against its job model before anything
+is served. Command-line crons override the file's. ``--dask-address``
+presets the cluster of every Dask-parallel deployment (tile-tcga, the plism
+ones, embed). Exit code 2 when no Prefect server is configured or an option
+is wrong.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+from typing import cast
 
+from flows.jobs import DEPLOYMENT_JOBS, ServedDeployment, ServeJob
 from flows.prefect_api import PrefectServerError
 
-# The names of flows.deployments.DEPLOYMENTS, known without importing Prefect (tests/test_operations.py compares).
-DEPLOYMENT_NAMES = ("tile-tcga", "register-plism", "extract-plism", "embed", "distill", "robustness", "evaluate")
+FLAGS = {"--only": "only", "--timezone": "timezone", "--dask-address": "dask_address", "--limit": "limit"}
 
 
-def _parse_args(argv: list[str] | None, names: list[str], prog: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--config", type=Path, help="YAML file: per deployment name, optional cron, timezone and default parameters"
-    )
-    for name in names:
+def _load(argv: list[str] | None, prog: str) -> ServeJob:
+    """The serve job of the command line; a typo raises ``ConfigError`` before Prefect is imported."""
+    from flows.cli import job_parser
+    from flows.config_loader import config_from_args
+
+    parser = job_parser(prog, __doc__.split("\n\n")[0], ServeJob, FLAGS, progress=False)
+    for name in DEPLOYMENT_JOBS:
         parser.add_argument(f"--cron-{name}", metavar="CRON", help=f"cron schedule of {name} (e.g. '0 2 * * *')")
-    parser.add_argument("--timezone", help="IANA time zone of the command-line crons (default UTC)")
-    parser.add_argument("--dask-address", help="default Dask scheduler of the Dask-parallel deployments")
-    parser.add_argument(
-        "--only", nargs="+", choices=names, metavar="NAME", help=f"serve only these ({', '.join(names)})"
-    )
-    parser.add_argument("--limit", type=int, help="most flow runs at once on this machine (default: no limit)")
-    return parser.parse_args(argv)
-
-
-def _sections(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
-    """Per deployment: ``cron``, ``timezone`` and ``parameters``, from the file then the command line."""
-    import yaml
-
-    sections = (yaml.safe_load(args.config.read_text()) or {}) if args.config else {}
-    unknown = set(sections) - set(names)
-    if unknown:
-        raise ValueError(f"{args.config}: no deployment {', '.join(sorted(unknown))}; there are {', '.join(names)}")
-    for name, section in sections.items():
-        extra = set(section or {}) - {"cron", "timezone", "parameters"}
-        if extra:
-            raise ValueError(
-                f"{args.config}: {name}: unknown keys {', '.join(sorted(extra))} (cron, timezone, parameters)"
-            )
-    merged = {name: dict(sections.get(name) or {}) for name in names}
-    for name in names:
-        cron = getattr(args, f"cron_{name.replace('-', '_')}")
-        if cron:
-            merged[name]["cron"] = cron
-            if args.timezone:
-                merged[name]["timezone"] = args.timezone
-    return merged
+    args = parser.parse_intermixed_args(argv)
+    crons = {f"deployments.{name}.cron": getattr(args, f"cron_{name.replace('-', '_')}") for name in DEPLOYMENT_JOBS}
+    return cast(ServeJob, config_from_args(ServeJob, args, FLAGS, more_flags=crons))
 
 
 def _check_api() -> str:
@@ -94,44 +70,46 @@ def _check_api() -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.serve") -> int:
-    names = list(DEPLOYMENT_NAMES)
-    args = _parse_args(argv, names, prog)  # before Prefect is imported: --help and a wrong option answer at once
-    from flows.deployments import DEPLOYMENTS, build_deployment, required_parameters
-    from flows.runners import quiet_dask_logging
+    from flows.config_loader import ConfigError
 
     try:
-        sections = _sections(args, names)
-        deployments = []
-        for spec in DEPLOYMENTS:
-            if args.only and spec.name not in args.only:
-                continue
-            section = sections[spec.name]
-            parameters = section.get("parameters") or {}
-            deployments.append(
-                build_deployment(
-                    spec,
-                    parameters,
-                    cron=section.get("cron"),
-                    timezone=section.get("timezone"),
-                    dask_address=args.dask_address,
-                )
+        job = _load(argv, prog)  # before Prefect is imported: --help and a typo answer at once
+    except ConfigError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return 2
+    from flows.deployments import build_deployment, deployment_spec, required_parameters
+    from flows.runners import quiet_dask_logging
+
+    deployments = []
+    for name in job.served():
+        spec = deployment_spec(name)
+        section = job.deployments.get(name, ServedDeployment())
+        deployments.append(
+            build_deployment(
+                spec,
+                section.parameters,
+                cron=section.cron,
+                timezone=section.timezone or job.timezone,
+                dask_address=job.dask_address,
             )
-            missing = [p for p in required_parameters(spec) if p not in parameters]
-            if section.get("cron") and missing:
-                print(
-                    f"serve: warning: scheduled runs of {spec.full_name} will fail without the parameters "
-                    f"{', '.join(missing)}: set them under {spec.name}.parameters in --config",
-                    file=sys.stderr,
-                )
+        )
+        missing = [p for p in required_parameters(spec) if p not in {**spec.preset, **section.parameters}]
+        if section.cron and missing:
+            print(
+                f"serve: warning: scheduled runs of {spec.full_name} will fail without the parameters "
+                f"{', '.join(missing)}: set them under {name}.parameters in --config",
+                file=sys.stderr,
+            )
+    try:
         api_url = _check_api()
-    except (PrefectServerError, ValueError, OSError) as error:
+    except PrefectServerError as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
     from prefect import serve
 
     quiet_dask_logging()  # inherited by the flow-run processes and their local Dask workers
     print(f"serving {len(deployments)} deployments on {api_url}", file=sys.stderr)
-    serve(*deployments, limit=args.limit)
+    serve(*deployments, limit=job.limit)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flows.cli import job_main
 from flows.jobs import TileJob
@@ -35,25 +36,18 @@ FLAGS = {
 def check(job: TileJob) -> None:
     """What the user can fix, found before Prefect starts: the slides exist, the store accepts these parameters."""
     from flows.checks import existing_path, store_accepts
-    from storage.tile_store import TileStore
 
     existing_path(job.slides, "--slides")
-    store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite)
+    if Path(job.out).exists():  # a new store needs no check, nor zarr imported (a second under load)
+        from storage.tile_store import TileStore
+
+        store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
 
 
 def run(job: TileJob, args: argparse.Namespace) -> None:
-    from flows.runners import make_task_runner
-    from flows.tiling_flow import tile_tcga
+    from flows.job_flows import tile
 
-    tile_tcga.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
-        slides=job.slides,
-        out=job.out,
-        config=job.tiling,
-        mpp_override_um=job.mpp_override_um,
-        mpp_replace_um=job.mpp_replace_um,
-        overwrite=job.overwrite,
-        progress_bar=not args.no_progress,
-    )
+    tile(job, progress_bar=not args.no_progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.tile_tcga") -> int:

@@ -74,7 +74,7 @@ def tile_tcga(
     """Tile every slide of ``slides`` (folder or CSV) into the store ``out``; return the summary."""
     logger = get_run_logger()
     specs, rejected = list_slides(slides, mpp_override_um, mpp_replace_um)
-    store = TileStore.create_or_open(out, config.model_dump(), overwrite=overwrite)
+    store = TileStore.create_or_open(out, config.model_dump(), overwrite=overwrite, without_effect=config.RUN_ONLY)
     store.acquire_run_lock()
     try:
         store.remove_staging_debris()

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Stage = Literal["rigid", "affine", "bspline"]
 
+# How a PLISM-style study names its slides, and its reference condition (registration.layout; the paper's GMH on
+# the Hamamatsu S60). Here, beside the other defaults, so that a job's config is read without opening slides.
+DEFAULT_PATTERN = r"(?P<staining>[A-Za-z0-9]+)_(?P<scanner>[A-Za-z0-9]+)"
+DEFAULT_REFERENCE = ("GMH", "S60")
+
 
 class RegistrationConfig(BaseModel):
     """How a moving slide is aligned to a fixed slide."""

@@ -15,11 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from registration.config import DEFAULT_PATTERN, DEFAULT_REFERENCE
 from tiling.slide import opened_slide
 from tiling.slide_list import find_slide_files, slide_id_from_path
-
-DEFAULT_PATTERN = r"(?P<staining>[A-Za-z0-9]+)_(?P<scanner>[A-Za-z0-9]+)"
-DEFAULT_REFERENCE = ("GMH", "S60")
 
 
 class LayoutError(ValueError):

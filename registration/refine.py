@@ -267,7 +267,9 @@ def _patch_shift_um(fixed: _Patch, moving: _Patch, config: RefinementConfig) -> 
     )
 
 
-def refine_registration(result: RegistrationResult, points_xy: np.ndarray, **options: object) -> RefinedRegistration:
+def refine_registration(
+    result: RegistrationResult, points_xy: np.ndarray, config: RefinementConfig = RefinementConfig()
+) -> RefinedRegistration:
     """Refine ``result`` around ``points_xy`` with one small translation measured per anchor.
 
     Parameters
@@ -276,14 +278,13 @@ def refine_registration(result: RegistrationResult, points_xy: np.ndarray, **opt
         The global registration; its slides must still be readable at their paths.
     points_xy : np.ndarray
         ``[N, 2]`` fixed level-0 px where accuracy matters (tile centres); anchors are chosen among them.
-    **options
-        Fields of :class:`RefinementConfig`.
+    config : RefinementConfig
+        Anchor spacing, patch size and resolution, acceptance thresholds.
 
     An anchor that fails (glass, unrelated content, an elastix error, an
     implausible shift) is kept with ``accepted`` False and its reason, so
     one bad patch never fails the slide.
     """
-    config = RefinementConfig(**options)
     anchors = select_anchors(points_xy, result.fixed_mpp_um, config.anchor_spacing_um)
     count = len(anchors)
     corrections = np.zeros((count, 2))

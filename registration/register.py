@@ -187,9 +187,9 @@ def _register_once(
 def register_slides(
     fixed_path: Path | str,
     moving_path: Path | str,
+    config: RegistrationConfig = RegistrationConfig(),
     *,
     qc_path: Path | str | None = None,
-    **options: object,
 ) -> RegistrationResult:
     """Align ``moving_path`` to ``fixed_path`` and return the transform with its quality figures.
 
@@ -197,10 +197,10 @@ def register_slides(
     ----------
     fixed_path, moving_path : Path or str
         Slides in any format :func:`tiling.slide.open_backend` reads.
+    config : RegistrationConfig
+        How to register (views, stages, thresholds); its defaults suit H&E slides of one section.
     qc_path : Path or str, optional
         Where to write the QC picture (PNG), on success and on failure alike.
-    **options
-        Fields of :class:`~registration.config.RegistrationConfig`.
 
     The result's ``config`` is the attempt that succeeded (its channel and
     view may differ from the ones asked for, see ``fallbacks``).
@@ -213,7 +213,6 @@ def register_slides(
         ``min_tissue_dice`` or ``min_ncc``; the message gives each attempt's
         reason and what can be changed.
     """
-    config = RegistrationConfig(**options)
     qc_path = Path(qc_path) if qc_path is not None else None
     failures: list[tuple[RegistrationConfig, _Refused]] = []
     for attempt in _attempts(config):

@@ -64,12 +64,12 @@ def register_condition(
     started = time.perf_counter()
     staging = store.new_staging_path(condition.name)
     try:
-        result = register_slides(reference.path, condition.path, **config.model_dump())
+        result = register_slides(reference.path, condition.path, config)
         mapping = result
         if refinement is not None:
-            from registration.refine import refine_registration
+            from registration.refine import RefinementConfig, refine_registration
 
-            mapping = refine_registration(result, anchor_points_xy, **refinement)
+            mapping = refine_registration(result, anchor_points_xy, RefinementConfig(**refinement))
         mapping.save(staging)
         write_bytes_atomic(store.qc_path(condition.name), result.qc_png)
         store.publish_folder(staging, store.registration_path(condition.name))

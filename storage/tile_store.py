@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -38,8 +39,6 @@ from storage.store_index import StoreIndex, indexed_entries, published_names
 
 LAYOUT_NAME = "distillpath.tile-store"
 LAYOUT_VERSION = 1
-# Parameters that change how a run works but not what it writes.
-_PARAMETERS_WITHOUT_EFFECT = ("threads", "checksum")
 
 
 class StoreError(Exception):
@@ -54,8 +53,8 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _effective_parameters(parameters: dict) -> dict:
-    return {key: value for key, value in parameters.items() if key not in _PARAMETERS_WITHOUT_EFFECT}
+def _effective_parameters(parameters: dict, without_effect: Collection[str]) -> dict:
+    return {key: value for key, value in parameters.items() if key not in without_effect}
 
 
 def _flat(parameters: dict, prefix: str = "") -> dict:
@@ -100,8 +99,14 @@ class RunStore:
         return RunLock(self.staging_dir / LOCK_NAME, str(self.root))
 
     @classmethod
-    def create_or_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> Self:
+    def create_or_open(
+        cls, root: Path | str, parameters: dict, *, overwrite: bool = False, without_effect: Collection[str] = ()
+    ) -> Self:
         """Open the store for a run with ``parameters``, creating it if needed.
+
+        ``without_effect`` names the top-level parameters that change how a run
+        works but not what it writes (the caller's to know, e.g. tiling's
+        ``threads``): they are recorded, and a rerun may change them.
 
         Raises
         ------
@@ -118,7 +123,7 @@ class RunStore:
             shutil.rmtree(store.root)
             existing = None
         if existing is not None:
-            store._refuse_other_parameters(existing, parameters)
+            store._refuse_other_parameters(existing, parameters, without_effect)
         else:
             attributes = {
                 "layout": cls.LAYOUT_NAME,
@@ -144,7 +149,9 @@ class RunStore:
         return store
 
     @classmethod
-    def check_can_open(cls, root: Path | str, parameters: dict, *, overwrite: bool = False) -> None:
+    def check_can_open(
+        cls, root: Path | str, parameters: dict, *, overwrite: bool = False, without_effect: Collection[str] = ()
+    ) -> None:
         """Raise the :class:`StoreError` that :meth:`create_or_open` would, without writing anything.
 
         Commands call it before any server or worker starts, so that a store
@@ -155,11 +162,11 @@ class RunStore:
         if existing is None and store.root.exists() and any(store.root.iterdir()):
             raise StoreError(f"{store.root} exists and is not a distillpath {cls.KIND}; choose another --out")
         if existing is not None and not overwrite:
-            store._refuse_other_parameters(existing, parameters)
+            store._refuse_other_parameters(existing, parameters, without_effect)
 
-    def _refuse_other_parameters(self, existing: dict, parameters: dict) -> None:
-        recorded = _flat(_effective_parameters(existing.get(self.PARAMETERS_KEY, {})))
-        wanted = _flat(_effective_parameters(json.loads(json.dumps(parameters))))  # tuples as the store has lists
+    def _refuse_other_parameters(self, existing: dict, parameters: dict, without_effect: Collection[str]) -> None:
+        recorded = _flat(_effective_parameters(existing.get(self.PARAMETERS_KEY, {}), without_effect))
+        wanted = _flat(_effective_parameters(json.loads(json.dumps(parameters)), without_effect))  # tuples: lists
         if recorded != wanted:
             changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
             detail = ", ".join(f"{k}: {recorded.get(k)!r} in the store, {wanted.get(k)!r} now" for k in changed)

@@ -66,15 +66,15 @@ def test_deployment_parameters_cover_the_flows():
         "robustness/robustness",
         "evaluate/evaluate",
     }
-    from flows.serve import DEPLOYMENT_NAMES
+    from flows.jobs import DEPLOYMENT_JOBS
 
-    assert DEPLOYMENT_NAMES == tuple(spec.name for spec in DEPLOYMENTS)  # what serve's options are made of
+    assert list(DEPLOYMENT_JOBS) == [spec.name for spec in DEPLOYMENTS]  # what serve's options are made of
     for spec in DEPLOYMENTS:
         deployment = build_deployment(spec, cron="0 2 * * *", dask_address="tcp://127.0.0.1:8786")
         schema = deployment._parameter_openapi_schema.model_dump()
         assert set(schema["required"]) <= {"job", "slides", "out", "tiles", "config", "embeddings", "labels"}
         assert deployment.schedules[0].schedule.cron == "0 2 * * *"
-        given = deployment.parameters.get("job", {}) if spec.job else deployment.parameters
+        given = deployment.parameters.get("job", {})
         assert ("dask_address" in given) == spec.dask
     assert build_deployment(deployment_spec("register-plism")).parameters == {"job": {"stage": "register"}}
     with pytest.raises(ValueError, match="no parameter"):
@@ -88,7 +88,7 @@ def test_deployment_parameters_cover_the_flows():
     [
         (None, [], "PREFECT_API_URL"),
         ("http://127.0.0.1:9/api", [], "does not answer"),
-        (None, ["--config", "{tmp}/serve.yaml"], "no deployment tile;"),
+        (None, ["--config", "{tmp}/serve.yaml"], "unknown key tile"),
     ],
 )
 @pytest.mark.slow
@@ -118,6 +118,8 @@ def test_served_tile_tcga_deployment_runs_from_the_api(private_prefect_server, s
         ArtifactFilterKey,
         FlowRunFilter,
         FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
     )
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -157,15 +159,21 @@ def test_served_tile_tcga_deployment_runs_from_the_api(private_prefect_server, s
                 )
                 state = client.read_flow_run(run.id).state
                 assert state is not None and state.is_completed(), (state, _tail(log))
-                # The work is a child run of the real flow, which holds the summary artifact.
+                # The deployment run is the job's run: no child run; its logs, progress and summary are its own.
                 children = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
                 )
-                assert [child.state.is_completed() for child in children] == [True]
-                summaries = client.read_artifacts(
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tile-tcga-summary"]))
+                assert children == []
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        key=ArtifactFilterKey(any_=["tile-tcga-summary", "tile-tcga-progress"])
+                    )
                 )
-                assert [artifact.flow_run_id for artifact in summaries] == [children[0].id]
+                assert sorted(a.key for a in artifacts) == ["tile-tcga-progress", "tile-tcga-summary"]
+                assert {a.flow_run_id for a in artifacts} == {run.id}
+                logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                messages = "\n".join(log.message for log in logs)
+                assert "local Dask cluster of 2 worker processes" in messages and "2 slides listed" in messages
         assert set(store_contents(out)) == SHIPPED
     finally:
         _stop(serve)

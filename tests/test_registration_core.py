@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from registration import RegistrationError, RegistrationResult, register_slides
+from registration import RegistrationConfig, RegistrationError, RegistrationResult, register_slides
 from registration.elastix import deformation_um, transform_points_um
 from registration.geometry import pixel_centres_um
 from tests.conftest import CMU_SVS, write_tiff
@@ -101,7 +101,7 @@ def warped_slide(tmp_path_factory, cmu_pixels) -> Path:
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, warped_slide) -> RegistrationResult:
     qc_path = tmp_path_factory.mktemp("qc") / "pair.png"
-    return register_slides(CMU_SVS, warped_slide, qc_path=qc_path, **OPTIONS)
+    return register_slides(CMU_SVS, warped_slide, RegistrationConfig(**OPTIONS), qc_path=qc_path)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_the_deformation_on_any_grid_is_the_transform_at_its_pixel_centres(regis
 
 
 def test_checks_on_a_coarser_grid_give_the_same_verdict_and_a_smaller_picture(registered, warped_slide):
-    coarse = register_slides(CMU_SVS, warped_slide, check_max_pixels=20_000, **OPTIONS)
+    coarse = register_slides(CMU_SVS, warped_slide, RegistrationConfig(check_max_pixels=20_000, **OPTIONS))
     assert coarse.transform_maps == registered.transform_maps  # the registration itself is untouched
     assert abs(coarse.quality.ncc_after - registered.quality.ncc_after) < 0.05
     assert coarse.quality.dice_after > 0.9
@@ -186,7 +186,7 @@ def test_a_large_rotation_is_found_by_the_initial_search(tmp_path, cmu_pixels):
         return CENTRE_UM + (moving_um - size_um / 2) @ _rotation(-angle).T
 
     moving = _write_resampled(tmp_path / "rotated.tif", cmu_pixels, moving_to_fixed_um, size_um)
-    result = register_slides(CMU_SVS, moving, stages=("rigid",), **OPTIONS)
+    result = register_slides(CMU_SVS, moving, RegistrationConfig(stages=("rigid",), **OPTIONS))
     fixed_um = _tissue_points_um(cmu_pixels)
     true_um = size_um / 2 + (fixed_um - CENTRE_UM) @ _rotation(angle).T
     error_um = np.linalg.norm(result.map_points(fixed_um / FIXED_MPP_UM) * MOVING_MPP_UM - true_um, axis=1)
@@ -197,7 +197,7 @@ def test_blank_moving_slide_is_refused_with_a_qc_picture(tmp_path):
     blank = write_tiff(tmp_path / "blank-glass.tif", np.full((1500, 1200, 3), 245, np.uint8), 0.5)
     qc_path = tmp_path / "blank.png"
     with pytest.raises(RegistrationError, match="no tissue found in .*blank-glass.tif") as caught:
-        register_slides(CMU_SVS, blank, qc_path=qc_path, **OPTIONS)
+        register_slides(CMU_SVS, blank, RegistrationConfig(**OPTIONS), qc_path=qc_path)
     assert caught.value.moving_path == blank
     assert qc_path.read_bytes() == caught.value.qc_png
 
@@ -206,4 +206,4 @@ def test_mirrored_slide_is_refused(tmp_path, cmu_pixels):
     """A mirror image has the same tissue outline (Dice 0.87) but not the same structures."""
     mirrored = write_tiff(tmp_path / "mirrored.tif", np.ascontiguousarray(cmu_pixels[:, ::-1]), FIXED_MPP_UM)
     with pytest.raises(RegistrationError, match="mirrored.tif.*NCC"):
-        register_slides(CMU_SVS, mirrored, stages=("rigid", "affine"), **OPTIONS)
+        register_slides(CMU_SVS, mirrored, RegistrationConfig(stages=("rigid", "affine"), **OPTIONS))

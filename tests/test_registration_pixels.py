@@ -24,7 +24,7 @@ from registration.aligned_tiles import (
     reference_tiles,
 )
 from registration.phase_correlation import phase_shift_px
-from registration.refine import refine_registration
+from registration.refine import RefinementConfig, refine_registration
 from registration.register import register_slides
 from registration.synthetic import make_synthetic_plism
 from tests.conftest import write_tiff
@@ -122,7 +122,9 @@ def test_tiles_of_a_pure_resampling_match_the_reference_to_a_tenth_of_a_pixel(pu
     reference, condition = pure_resample["P"], pure_resample["AT2"]
     tiling = TilingConfig(tile_size_px=128)
     tiles = reference_tiles(reference.path, reference.mpp_um, tiling)
-    result = refine_registration(register_slides(reference.path, condition.path), tiles.centres(), **FINE)
+    result = refine_registration(
+        register_slides(reference.path, condition.path), tiles.centres(), RefinementConfig(**FINE)
+    )
     corners, nodes = map_tiles(result, tiles, 8)
     corner_error_um = np.linalg.norm(corners - condition.truth.map_points(tiles.top_left_xy), axis=1) * condition.mpp_um
     assert np.median(corner_error_um) <= 0.025, np.median(corner_error_um)  # measured 0.013 (unrefined 0.022)

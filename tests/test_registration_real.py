@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import pytest
 
-from registration import RegistrationResult, register_slides
+from registration import RegistrationConfig, RegistrationResult, register_slides
 from tests.conftest import write_tiff
 
 DATA = Path(__file__).parent / "data" / "registration"
@@ -113,7 +113,7 @@ def test_cima_landmarks_fit_the_5pc_images_and_two_annotators_disagree_by_the_fl
 
 @pytest.mark.parametrize("stain", ["CD31-3", "Ki67-7", "proSPC-4"])
 def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, stain):
-    result = register_slides(cima_slides["He"], cima_slides[stain], **CIMA_OPTIONS)
+    result = register_slides(cima_slides["He"], cima_slides[stain], RegistrationConfig(**CIMA_OPTIONS))
     fixed_px, moving_px = _landmarks_px("He"), _landmarks_px(stain)
     rtre = _relative_tre(result, fixed_px, moving_px)
     unregistered = np.linalg.norm(fixed_px - moving_px, axis=1) / np.hypot(*result.moving_dimensions_level0)
@@ -126,14 +126,14 @@ def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, s
 
 def test_he_to_pale_cc10_section_registers(cima_slides):
     """Cc10 is pale grey-lavender: saturation finds no tissue in it; its optical density does (issue 12)."""
-    result = register_slides(cima_slides["He"], cima_slides["Cc10-5"], **CIMA_OPTIONS)
+    result = register_slides(cima_slides["He"], cima_slides["Cc10-5"], RegistrationConfig(**CIMA_OPTIONS))
     rtre = _relative_tre(result, _landmarks_px("He"), _landmarks_px("Cc10-5"))
     assert np.median(rtre) <= 0.012  # measured 0.81 %
 
 
 @pytest.fixture(scope="module")
 def two_scanners() -> RegistrationResult:
-    return register_slides(OS2_HAMAMATSU, OS2_OLYMPUS, **OS2_OPTIONS)
+    return register_slides(OS2_HAMAMATSU, OS2_OLYMPUS, RegistrationConfig(**OS2_OPTIONS))
 
 
 def test_two_scanners_map_with_the_ratio_of_their_pixel_sizes(two_scanners):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registration import RegistrationResult, register_slides
-from registration.refine import RefinedRegistration, refine_registration, select_anchors
+from registration import RegistrationConfig, RegistrationResult, register_slides
+from registration.refine import RefinedRegistration, RefinementConfig, refine_registration, select_anchors
 from tests import test_registration_core as core
 from tests.conftest import CMU_SVS, write_tiff
 from tiling.slide import opened_slide, read_region
@@ -59,7 +59,7 @@ def smooth_slide(tmp_path_factory, cmu_pixels) -> Path:
 
 @pytest.fixture(scope="module")
 def coarse(smooth_slide) -> RegistrationResult:
-    return register_slides(CMU_SVS, smooth_slide, **COARSE)
+    return register_slides(CMU_SVS, smooth_slide, RegistrationConfig(**COARSE))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def tile_centres(cmu_pixels) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def refined(coarse, tile_centres) -> RefinedRegistration:
-    return refine_registration(coarse, tile_centres[0], **REFINE)
+    return refine_registration(coarse, tile_centres[0], RefinementConfig(**REFINE))
 
 
 def _error_um(mapped_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_anchor_on_glass_is_rejected_and_the_global_transform_is_kept(coarse, cm
     sums = sums.reshape(glass.shape[0] // block, block, -1, block).mean(axis=(1, 3))
     row, col = np.argwhere(sums > 0.99)[0]
     point = np.array([[(col + 0.5) * block, (row + 0.5) * block]])
-    result = refine_registration(coarse, point, **REFINE)
+    result = refine_registration(coarse, point, RefinementConfig(**REFINE))
     assert not result.accepted[0]
     assert "fixed patch is" in result.reasons[0] and "tissue" in result.reasons[0]
     np.testing.assert_array_equal(result.map_points(point), coarse.map_points(point))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration import RegistrationError, register_slides
+from registration import RegistrationConfig, RegistrationError, register_slides
 from registration.stains import OD_OF_UINT8, STAINS_OD, UNMIX
 from tests import test_registration_core as core
 from tests.conftest import CMU_SVS, write_tiff
@@ -57,7 +57,7 @@ def test_pale_ihc_is_found_by_its_optical_density_not_by_saturation(cmu_pixels):
 
 
 def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):  # noqa: F811
-    result = register_slides(CMU_SVS, pale_slide, view_mpp_um=4.0, bspline_grid_spacing_um=120.0)
+    result = register_slides(CMU_SVS, pale_slide, RegistrationConfig(view_mpp_um=4.0, bspline_grid_spacing_um=120.0))
     fixed_px, true_px = ground_truth
     error_um = np.linalg.norm(result.map_points(fixed_px) - true_px, axis=1) * core.MOVING_MPP_UM
     assert np.median(error_um) <= 2.0, np.median(error_um)
@@ -65,7 +65,7 @@ def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):  
 
 def test_unrelated_tissue_is_refused_naming_every_attempt_and_what_to_change(tmp_path):
     with pytest.raises(RegistrationError) as caught:
-        register_slides(CMU_SVS, OS2_KI67, view_mpp_um=4.0, stages=("rigid", "affine"))
+        register_slides(CMU_SVS, OS2_KI67, RegistrationConfig(view_mpp_um=4.0, stages=("rigid", "affine")))
     message = str(caught.value)
     assert "channel od, view 4 um/px" in message and "channel haematoxylin" in message and "view 8 um/px" in message
     assert "min_ncc" in message and caught.value.qc_png is not None
@@ -76,4 +76,4 @@ def test_a_mirror_image_of_the_pale_ihc_is_refused(tmp_path, cmu_pixels):
         tmp_path / "mirrored-pale.tif", np.ascontiguousarray(pale_ihc(cmu_pixels)[:, ::-1]), core.FIXED_MPP_UM
     )
     with pytest.raises(RegistrationError, match="NCC|Dice"):
-        register_slides(CMU_SVS, mirrored, view_mpp_um=4.0, stages=("rigid", "affine"))
+        register_slides(CMU_SVS, mirrored, RegistrationConfig(view_mpp_um=4.0, stages=("rigid", "affine")))

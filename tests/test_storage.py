@@ -222,3 +222,14 @@ def test_rows_without_dask_index_like_numpy(tmp_path, key):
         variable[key, 1:, ::2].values,
         np.concatenate(parts)[key][..., 1:, ::2] if not isinstance(key, int) else np.concatenate(parts)[key][1:, ::2],
     )
+
+
+def test_which_parameters_leave_a_store_unchanged_is_the_caller_s_to_say(tmp_path):
+    """Storage knows no tiling field: tiling names its run-only fields (TilingConfig.RUN_ONLY)."""
+    root = tmp_path / "tiles.zarr"
+    TileStore.create_or_open(root, {"tile_size_px": 224, "threads": 2})
+    TileStore.check_can_open(root, {"tile_size_px": 224, "threads": 4}, without_effect=TilingConfig.RUN_ONLY)
+    with pytest.raises(StoreError, match="threads: 2 in the store, 4 now"):
+        TileStore.check_can_open(root, {"tile_size_px": 224, "threads": 4})
+    with pytest.raises(StoreError, match="tile_size_px: 224 in the store, 256 now"):
+        TileStore.check_can_open(root, {"tile_size_px": 256, "threads": 2}, without_effect=TilingConfig.RUN_ONLY)

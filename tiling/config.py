@@ -8,7 +8,7 @@ with different parameters into the same store is refused rather than mixed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,9 @@ class TileQCConfig(_Frozen):
 
 class TilingConfig(_Frozen):
     """How slides become tiles."""
+
+    # Fields that change how a run works, not what it writes: a store records them, and a rerun may change them.
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({"threads", "checksum"})
 
     tile_size_px: int = Field(224, gt=0, description="tile edge in output pixels")
     target_mpp_um: float = Field(0.5, gt=0, description="requested µm per output pixel")

@@ -1,6 +1,6 @@
-"""Distillation of a pathology foundation model into a small ViT (paper §3.1): crops, data, networks, training."""
+"""Distillation of a pathology foundation model into a small ViT (paper §3.1): crops, data, networks, training.
 
-from pipeline.distill.heads import DINOHead
-from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
-
-__all__ = ["DINOHead", "DINOLoss", "IBOTPatchLoss", "TokenRegressionLoss"]
+Nothing is imported here: :mod:`pipeline.distill.config` is read by the
+command lines before torch is (it checks a job's hyperparameters in a
+second); the modules that need torch import it themselves.
+"""

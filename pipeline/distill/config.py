@@ -9,12 +9,64 @@ on two CPU cores in minutes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.distill.augment import MultiCropConfig
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class MultiCropConfig(BaseModel):
+    """Multi-crop settings: DINOv2's defaults, with the colour changes H&E tolerates.
+
+    Sizes are pixels of the output crops (multiples of the student's 14-px
+    patch); scales are shares of the tile's area. Hue stays small (±0.05 of
+    the colour circle, ±18°): a larger shift turns eosin pink into colours
+    no stain produces and makes the student invariant to what separates
+    haematoxylin from eosin. Solarisation is off by default for the same
+    reason (it inverts the bright, eosin and background, pixels); DINOv2 used
+    ``global_solarize_p = (0.0, 0.2)``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    global_crop_size: int = Field(224, gt=0)
+    global_crops_scale: tuple[float, float] = (0.32, 1.0)
+    local_crops_number: int = Field(8, ge=0)
+    local_crop_size: int = Field(98, gt=0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.32)
+    crops_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of crop width / height")
+    interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    hflip_p: Probability = 0.5
+    vflip_p: Probability = 0.5
+    rot90_p: Probability = Field(0.5, description="rotation by k × 90°, k uniform in 1..3, when applied")
+    color_jitter_p: Probability = 0.8
+    brightness: float = Field(0.4, ge=0, description="factor drawn in [1 - b, 1 + b]")
+    contrast: float = Field(0.4, ge=0, description="factor drawn in [1 - c, 1 + c]")
+    saturation: float = Field(0.2, ge=0, description="factor drawn in [1 - s, 1 + s]")
+    hue: float = Field(0.05, ge=0, le=0.5, description="shift drawn in [-h, h], in turns of the colour circle")
+    grayscale_p: Probability = 0.2
+    global_blur_p: tuple[Probability, Probability] = (1.0, 0.1)
+    local_blur_p: Probability = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_px: int = Field(9, gt=0)
+    global_solarize_p: tuple[Probability, Probability] = (0.0, 0.0)
+    solarize_threshold: int = Field(128, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> MultiCropConfig:
+        for name in ("global_crops_scale", "local_crops_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
+        for name in ("crops_ratio", "blur_sigma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must satisfy 0 < low <= high, got {(low, high)}")
+        if self.blur_kernel_px % 2 == 0:
+            raise ValueError(f"blur_kernel_px must be odd, got {self.blur_kernel_px}")
+        return self
 
 
 class _Frozen(BaseModel):
@@ -146,6 +198,11 @@ class DistillConfig(_Frozen):
         except ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
             raise ConfigError(f"{path}: not a valid distillation config: {problems}") from None
+
+
+def recorded_text(config: DistillConfig) -> str:
+    """The config as a run directory records it (``RUN/config.yaml``): a resumed run must give the same text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
 
 
 class ConfigError(ValueError):

@@ -14,9 +14,8 @@ import pickle
 from pathlib import Path
 
 import torch
-import yaml
 
-from pipeline.distill.config import DistillConfig
+from pipeline.distill.config import DistillConfig, recorded_text
 from storage.atomic import atomic_path, write_bytes_atomic
 
 
@@ -74,7 +73,7 @@ class RunDirectory:
         """Record the config, or check that a resumed run uses the same one."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         path = self.root / "config.yaml"
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
+        text = recorded_text(config)
         if path.exists() and path.read_text() != text:
             raise ValueError(f"{self.root} holds a run with another config; use another --out")
         write_bytes_atomic(path, text.encode())
