@@ -176,24 +176,46 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     ]
 
 
+@pytest.fixture(scope="module")
+def varied_tile_stores(tmp_path_factory) -> list[str]:
+    """Both shipped slides tiled at 112 px at 0.5 and 1 µm/px, and OS-1 (0.23 µm/px scan) at 0.25: 303 tiles
+    of two scanners at three scales, the stores docs/performance.md measures the tiny recipe on.
+    """
+    from storage.tile_store import TileStore
+    from tiling.config import TilingConfig
+    from tiling.slide_list import SlideSpec, slide_id_from_path
+    from tiling.tile_slide import tile_slide
+
+    folder, stores = tmp_path_factory.mktemp("varied"), []
+    for mpp in (0.5, 1.0, 0.25):  # CMU (0.5 µm/px) has no 0.25 tiles: no upsampling
+        config = TilingConfig(tile_size_px=112, target_mpp_um=mpp, tiles_per_shard=64)
+        store = TileStore.create_or_open(folder / f"tiles-{mpp}.zarr", config.model_dump())
+        for name in ("CMU-1-Small-Region.svs", "OS-1-detail.ome.tif"):
+            path = REPO / "tests" / "data" / "slides" / name
+            tile_slide(SlideSpec(path, slide_id_from_path(path)), store, config)
+        stores.append(str(store.root))
+    return stores
+
+
 @pytest.mark.slow
-def test_the_tiny_cpu_recipe_learns(shipped_tile_store, tmp_path):
-    """The shipped demo config (random seeded teacher, 200 steps): the loss at the final teacher temperature
-    falls by 5 % from its first to its last logged fifth and its DINO part falls too (measured on these 53
-    tiles: loss -11 %, DINO -2.3 %). The agreement is recorded; on these tiles it does not rise (CKA 0.74 ->
-    0.73; docs/performance.md says why), so it is not asserted here.
+def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
+    """The shipped demo config (random seeded teacher, 200 steps) on the varied stores: the loss at the final
+    teacher temperature falls by 5 % from its first to its last logged fifth, and on the 75 held-out tiles the
+    student's 5-NN overlap with its teacher rises clearly, and more than with a control random teacher it
+    never saw (measured: 0.64 -> 0.77 with its teacher, 0.63 -> 0.68 with the control; docs/performance.md).
     """
     config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
-    train(config, [str(shipped_tile_store)], tmp_path / "run")
+    train(config, varied_tile_stores, tmp_path / "run")
     records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]
     fifth = len(records) // 5
-    first, last = (
-        {key: np.mean([r[key] for r in part]) for key in ("loss", "dino_loss")}
-        for part in (records[:fifth], records[-fifth:])
-    )
-    assert last["loss"] < 0.95 * first["loss"] and last["dino_loss"] < first["dino_loss"], (first, last)
+    first, last = (np.mean([r["loss"] for r in part]) for part in (records[:fifth], records[-fifth:]))
+    assert last < 0.95 * first, (first, last)
     [agreed] = _metrics(tmp_path / "run", "agreement")
-    assert agreed["tiles"] == 53 and {"knn10_overlap_after", "linear_cka_after"} <= agreed.keys()
+    own, control = (
+        (agreed[f"{prefix}knn5_overlap_before"], agreed[f"{prefix}knn5_overlap_after"]) for prefix in ("", "control_")
+    )
+    assert agreed["tiles"] == 75 and own[1] > own[0] + 0.08, agreed
+    assert own[1] - own[0] > control[1] - control[0] + 0.04 and own[1] > control[1] + 0.04, agreed
 
 
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights, tmp_path):

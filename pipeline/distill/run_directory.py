@@ -17,8 +17,6 @@ import torch
 import yaml
 
 from pipeline.distill.config import DistillConfig
-from pipeline.distill.networks import init_seed
-from pipeline.models import weights_sha256
 from storage.atomic import atomic_path, write_bytes_atomic
 
 
@@ -55,23 +53,6 @@ def read_teacher_heads(path: Path, device: torch.device) -> dict[str, torch.Tens
         return torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         raise CheckpointError(path, f"refused: not a plain-tensor heads checkpoint ({error})") from None
-
-
-def run_identity(config: DistillConfig) -> dict:
-    """What makes a run's networks: teacher and student names, their initial seeds, the teacher's weights
-    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused.
-    """
-    models, heads = config.models, config.heads
-    return {
-        "teacher": models.teacher,
-        "student": models.student,
-        "teacher_init_seed": init_seed(models.teacher, config.train.seed),
-        "student_init_seed": init_seed(models.student, config.train.seed),
-        "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
-        "teacher_heads_sha256": (
-            weights_sha256(heads.teacher_heads_path) if heads.teacher_heads == "checkpoint" else None
-        ),
-    }
 
 
 def parse_records(text: str) -> list[dict]:

@@ -42,7 +42,7 @@ from pipeline.distill.config import DistillConfig, random_teacher_warning
 from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.export import export_student
 from pipeline.distill.losses import TokenRegressionLoss
-from pipeline.distill.networks import StudentSide, TeacherSide, init_seed, make_heads, seeded_model
+from pipeline.distill.networks import StudentSide, TeacherSide, init_seed, make_heads, run_identity, seeded_model
 from pipeline.distill.objective import Objective
 from pipeline.distill.optim import clip_per_module, param_groups, set_learning_rates
 from pipeline.distill.run_directory import (
@@ -50,7 +50,6 @@ from pipeline.distill.run_directory import (
     RunDirectory,
     read_checkpoint,
     read_teacher_heads,
-    run_identity,
 )
 from pipeline.distill.schedules import Schedules
 from pipeline.distill.sharding import (
