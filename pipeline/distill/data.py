@@ -118,7 +118,7 @@ class TileStream(IterableDataset):
         unit_counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
         # Tile t of unit u is tile number _unit_number[u] + t of the stores (pipeline.distill.held_out).
         self._unit_number = np.cumsum(unit_counts) - unit_counts
-        # Piece i: tiles [_piece_start[i], _piece_start[i] + piece_tiles) of unit _piece_unit[i], of which
+        # Piece i: up to piece_tiles tiles from _piece_start[i] of unit _piece_unit[i], of which
         # _counts[i] are not held out.
         piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
         piece_start = np.concatenate(

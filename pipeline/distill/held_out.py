@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-MIN_EVERY = 4
+MIN_PERIOD = 4
 """At most one tile in four is held out, however few tiles the stores hold."""
 
 
@@ -24,7 +24,7 @@ def held_out_period(total_tiles: int, agreement_tiles: int) -> int:
     """``M``: every ``M``-th tile is held out (0, none, when no agreement is measured)."""
     if agreement_tiles <= 0 or total_tiles <= 0:
         return 0
-    return max(MIN_EVERY, math.ceil(total_tiles / agreement_tiles))
+    return max(MIN_PERIOD, math.ceil(total_tiles / agreement_tiles))
 
 
 def held_out_before(g: int, every: int) -> int:
