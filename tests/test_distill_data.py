@@ -10,8 +10,10 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from pipeline.distill.agreement import held_out_tiles
 from pipeline.distill.augment import MultiCrop, MultiCropConfig, crop_box
 from pipeline.distill.data import TileStream, make_loader
+from pipeline.distill.held_out import held_out_period
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore
 from storage.tile_units import TileSource, open_tile_source
@@ -309,3 +311,31 @@ def test_every_tile_comes_once_a_pass_with_its_own_pixels(stores):
         assert len(seen) == len(set(seen)) and set(seen) == all_tiles
         orders.append(seen)
     assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize("piece_tiles", [1, 4, 64])
+def test_held_out_tiles_never_enter_the_stream_and_are_the_ones_the_agreement_reads(stores, piece_tiles):
+    """44 tiles and 8 to keep aside: every 6th tile (numbers 5, 11, …, 41) is held out, the other 37 come
+    once a pass with their own pixels, whatever the pieces (with 1-tile pieces some are all held out).
+    """
+    assert held_out_period(44, 8) == 6 and held_out_period(44, 256) == 4 and held_out_period(44, 0) == 0
+    stream = _stream(
+        stores, global_batch=1, piece_tiles=piece_tiles, transform=MultiCrop(MultiCropConfig(**QUIET)), held_out_tiles=8
+    )
+    sources = [open_tile_source(store) for store in stores]
+    numbered = [
+        (s, unit, tile) for s, source in enumerate(sources) for unit in source.units() for tile in range(unit.count)
+    ]
+    held_out = {numbered[g] for g in range(5, 44, 6)}
+    assert stream.tiles_per_pass == 37
+    seen = []
+    for step in range(37):
+        batch = stream.batch(step)
+        ref = stream.tile_at(int(batch["index"][0]))
+        np.testing.assert_array_equal(batch["global_crops"][0, 0].numpy(), sources[ref.store].read(ref.unit)[ref.tile])
+        seen.append((ref.store, ref.unit, ref.tile))
+    assert len(set(seen)) == 37 and set(seen) == set(numbered) - held_out
+    evaluated = held_out_tiles(stores, 8, TILE)
+    expected = np.stack([sources[s].read(unit)[tile] for s, unit, tile in sorted(held_out, key=numbered.index)])
+    np.testing.assert_array_equal(evaluated.numpy(), expected)
+    assert held_out_tiles(stores, 8, 14).shape == (7, 14, 14, 3) and len(held_out_tiles(stores, 0, TILE)) == 0

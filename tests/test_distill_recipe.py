@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, make_heads, seeded_model
+from pipeline.distill.objective import Objective
 from pipeline.distill.optim import clip_per_module, param_groups, set_learning_rates
 from pipeline.distill.schedules import Schedules
-from pipeline.distill.train import Objective
 from pipeline.models import build_model
 
 HEADS = {"prototypes": 16, "hidden_dim": 12, "dino_bottleneck_dim": 8, "ibot_bottleneck_dim": 6}

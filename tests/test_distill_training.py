@@ -19,13 +19,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from pipeline.distill.agreement import evaluation_tiles
+from pipeline.distill.agreement import held_out_tiles
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.data import TileStream
 from pipeline.distill.networks import seeded_model
 from pipeline.distill.train import train
 from pipeline.models import build_model, embed
+from storage.tile_units import open_tile_source
 from tests.flow_helpers import REPO, run_cli
 
 SMALL = {
@@ -115,6 +116,24 @@ def _knn_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
     return float(np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))]))
 
 
+def _streamed_tiles(config: DistillConfig, store, positions: int) -> set[int]:
+    """Numbers, in the store's tile order, of the tiles the run's stream takes at its first ``positions``."""
+    stream = TileStream(
+        [str(store)],
+        seed=config.train.seed,
+        global_batch=config.train.batch_size_total,
+        rank=0,
+        world=1,
+        transform=MultiCrop(config.crops),
+        piece_tiles=config.train.piece_tiles,
+        window_tiles=config.train.window_tiles,
+        held_out_tiles=config.train.agreement_tiles,
+    )
+    units = list(stream.sources[0].units())
+    first = {unit: sum(u.count for u in units[:i]) for i, unit in enumerate(units)}
+    return {first[ref.unit] + ref.tile for ref in map(stream.tile_at, range(positions))}
+
+
 def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     fitted_run, shipped_tile_store, teacher_weights
 ):
@@ -124,15 +143,22 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     assert np.mean(losses[-10:]) < np.mean(losses[:5])
     assert len(_metrics(fitted_run, "heads")) == 10
     config = _config(teacher_weights)
-    # The run's own end-of-run record, recomputed here on the same tiles with plain code.
+    # The run's own end-of-run record, recomputed here with plain code on the held-out tiles: of 53, every
+    # 4th (numbers 3, 7, …, 51), which the run never trained on.
     [agreed] = _metrics(fitted_run, "agreement")
-    tiles = evaluation_tiles([str(shipped_tile_store)], 256, config.crops.global_crop_size)
-    assert agreed["tiles"] == len(tiles) == 53 and agreed["step"] == 50 and tiles.shape[1:] == (56, 56, 3)
+    tiles = held_out_tiles([str(shipped_tile_store)], 256, config.crops.global_crop_size)
+    source = open_tile_source(shipped_tile_store)
+    whole = np.concatenate([source.read(unit) for unit in source.units()])
+    assert len(whole) == 53 and agreed["tiles"] == len(tiles) == 13 and agreed["step"] == 50
+    np.testing.assert_array_equal(held_out_tiles([str(shipped_tile_store)], 256, 224).numpy(), whole[3::4])
+    # 5 passes over the 40 others, and nothing else:
+    assert _streamed_tiles(config, shipped_tile_store, 200) == set(range(53)) - set(range(3, 53, 4))
+    assert "control_linear_cka_after" not in agreed  # a teacher with weights gets no random control
     with torch.inference_mode():
         teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True).eval()
         initial = seeded_model("tiny-student", config.train.seed).eval()  # the student the run started from
         student = build_model("tiny-student", fitted_run / "student.safetensors", dynamic_img_size=True).eval()
-        target, before, after = (embed(model, tiles, "cls").double() for model in (teacher, initial, student))
+        target, before, after = (embed(model, tiles, "cls+mean").double() for model in (teacher, initial, student))
     assert agreed["linear_cka_before"] == pytest.approx(_linear_cka(before, target), abs=1e-4)
     assert agreed["linear_cka_after"] == pytest.approx(_linear_cka(after, target), abs=1e-4)
     assert agreed["knn10_overlap_before"] == pytest.approx(_knn_overlap(before, target), abs=1e-4)
@@ -150,24 +176,46 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     ]
 
 
+@pytest.fixture(scope="module")
+def varied_tile_stores(tmp_path_factory) -> list[str]:
+    """Both shipped slides tiled at 112 px at 0.5 and 1 µm/px, and OS-1 (0.23 µm/px scan) at 0.25: 303 tiles
+    of two scanners at three scales, the stores docs/performance.md measures the tiny recipe on.
+    """
+    from storage.tile_store import TileStore
+    from tiling.config import TilingConfig
+    from tiling.slide_list import SlideSpec, slide_id_from_path
+    from tiling.tile_slide import tile_slide
+
+    folder, stores = tmp_path_factory.mktemp("varied"), []
+    for mpp in (0.5, 1.0, 0.25):  # CMU (0.5 µm/px) has no 0.25 tiles: no upsampling
+        config = TilingConfig(tile_size_px=112, target_mpp_um=mpp, tiles_per_shard=64)
+        store = TileStore.create_or_open(folder / f"tiles-{mpp}.zarr", config.model_dump())
+        for name in ("CMU-1-Small-Region.svs", "OS-1-detail.ome.tif"):
+            path = REPO / "tests" / "data" / "slides" / name
+            tile_slide(SlideSpec(path, slide_id_from_path(path)), store, config)
+        stores.append(str(store.root))
+    return stores
+
+
 @pytest.mark.slow
-def test_the_tiny_cpu_recipe_learns(shipped_tile_store, tmp_path):
-    """The shipped demo config (random seeded teacher, 200 steps): the loss at the final teacher temperature
-    falls by 5 % from its first to its last logged fifth and its DINO part falls too (measured on these 53
-    tiles: loss -11 %, DINO -2.3 %). The agreement is recorded; on these tiles it does not rise (CKA 0.74 ->
-    0.73; docs/performance.md says why), so it is not asserted here.
+def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
+    """The shipped demo config (random seeded teacher, 200 steps) on the varied stores: the loss at the final
+    teacher temperature falls by 5 % from its first to its last logged fifth, and on the 75 held-out tiles the
+    student's 5-NN overlap with its teacher rises clearly, and more than with a control random teacher it
+    never saw (measured: 0.64 -> 0.77 with its teacher, 0.63 -> 0.68 with the control; docs/performance.md).
     """
     config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
-    train(config, [str(shipped_tile_store)], tmp_path / "run")
+    train(config, varied_tile_stores, tmp_path / "run")
     records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]
     fifth = len(records) // 5
-    first, last = (
-        {key: np.mean([r[key] for r in part]) for key in ("loss", "dino_loss")}
-        for part in (records[:fifth], records[-fifth:])
-    )
-    assert last["loss"] < 0.95 * first["loss"] and last["dino_loss"] < first["dino_loss"], (first, last)
+    first, last = (np.mean([r["loss"] for r in part]) for part in (records[:fifth], records[-fifth:]))
+    assert last < 0.95 * first, (first, last)
     [agreed] = _metrics(tmp_path / "run", "agreement")
-    assert agreed["tiles"] == 53 and {"knn10_overlap_after", "linear_cka_after"} <= agreed.keys()
+    own, control = (
+        (agreed[f"{prefix}knn5_overlap_before"], agreed[f"{prefix}knn5_overlap_after"]) for prefix in ("", "control_")
+    )
+    assert agreed["tiles"] == 75 and own[1] > own[0] + 0.08, agreed
+    assert own[1] - own[0] > control[1] - control[0] + 0.04 and own[1] > control[1] + 0.04, agreed
 
 
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights, tmp_path):

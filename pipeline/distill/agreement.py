@@ -7,17 +7,26 @@
 - ``linear_cka``: linear centred kernel alignment (Kornblith et al. 2019), invariant to rotations and
   isotropic scaling of either space, so it compares a 48-wide student with a 96-wide teacher.
 
-Both are measured at the end of a run on whole, unaugmented tiles (the training sees random crops
-of them only) resized to the global-crop size, for the student the run started from and for the
-exported EMA student.
+Both are measured at the end of a run on the tiles the run held out of training
+(:mod:`pipeline.distill.held_out`), whole and unaugmented, resized to the global-crop size, on the
+embedding ``flows.embed`` writes by default (class token ⊕ mean patch token), for the student the run
+started from and for the exported EMA student. A random teacher (the tiny configs) gets a control: an
+unrelated random network of its architecture. Random ViTs share much of their geometry on H&E tiles
+(they all follow colour and density), so a student that learns that shared part draws closer to any
+random teacher; only a rise above the control's is the student learning its own teacher.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from pipeline.distill.config import DistillConfig
+from pipeline.distill.held_out import held_out_period
+from pipeline.distill.networks import seeded_model
 from pipeline.models import embed
+from storage.jpeg_codec import decode_tile
 from storage.tile_units import open_tile_source
 
 
@@ -44,39 +53,42 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def evaluation_tiles(stores: list[str], count: int, size_px: int | None = None) -> torch.Tensor:
-    """The first ``count`` tiles of ``stores`` in their fixed unit order, uint8 ``[n, S, S, 3]``, resized
-    (antialiased bilinear) to ``size_px`` when given: the student is trained at the global-crop size only.
+def held_out_tiles(stores: list[str], count: int, size_px: int) -> torch.Tensor:
+    """The tiles a run with ``agreement_tiles = count`` never trains on (:mod:`pipeline.distill.held_out`),
+    in their numbering order, uint8 ``[n, size_px, size_px, 3]``, resized (antialiased bilinear) to the
+    global-crop size: the student is trained at that size only, and stores may hold other tile sizes.
     """
+    sources = [open_tile_source(store) for store in stores]
+    units = [(source, unit) for source in sources for unit in source.units()]
+    every = held_out_period(sum(unit.count for _, unit in units), count)
     tiles: list[torch.Tensor] = []
-    remaining = count
-    for store in stores:
-        source = open_tile_source(store)
-        for unit in source.units():
-            if remaining <= 0:
-                break
-            block = torch.from_numpy(source.read(unit)[:remaining])
-            tiles.append(block)
-            remaining -= len(block)
-    if not tiles:
-        return torch.empty((0, 0, 0, 3), dtype=torch.uint8)
-    whole = torch.cat(tiles)
-    if size_px is None or size_px == whole.shape[1]:
-        return whole
+    first = 0  # the number of the unit's first tile
+    for source, unit in units:
+        wanted = list(range((every - 1 - first) % every, unit.count, every)) if every else []
+        if wanted:
+            block = torch.from_numpy(np.stack([decode_tile(data) for data in source.read_tiles(unit, wanted)]))
+            tiles.append(_resized(block, size_px))
+        first += unit.count
+    return torch.cat(tiles) if tiles else torch.empty((0, size_px, size_px, 3), dtype=torch.uint8)
+
+
+def _resized(tiles: torch.Tensor, size_px: int) -> torch.Tensor:
+    if tiles.shape[1:3] == (size_px, size_px):
+        return tiles
     resized = nn.functional.interpolate(
-        whole.permute(0, 3, 1, 2).float(), size=(size_px, size_px), mode="bilinear", antialias=True, align_corners=False
+        tiles.permute(0, 3, 1, 2).float(), size=(size_px, size_px), mode="bilinear", antialias=True, align_corners=False
     )
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 @torch.no_grad()
 def embeddings(backbone: nn.Module, tiles: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Class-token embeddings ``[n, D]`` (float32, CPU) of uint8 ``tiles`` ``[n, H, W, 3]``, in batches."""
+    """Class token ⊕ mean patch token ``[n, 2D]`` (float32, CPU) of uint8 ``tiles`` ``[n, H, W, 3]``, in batches."""
     was_training = backbone.training
     backbone.eval()
     try:
         return torch.cat(
-            [embed(backbone, tiles[i : i + batch], "cls").float().cpu() for i in range(0, len(tiles), batch)]
+            [embed(backbone, tiles[i : i + batch], "cls+mean").float().cpu() for i in range(0, len(tiles), batch)]
         )
     finally:
         backbone.train(was_training)
@@ -88,3 +100,29 @@ def agreement(teacher: torch.Tensor, student: torch.Tensor, k: int) -> dict[str,
         f"knn{k}_overlap": round(knn_overlap(teacher, student, k), 4),
         "linear_cka": round(linear_cka(teacher, student), 4),
     }
+
+
+def measure_agreement(
+    config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module, device: torch.device
+) -> dict[str, float | int]:
+    """Agreement on the held-out tiles of the student the run started from (``*_before``) and of ``student``
+    (``*_after``) with the teacher, and, when the teacher is random, with a control teacher (``control_*``):
+    the teacher a run with the next seed would have, which the student never saw. Every process must call
+    it (the teacher may be sharded); ``{}`` when too few tiles are held out for the k-NN overlap.
+    """
+    tiles = held_out_tiles(stores, config.train.agreement_tiles, config.crops.global_crop_size)
+    k = config.train.agreement_neighbours
+    if len(tiles) <= k:
+        return {}
+    models, seed = config.models, config.train.seed
+    initial = embeddings(seeded_model(models.student, seed, device=device), tiles)
+    final = embeddings(student, tiles)
+    references = {"": embeddings(teacher, tiles)}
+    if models.teacher_weights is None:
+        control = seeded_model(models.teacher, seed + 1, device=device, layerscale=models.random_teacher_layerscale)
+        references["control_"] = embeddings(control, tiles)
+    figures: dict[str, float | int] = {"tiles": len(tiles)}
+    for prefix, reference in references.items():
+        for when, embedded in (("before", initial), ("after", final)):
+            figures.update({f"{prefix}{key}_{when}": value for key, value in agreement(reference, embedded, k).items()})
+    return figures

@@ -7,7 +7,9 @@ windows of ``window_tiles // piece_tiles`` consecutive pieces; within a window
 the tiles come in a seeded random order. A window therefore mixes tiles of as
 many slides as it has pieces (128 with the defaults), where whole-shard
 windows would give every batch the tiles of a handful of slides. Passes
-repeat forever, each with new orders.
+repeat forever, each with new orders. The ``held_out_tiles`` that
+:mod:`pipeline.distill.held_out` keeps aside for the agreement never enter
+the stream: a piece holds the other tiles of its range.
 
 Where a tile sits is arithmetic on the store's index; nothing is read to
 find it. A batch then reads exactly its own tiles' JPEG bytes (~27 kB a
@@ -38,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.distill.augment import MultiCrop
+from pipeline.distill.held_out import held_out_before, held_out_period, kept_number
 from storage.jpeg_codec import decode_tile
 from storage.tile_units import TileUnit, open_tile_source
 
@@ -82,8 +85,9 @@ class TileStream(IterableDataset):
     ------
     ValueError
         When ``global_batch`` is not a multiple of ``world``, ``rank`` is out
-        of range, ``piece_tiles`` or ``window_tiles`` is not positive, or the
-        stores hold no tile.
+        of range, ``piece_tiles`` or ``window_tiles`` is not positive,
+        ``held_out_tiles`` is negative, or the stores hold no tile to train
+        on.
     """
 
     def __init__(
@@ -98,25 +102,37 @@ class TileStream(IterableDataset):
         start_step: int = 0,
         piece_tiles: int = 64,
         window_tiles: int = 8192,
+        held_out_tiles: int = 0,
     ) -> None:
         if global_batch <= 0 or global_batch % world:
             raise ValueError(f"global_batch {global_batch} must be a positive multiple of world {world}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        if start_step < 0 or piece_tiles < 1 or window_tiles < 1:
+        if start_step < 0 or piece_tiles < 1 or window_tiles < 1 or held_out_tiles < 0:
             raise ValueError(
                 f"start_step ({start_step}) must be >= 0, piece_tiles ({piece_tiles}) and "
-                f"window_tiles ({window_tiles}) >= 1"
+                f"window_tiles ({window_tiles}) >= 1, held_out_tiles ({held_out_tiles}) >= 0"
             )
         self.sources = [open_tile_source(store) for store in stores]
         self._units = [(index, unit) for index, source in enumerate(self.sources) for unit in source.units()]
         unit_counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
-        # Piece i: tiles [_piece_start[i], _piece_start[i] + _counts[i]) of unit _piece_unit[i].
-        self._piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
-        self._piece_start = np.concatenate(
+        # Tile t of unit u is tile number _unit_number[u] + t of the stores (pipeline.distill.held_out).
+        self._unit_number = np.cumsum(unit_counts) - unit_counts
+        # Piece i: up to piece_tiles tiles from _piece_start[i] of unit _piece_unit[i], of which
+        # _counts[i] are not held out.
+        piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
+        piece_start = np.concatenate(
             [np.arange(0, count, piece_tiles) for count in unit_counts.tolist()] or [np.zeros(0, dtype=np.int64)]
         )
-        self._counts = np.minimum(piece_tiles, unit_counts[self._piece_unit] - self._piece_start)
+        first = self._unit_number[piece_unit] + piece_start
+        end = first + np.minimum(piece_tiles, unit_counts[piece_unit] - piece_start)
+        counts = end - first
+        period = held_out_period(int(unit_counts.sum()), held_out_tiles)
+        if period:
+            counts -= end // period - first // period
+        kept = counts > 0  # a piece may be all held out (piece_tiles 1)
+        self._piece_unit, self._piece_start, self._counts = piece_unit[kept], piece_start[kept], counts[kept]
+        self.held_out_period = period
         self.tiles_per_pass = int(self._counts.sum())
         if not self.tiles_per_pass:
             raise ValueError(f"no complete tiles in {[str(source.root) for source in self.sources]}")
@@ -173,8 +189,12 @@ class TileStream(IterableDataset):
         tile = int(order[offset])
         local = int(np.searchsorted(piece_starts, tile, side="right")) - 1
         piece = pieces[local]
-        store, unit = self._units[self._piece_unit[piece]]
-        return TileRef(store, unit, int(self._piece_start[piece]) + tile - int(piece_starts[local]))
+        unit_index = int(self._piece_unit[piece])
+        store, unit = self._units[unit_index]
+        first = int(self._unit_number[unit_index]) + int(self._piece_start[piece])  # the piece's first number
+        every = self.held_out_period
+        number = kept_number(first - held_out_before(first, every) + tile - int(piece_starts[local]), every)
+        return TileRef(store, unit, number - int(self._unit_number[unit_index]))
 
     def _encoded(self, refs: list[TileRef]) -> list[bytes]:
         """The JPEG bytes of ``refs``, in order: one read of only the tiles needed per unit."""

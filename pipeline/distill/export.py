@@ -28,7 +28,7 @@ def export_student(
 ) -> Path:
     """Write the backbone ``state`` to ``path`` (safetensors) and ``MODEL_CARD.md`` beside it; returns ``path``.
 
-    ``agreement`` (from :func:`pipeline.distill.train.measure_agreement`) goes into the card as a table.
+    ``agreement`` (from :func:`pipeline.distill.agreement.measure_agreement`) goes into the card as a table.
     """
     tensors = {name: value.detach().cpu().contiguous() for name, value in state.items()}
     with atomic_path(path) as temporary:
@@ -58,15 +58,21 @@ def export_student(
 
 
 def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
-    """Markdown table of the teacher-student agreement before and after training, or nothing."""
+    """Markdown table of the teacher-student agreement before and after training (and the control's), or nothing."""
     if not agreement:
         return ""
-    rows = "".join(
-        f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
-        for key, label in ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA"))
-    )
+    figures = ((f"knn{k}_overlap", f"{k}-NN overlap"), ("linear_cka", "linear CKA"))
+    rows = [
+        f"| {label}{against} | {agreement[f'{prefix}{key}_before']:.4f} | {agreement[f'{prefix}{key}_after']:.4f} |\n"
+        for prefix, against in (("", ""), ("control_", " with a control random teacher"))
+        for key, label in figures
+        if f"{prefix}{key}_before" in agreement
+    ]
     return (
-        f"\n## Agreement with the teacher\n\nClass-token embeddings of {agreement['tiles']} whole tiles of the "
-        "training stores, resized to the global-crop size (training saw random crops of them only); the "
-        f"student the run started from, then the exported one.\n\n| figure | before | after |\n|---|---|---|\n{rows}"
+        f"\n## Agreement with the teacher\n\nClass token ⊕ mean patch token of the {agreement['tiles']} tiles "
+        "held out of training (every M-th tile of the stores, `pipeline.distill.held_out`), whole, resized to "
+        "the global-crop size; the student the run started from, then the exported one. A control row compares "
+        "the student with a random teacher it never saw: random networks share much of their geometry, and "
+        f"only a rise above the control's is learnt from the teacher.\n\n| figure | before | after |\n"
+        f"|---|---|---|\n{''.join(rows)}"
     )

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.distill.config import HeadsConfig
+from pipeline.distill.config import DistillConfig, HeadsConfig
 from pipeline.distill.heads import DINOHead
-from pipeline.models import build_model, normalise
+from pipeline.models import build_model, normalise, weights_sha256
 
 
 def init_seed(what: str, seed: int) -> int:
@@ -26,6 +26,23 @@ def init_seed(what: str, seed: int) -> int:
     """
     digest = hashlib.blake2b(f"{what}\0{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def run_identity(config: DistillConfig) -> dict:
+    """What makes a run's networks: teacher and student names, their initial seeds, the teacher's weights
+    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused.
+    """
+    models, heads = config.models, config.heads
+    return {
+        "teacher": models.teacher,
+        "student": models.student,
+        "teacher_init_seed": init_seed(models.teacher, config.train.seed),
+        "student_init_seed": init_seed(models.student, config.train.seed),
+        "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
+        "teacher_heads_sha256": (
+            weights_sha256(heads.teacher_heads_path) if heads.teacher_heads == "checkpoint" else None
+        ),
+    }
 
 
 def seeded_model(

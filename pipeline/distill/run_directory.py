@@ -46,6 +46,14 @@ def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
     return state
 
 
+def read_teacher_heads(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The ``dino_head.*`` and ``ibot_head.*`` tensors of a heads checkpoint (mode ``checkpoint``), never code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(path, f"refused: not a plain-tensor heads checkpoint ({error})") from None
+
+
 def parse_records(text: str) -> list[dict]:
     """The JSON records of ``metrics.jsonl`` text; a torn (unterminated or unparseable) last line is skipped."""
     lines = text.split("\n")

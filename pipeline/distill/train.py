@@ -25,7 +25,6 @@ import argparse
 import copy
 import math
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,15 +36,21 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from pipeline.cpu_memory import keep_freed_memory_for_reuse
-from pipeline.distill.agreement import agreement, embeddings, evaluation_tiles
+from pipeline.distill.agreement import measure_agreement
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig, random_teacher_warning
 from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.export import export_student
-from pipeline.distill.losses import DINOLoss, IBOTPatchLoss, TokenRegressionLoss
-from pipeline.distill.networks import Outputs, StudentSide, TeacherSide, init_seed, make_heads, seeded_model
+from pipeline.distill.losses import TokenRegressionLoss
+from pipeline.distill.networks import StudentSide, TeacherSide, init_seed, make_heads, run_identity, seeded_model
+from pipeline.distill.objective import Objective
 from pipeline.distill.optim import clip_per_module, param_groups, set_learning_rates
-from pipeline.distill.run_directory import CheckpointError, RunDirectory, read_checkpoint
+from pipeline.distill.run_directory import (
+    CheckpointError,
+    RunDirectory,
+    read_checkpoint,
+    read_teacher_heads,
+)
 from pipeline.distill.schedules import Schedules
 from pipeline.distill.sharding import (
     SHARDINGS,
@@ -59,53 +64,12 @@ from pipeline.distill.sharding import (
     whole_optimizer_state,
     whole_state,
 )
-from pipeline.models import weights_sha256
 
 HEADS, DISTILL = "heads", "distill"
 
 
 def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-class Objective(nn.Module):
-    """The loss of a step from the student's and the teacher's outputs; holds the teacher centres."""
-
-    def __init__(self, config: DistillConfig, student_dim: int, teacher_dim: int, with_heads: bool) -> None:
-        super().__init__()
-        loss = config.loss
-        self.with_heads = with_heads
-        self.dino_weight, self.ibot_weight = loss.dino_weight, loss.ibot_weight
-        if with_heads:
-            common = {
-                "student_temp": loss.student_temp,
-                "center_momentum": loss.center_momentum,
-                "centering": loss.centering,
-            }
-            self.dino = DINOLoss(config.heads.prototypes, **common)
-            self.ibot = IBOTPatchLoss(config.heads.prototypes, **common)
-
-    def forward(
-        self, student: Outputs, teacher: Outputs, teacher_temp: float, regression: nn.Module | None
-    ) -> dict[str, torch.Tensor]:
-        if not self.with_heads:
-            n_global = len(teacher.cls)
-            value = regression(student.cls[:n_global], student.patches, teacher.cls, teacher.patches)
-            return {"loss": value, "regression_loss": value.detach()}
-        batch = len(teacher.dino) // 2
-        # float32 once: at 131,072 prototypes a bf16 -> fp32 copy of the iBOT logits is gigabytes.
-        dino_logits, ibot_logits = teacher.dino.float(), teacher.ibot.float()
-        teacher_dino = self.dino.teacher_probabilities(dino_logits, teacher_temp)
-        teacher_ibot = self.ibot.teacher_probabilities(ibot_logits, teacher_temp)
-        dino = self.dino(list(student.dino.float().split(batch)), list(teacher_dino.split(batch)))
-        ibot = self.ibot(student.ibot.float(), teacher_ibot)
-        self.dino.update_center(dino_logits)
-        self.ibot.update_center(ibot_logits)
-        return {
-            "loss": self.dino_weight * dino + self.ibot_weight * ibot,
-            "dino_loss": dino.detach(),
-            "ibot_loss": ibot.detach(),
-        }
 
 
 class Stage:
@@ -248,6 +212,7 @@ def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Itera
         start_step=start_step,
         piece_tiles=config.train.piece_tiles,
         window_tiles=config.train.window_tiles,
+        held_out_tiles=config.train.agreement_tiles,
     )
     for _, batch in make_loader(stream, config.train.loader_workers):
         yield batch
@@ -304,23 +269,6 @@ def run_stage(stage: Stage, run: RunDirectory, stores: list[str]) -> None:
             break
 
 
-def run_identity(config: DistillConfig) -> dict:
-    """What makes a run's networks: teacher and student names, their initial seeds, the teacher's weights
-    and heads files by checksum. Recorded in every checkpoint; a resume with any of it changed is refused.
-    """
-    models, heads = config.models, config.heads
-    return {
-        "teacher": models.teacher,
-        "student": models.student,
-        "teacher_init_seed": init_seed(models.teacher, config.train.seed),
-        "student_init_seed": init_seed(models.student, config.train.seed),
-        "teacher_weights_sha256": weights_sha256(models.teacher_weights) if models.teacher_weights else None,
-        "teacher_heads_sha256": (
-            weights_sha256(heads.teacher_heads_path) if heads.teacher_heads == "checkpoint" else None
-        ),
-    }
-
-
 def _teacher_heads(
     config: DistillConfig,
     run: RunDirectory,
@@ -336,12 +284,7 @@ def _teacher_heads(
         return None
     heads = make_heads(teacher.embed_dim, config.heads).to(device)
     if mode == "checkpoint":
-        path = Path(config.heads.teacher_heads_path)
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-            raise CheckpointError(path, f"refused: not a plain-tensor heads checkpoint ({error})") from None
-        heads.load_state_dict(state)
+        heads.load_state_dict(read_teacher_heads(Path(config.heads.teacher_heads_path), device))
         return heads
     stage = Stage(HEADS, config, teacher, device, None, mesh, identity)
     run_stage(stage, run, stores)
@@ -349,27 +292,6 @@ def _teacher_heads(
     if _rank_world()[0] == 0:
         torch.save(heads.state_dict(), run.teacher_heads)
     return heads
-
-
-def measure_agreement(
-    config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module, device: torch.device
-) -> dict[str, float | int]:
-    """Teacher-student agreement on the first ``train.agreement_tiles`` whole tiles, for the student the run
-    started from (``*_before``) and for ``student`` (every process must call it: the networks may be sharded).
-    """
-    tiles = evaluation_tiles(stores, config.train.agreement_tiles, config.crops.global_crop_size)
-    k = config.train.agreement_neighbours
-    if len(tiles) <= k:
-        return {}
-    target = embeddings(teacher, tiles)
-    initial = seeded_model(config.models.student, config.train.seed, device=device)
-    before = agreement(target, embeddings(initial, tiles), k)
-    after = agreement(target, embeddings(student, tiles), k)
-    return {
-        "tiles": len(tiles),
-        **{f"{name}_before": value for name, value in before.items()},
-        **{f"{name}_after": value for name, value in after.items()},
-    }
 
 
 def train(
@@ -408,9 +330,7 @@ def train(
     heads = _teacher_heads(config, run, teacher, target, stores, mesh, identity)
     stage = Stage(DISTILL, config, teacher, target, heads, mesh, identity)
     run_stage(stage, run, stores)
-    agreed = (
-        measure_agreement(config, stores, teacher, stage.ema.backbone, target) if config.train.agreement_tiles else {}
-    )
+    agreed = measure_agreement(config, stores, teacher, stage.ema.backbone, target)
     student = whole_state(stage.ema.backbone)
     if rank == 0:
         if agreed:
