@@ -159,8 +159,9 @@ class TrainConfig(_Frozen):
     agreement_tiles: int = Field(
         256,
         ge=0,
-        description="whole tiles on which the end of a run measures teacher-"
-        "student agreement (k-NN overlap, linear CKA) before and after; 0: not measured",
+        description="at most this many tiles held out of training (pipeline.distill.held_out), on which "
+        "the end of a run measures teacher-student agreement (k-NN overlap, linear CKA) before and after; "
+        "0: none held out, not measured",
     )
     agreement_neighbours: int = Field(10, gt=0, description="k of the k-NN overlap")
 
