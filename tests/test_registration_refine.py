@@ -126,7 +126,7 @@ def test_anchor_on_unrelated_content_is_rejected(coarse, refined, smooth_slide, 
     rgb[y - half : y + half, x - half : x + half] = np.rot90(square, 2)  # the same stain, other structures
     tampered = write_tiff(tmp_path / "tampered.tif", rgb, core.MOVING_MPP_UM)
     result = refine_registration(
-        dataclasses.replace(coarse, moving_path=tampered), refined.anchors_xy[[index]], **REFINE
+        dataclasses.replace(coarse, moving_path=tampered), refined.anchors_xy[[index]], RefinementConfig(**REFINE)
     )
     assert not result.accepted[0]
     assert result.reasons[0]
