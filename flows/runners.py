@@ -9,12 +9,21 @@ driver, or each worker process starts its own temporary server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
-
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from flows.retries import is_transient
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+    from prefect.task_runners import TaskRunner
+
+_CLOSE_TIMEOUT_S = 30.0
 
 
 def quiet_dask_logging() -> None:
@@ -35,11 +44,18 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     single-threaded process per worker (tiling threads itself inside a slide).
     """
     if not dask_address and workers <= 1:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner  # imports distributed: only when Dask is used
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(workers))
+
+
+def _local_cluster_kwargs(workers: int) -> dict:
+    """``LocalCluster`` arguments for ``workers`` single-threaded processes, after setting Dask's config for them."""
     import dask
 
     # Dask starts worker processes as daemons, and a daemon may not have children: the embedding
@@ -48,16 +64,69 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     # The workers' statistical profiler feeds only the dashboard (off here), and keeps up to 1,000
     # one-second stack profiles: ~130 KiB a slide of worker memory for the first ~17 minutes of a run.
     dask.config.set({"distributed.worker.daemon": False, "distributed.worker.profile.enabled": False})
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "host": "127.0.0.1",
-        },
-    )
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "host": "127.0.0.1",
+    }
+
+
+def _start_local_cluster(workers: int, preload: Sequence[str]) -> LocalCluster:
+    """A local cluster whose workers are forked from one process that imported ``preload`` once.
+
+    Spawned workers each import Dask, the command's main module and the task's
+    modules (~2 s of a core each), and leave through a full interpreter
+    shutdown: under load the nanny's 4 s wait often ran out and it killed
+    them. Forked from a fork server they start with those imports done, and
+    exit at once (``os._exit``, no ``atexit`` handlers: nothing of Prefect's
+    runs in these workers).
+    """
+    import dask
+    from distributed import LocalCluster
+    from distributed.utils import get_mp_context
+
+    kwargs = _local_cluster_kwargs(workers)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):  # read as workers start
+        get_mp_context()  # Dask sets its own preload list on first use; this one replaces it
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *preload])
+        return LocalCluster(**kwargs)
+
+
+@contextlib.contextmanager
+def task_runner_started_early(
+    workers: int, dask_address: str | None, preload: Sequence[str] = ()
+) -> Iterator[Callable[[], TaskRunner]]:
+    """Start :func:`make_task_runner`'s local cluster now, in the background; yield a function that returns its runner.
+
+    A command enters this before it imports Prefect and creates its flow run
+    (~3 s of one core), so the worker processes start, with ``preload``
+    imported, meanwhile instead of after. The runner connects to the cluster
+    by address, as to an existing one; the cluster is closed here, once the
+    flow has returned, and waited for. Only for flows whose workers do not
+    use Prefect: they start before a temporary server's address is exported,
+    and leave without running ``atexit`` handlers (see
+    :func:`_start_local_cluster`). Without a local cluster (one worker, or
+    ``dask_address``) this is :func:`make_task_runner`.
+    """
+    if dask_address or workers <= 1:
+        yield lambda: make_task_runner(workers, dask_address)
+        return
+    quiet_dask_logging()  # before the workers start: they read it from the environment
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-cluster-start") as starter:
+        cluster: Future[LocalCluster] = starter.submit(_start_local_cluster, workers, preload)
+        try:
+            yield lambda: _runner_on(cluster.result())
+        finally:
+            if cluster.exception() is None:  # waits for a start still under way
+                cluster.result().close(timeout=_CLOSE_TIMEOUT_S)
+
+
+def _runner_on(cluster: LocalCluster) -> TaskRunner:
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=cluster.scheduler_address)
 
 
 def is_transient_io_error(task, task_run, state) -> bool:

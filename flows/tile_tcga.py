@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from flows.cli import job_main
 from flows.jobs import TileJob
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 FLAGS = {
     "--slides": "slides",
@@ -41,11 +47,19 @@ def check(job: TileJob) -> None:
     store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite)
 
 
-def run(job: TileJob, args: argparse.Namespace) -> None:
-    from flows.runners import make_task_runner
+def start_task_runner(job: TileJob) -> AbstractContextManager[Callable[[], TaskRunner]]:
+    """The run's local Dask cluster, started while Prefect loads (the workers never call Prefect's API)."""
+    from flows.runners import task_runner_started_early
+
+    # Each worker re-runs this module, as multiprocessing does with the main one: its imports are preloaded too.
+    preload = ["flows.cli", "flows.jobs", "flows.tiling_task"]
+    return task_runner_started_early(job.workers, job.dask_address, preload=preload)
+
+
+def run(job: TileJob, args: argparse.Namespace, task_runner: Callable[[], TaskRunner]) -> None:
     from flows.tiling_flow import tile_tcga
 
-    tile_tcga.with_options(task_runner=make_task_runner(job.workers, job.dask_address))(
+    tile_tcga.with_options(task_runner=task_runner())(
         slides=job.slides,
         out=job.out,
         config=job.tiling,
@@ -66,6 +80,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.tile_tcga")
         flow_module="flows.tiling_flow",
         run=run,
         check=check,
+        prepare=start_task_runner,
     )
 
 
