@@ -9,16 +9,24 @@ driver, or each worker process starts its own temporary server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.retries import is_transient
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+    from prefect.task_runners import TaskRunner
+
+_CLOSE_TIMEOUT_S = 30.0
 
 
 def quiet_dask_logging() -> None:
@@ -36,14 +44,24 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
 
     One local worker runs tasks in the driving process: no cluster start-up,
     no inter-process transfer. More use a ``LocalCluster`` with one
-    single-threaded process per worker (tiling threads itself inside a slide).
+    single-threaded process per worker (tiling threads itself inside a slide):
+    the one :func:`local_cluster_started_early` started, if any.
     """
     if not dask_address and workers <= 1:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner  # imports distributed: only when Dask is used
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    if _early_cluster is not None and _early_cluster[0] == workers:
+        return DaskTaskRunner(address=_early_cluster[1].result().scheduler_address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(workers))
+
+
+def _local_cluster_kwargs(workers: int) -> dict:
+    """``LocalCluster`` arguments for ``workers`` single-threaded processes, after setting Dask's config for them."""
     import dask
 
     # Dask starts worker processes as daemons, and a daemon may not have children: the embedding
@@ -52,19 +70,72 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     # The workers' statistical profiler feeds only the dashboard (off here), and keeps up to 1,000
     # one-second stack profiles: ~130 KiB a slide of worker memory for the first ~17 minutes of a run.
     dask.config.set({"distributed.worker.daemon": False, "distributed.worker.profile.enabled": False})
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "host": "127.0.0.1",
-        },
-    )
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "host": "127.0.0.1",
+    }
 
 
-@contextmanager
+def _start_local_cluster(workers: int, preload: Sequence[str]) -> LocalCluster:
+    """A local cluster whose workers are forked from one process that imported ``preload`` once.
+
+    Spawned workers each import Dask, the command's main module and the task's
+    modules (~2 s of a core each), and leave through a full interpreter
+    shutdown: under load the nanny's 4 s wait often ran out and it killed
+    them. Forked from a fork server they start with those imports done, and
+    exit at once (``os._exit``, no ``atexit`` handlers: nothing of Prefect's
+    runs in these workers).
+    """
+    import dask
+    from distributed import LocalCluster
+    from distributed.utils import get_mp_context
+
+    kwargs = _local_cluster_kwargs(workers)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):  # read as workers start
+        get_mp_context()  # Dask sets its own preload list on first use; this one replaces it
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *preload])
+        return LocalCluster(**kwargs)
+
+
+# The local cluster a command started before Prefect loaded (workers, the cluster being started), for
+# make_task_runner to use instead of starting one; set only inside local_cluster_started_early.
+_early_cluster: tuple[int, Future[LocalCluster]] | None = None
+
+
+@contextlib.contextmanager
+def local_cluster_started_early(workers: int, dask_address: str | None, preload: Sequence[str] = ()) -> Iterator[None]:
+    """Start the local cluster a job of ``workers`` will run on now, in the background, and close it after.
+
+    A command enters this before it imports Prefect and creates its flow run
+    (~3 s of one core), so the worker processes start, with ``preload``
+    imported, meanwhile instead of after. Inside, :func:`make_task_runner`
+    (and so :func:`tasks_on`) connects to this cluster by address, as to an
+    existing one; the cluster is closed here, once the flow has returned, and
+    waited for. Only for flows whose workers do not use Prefect: they start
+    before a temporary server's address is exported, and leave without running
+    ``atexit`` handlers (see :func:`_start_local_cluster`). Without a local
+    cluster (one worker, or ``dask_address``) this does nothing.
+    """
+    global _early_cluster
+    if dask_address or workers <= 1:
+        yield
+        return
+    quiet_dask_logging()  # before the workers start: they read it from the environment
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-cluster-start") as starter:
+        cluster: Future[LocalCluster] = starter.submit(_start_local_cluster, workers, preload)
+        _early_cluster = (workers, cluster)
+        try:
+            yield
+        finally:
+            _early_cluster = None
+            if cluster.exception() is None:  # waits for a start still under way
+                cluster.result().close(timeout=_CLOSE_TIMEOUT_S)
+
+
+@contextlib.contextmanager
 def tasks_on(workers: int, dask_address: str | None) -> Iterator[TaskRunner]:
     """Inside a running flow: from here on, its tasks and Dask futures run where a job's parameters say.
 

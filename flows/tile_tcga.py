@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from flows.cli import job_main
@@ -44,6 +45,15 @@ def check(job: TileJob) -> None:
         store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
 
 
+def start_cluster(job: TileJob) -> AbstractContextManager[None]:
+    """The run's local Dask cluster, started while Prefect loads (the workers never call Prefect's API)."""
+    from flows.runners import local_cluster_started_early
+
+    # Each worker re-runs this module, as multiprocessing does with the main one: its imports are preloaded too.
+    preload = ["flows.cli", "flows.jobs", "flows.tiling_task"]
+    return local_cluster_started_early(job.workers, job.dask_address, preload=preload)
+
+
 def run(job: TileJob, args: argparse.Namespace) -> None:
     from flows.job_flows import tile
 
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.tile_tcga")
         flow_module="flows.tiling_flow",
         run=run,
         check=check,
+        prepare=start_cluster,
     )
 
 

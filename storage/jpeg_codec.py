@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -100,6 +100,21 @@ def _forget_pool_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+_RUNS_PER_THREAD = 4  # enough to even out threads that the OS runs unequally (other processes on the cores)
+
+
+def _map_in_runs(code: Callable, items: Sequence) -> list:
+    """``[code(item) for item in items]`` on the coding threads, a few runs of consecutive items per thread.
+
+    One task per image (``pool.map``) costs a future, a lock and a wake-up per
+    image, ~40 µs of held GIL against ~300 µs of JPEG coding for a 224-px tile.
+    """
+    pool = coding_threads()
+    size = max(1, -(-len(items) // (pool._max_workers * _RUNS_PER_THREAD)))
+    runs = pool.map(lambda start: [code(item) for item in items[start : start + size]], range(0, len(items), size))
+    return [result for run in runs for result in run]
 
 
 async def _map_in_threads(code: Callable, items: Iterable[tuple[object | None, ArraySpec]]) -> list:
@@ -188,11 +203,11 @@ class JpegCodec(ArrayBytesCodec):
 
     def encode_images(self, images: np.ndarray) -> list[bytes]:
         """Encode ``[n, H, W, 3]`` images on the coding threads, in order."""
-        return list(coding_threads().map(self.encode_image, images))
+        return _map_in_runs(self.encode_image, images)
 
     def decode_images(self, encoded: list[bytes]) -> list[np.ndarray]:
         """Decode JPEG byte strings to ``[H, W, 3]`` images on the coding threads, in order."""
-        return list(coding_threads().map(decode_tile, encoded))
+        return _map_in_runs(decode_tile, encoded)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = chunk_array.as_numpy_array().reshape(chunk_spec.shape[-3:])

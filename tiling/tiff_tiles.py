@@ -27,10 +27,14 @@ import tifffile
 
 Rect = tuple[int, int, int, int]  # x, y, width, height in pixels of one level
 
+# OpenCV >= 4.11 has libjpeg write RGB directly (IMREAD_COLOR_RGB, with the reduced-size bit of the
+# grayscale flag: a reduced colour flag also sets the BGR bit); older versions decode BGR, swapped after.
+_DECODES_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")
+_COLOR = cv2.IMREAD_COLOR_RGB if _DECODES_RGB else cv2.IMREAD_COLOR
 _REDUCED_READ_FLAGS = {
-    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
-    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
-    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | _COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | _COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | _COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
 }
 _REDUCED_DECODE_MIN_PSNR_DB = 30.0
 # An Adobe APP14 segment with transform 0 tells libjpeg that the components are RGB, not YCbCr:
@@ -130,10 +134,11 @@ class TiffTileSource:
             data = page.jpegtables[:-2] + data[2:]
         if self._mark_rgb[level]:
             data = data[:2] + _ADOBE_RGB_MARKER + data[2:]
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_READ_FLAGS[reduce])
-        if bgr is None:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_READ_FLAGS[reduce])
+        if pixels is None:
             raise ValueError(f"OpenCV could not decode JPEG tile {index} of level {level}")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # contiguous: a reversed-channel view pastes slowly
+        # Contiguous RGB either way: a reversed-channel view of BGR pixels pastes slowly.
+        return pixels if _DECODES_RGB else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
     def read_regions(self, level: int, rects: Sequence[Rect], reduce: int = 1) -> list[np.ndarray]:
         """RGB ``uint8`` pixels of each rect (level pixels); outside the image is white.
@@ -160,21 +165,23 @@ class TiffTileSource:
         regions = []
         for x_level, y_level, width_level, height_level in rects:
             x, y, width, height = x_level // reduce, y_level // reduce, width_level // reduce, height_level // reduce
-            out = np.full((height, width, 3), 255, dtype=np.uint8)
+            # A rect inside the image is covered by its tiles: only missing tiles need white under them.
+            inside = x >= 0 and y >= 0 and x + width <= image_w and y + height <= image_h
+            out = np.empty((height, width, 3), np.uint8) if inside else np.full((height, width, 3), 255, np.uint8)
             for row in tile_span(y, height, tile_h, tiles_down):
                 for col in tile_span(x, width, tile_w, tiles_across):
                     if (row, col) not in decoded:
                         decoded[row, col] = self._decode_tile(level, row, col, reduce)
                     tile = decoded[row, col]
-                    if tile is None:
-                        continue
                     # Intersection of the rect with this tile, clipped to the image.
                     x0, y0 = max(x, col * tile_w), max(y, row * tile_h)
                     x1, y1 = min(x + width, (col + 1) * tile_w, image_w), min(y + height, (row + 1) * tile_h, image_h)
                     if x1 > x0 and y1 > y0:
-                        out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[
-                            y0 - row * tile_h : y1 - row * tile_h, x0 - col * tile_w : x1 - col * tile_w
-                        ]
+                        out[y0 - y : y1 - y, x0 - x : x1 - x] = (
+                            255
+                            if tile is None
+                            else tile[y0 - row * tile_h : y1 - row * tile_h, x0 - col * tile_w : x1 - col * tile_w]
+                        )
             regions.append(out)
         return regions
 
