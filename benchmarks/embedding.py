@@ -241,13 +241,13 @@ def model_only(model_name: str, tiles: np.ndarray, n_tiles: int, batch_size: int
 
 def run_partition(tiles: Path, out: Path, settings) -> Measure:
     """``embed_partition`` on a freshly prepared store, timed from the call to its return."""
-    from pipeline.embed import embed_partition, prepare_store
+    from pipeline.embed import embed_partition, prepared_store
     from storage.tile_units import open_tile_source
 
-    prepare_store(out, settings, open_tile_source(tiles), overwrite=True)
-    started = time.perf_counter()
-    result = embed_partition(str(tiles), str(out), settings)
-    seconds = time.perf_counter() - started
+    with prepared_store(out, settings, open_tile_source(tiles), overwrite=True):
+        started = time.perf_counter()
+        result = embed_partition(str(tiles), str(out), settings)
+        seconds = time.perf_counter() - started
     label = f"`embed_partition`, `loader_workers={settings.loader_workers}`"
     note = f"{result['units']} units; model build, loader start and writes included"
     return Measure(label, result["tiles"], seconds, note=note)
