@@ -32,7 +32,7 @@ def store(tmp_path) -> TileStore:
 
 
 def _no_record_files(monkeypatch) -> None:
-    monkeypatch.setattr(manifest_module, "read_record", lambda store, name: pytest.fail(f"read the file of {name}"))
+    monkeypatch.setattr(manifest_module, "_record_fields", lambda store, name: pytest.fail(f"read the file of {name}"))
 
 
 def test_the_manifest_comes_from_the_index_and_equals_the_record_files(store, monkeypatch):
