@@ -41,7 +41,7 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
 
     # Dask keeps the last `low-level-log-length` messages of each connection, transitions and events for
     # debugging, 1,000 by default. In the driver (the client and a local cluster's scheduler) the messages
-    # hold every task's arguments: the driver grew ~4 KiB a slide until ~2,000 slides (+16 % at 6,093).
+    # hold every task's arguments: 7 KiB a task kept until the logs fill (docs/performance.md).
     dask.config.set({"distributed.admin.low-level-log-length": 100})
     if dask_address:
         return DaskTaskRunner(address=dask_address)
