@@ -20,7 +20,7 @@ from prefect.futures import wait
 from tqdm import tqdm
 
 from flows.runners import is_transient_io_error
-from pipeline.embed import EmbeddingSettings, embed_partition, pending_units, prepare_store
+from pipeline.embed import EmbeddingSettings, embed_partition, pending_units, prepared_store
 from storage.tile_units import open_tile_source
 
 _POLL_S = 2.0
@@ -60,9 +60,7 @@ def embed_tiles(
     logger = get_run_logger()
     started = time.perf_counter()
     source = open_tile_source(tiles)
-    store = prepare_store(out, settings, source, overwrite=overwrite)
-    store.acquire_run_lock()
-    try:
+    with prepared_store(out, settings, source, overwrite=overwrite) as store:  # locked before it is prepared
         units = store.read_units()
         todo = pending_units(store, units)
         done_before = store.count_done()
@@ -91,8 +89,6 @@ def embed_tiles(
                 bar.update(finished() - bar.n)
             bar.update(finished() - bar.n)
         results = [future.result() for future in futures]
-    finally:
-        store.release_run_lock()
     tiles_done = sum(r["tiles"] for r in results)
     seconds = time.perf_counter() - started
     left = len(pending_units(store, units))

@@ -53,6 +53,7 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner  # imports distributed: only when Dask is used
 
+    _keep_short_debug_logs()
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     if _early_cluster is not None and _early_cluster[0] == workers:
@@ -60,9 +61,24 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(workers))
 
 
+def _keep_short_debug_logs() -> None:
+    """Keep 100 messages, not 1,000, in Dask's debugging logs: in the driver they hold every task's arguments.
+
+    Dask keeps the last ``low-level-log-length`` messages of each connection,
+    transitions and events. In the driver (the client and a local cluster's
+    scheduler, which read it when they start) the messages hold every task's
+    arguments: 7 KiB a task kept until the logs fill (docs/performance.md).
+    """
+    import dask
+
+    dask.config.set({"distributed.admin.low-level-log-length": 100})
+
+
 def _local_cluster_kwargs(workers: int) -> dict:
     """``LocalCluster`` arguments for ``workers`` single-threaded processes, after setting Dask's config for them."""
     import dask
+
+    _keep_short_debug_logs()
 
     # Dask starts worker processes as daemons, and a daemon may not have children: the embedding
     # loader's reader processes would fail. (Workers of an existing cluster need

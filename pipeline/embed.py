@@ -1,11 +1,12 @@
 """Embed every tile of a tile store into an embedding store, one process per device.
 
 Work is split by source shard (a :class:`~storage.tile_units.TileUnit`):
-the preparation (rank 0, or the flow) fixes the run's unit list in the
-embedding store, and process ``rank`` of ``world`` takes every ``world``-th
-unit of that list not yet done, so GPUs never share a shard and need not
-talk to each other, and a slide the tiler publishes meanwhile waits for the
-next run instead of being taken twice or by nobody. Within a process,
+the preparation (rank 0, or the flow) takes the store's run lock, which it
+holds until every rank is done, and fixes the run's unit list in the
+embedding store; process ``rank`` of ``world`` takes every ``world``-th unit
+of that list not yet done, so GPUs never share a shard and need not talk to
+each other, and a slide the tiler publishes meanwhile waits for the next run
+instead of being taken twice or by nobody. Within a process,
 a torch ``DataLoader`` reads and decodes shards in worker processes while the
 model runs; tiles travel as uint8 (4× less than float32) through pinned
 memory and are normalised on the device. On CUDA the model runs in bf16
@@ -25,7 +26,9 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.models import build_model, embed, embedding_dim, weights_sha256
 from storage.embedding_store import EmbeddingStore
+from storage.tile_store import StoreError
 from storage.tile_units import TileSource, TileUnit, open_tile_source
+
+# How long ranks wait for one another: rank 0's preparation, then the slowest rank's share at the end.
+# torchrun ends every rank when one fails, so this only bounds a hang; shares can differ by hours.
+_RANK_WAIT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -89,17 +97,27 @@ class _UnitBatches(IterableDataset):
                 yield index, offset, tiles[offset : offset + self.batch_size]
 
 
-def prepare_store(
+@contextmanager
+def prepared_store(
     out: Path | str, settings: EmbeddingSettings, source: TileSource, *, overwrite: bool = False, threads: int = 8
-) -> EmbeddingStore:
-    """Create or reopen the embedding store for ``settings``, lay out its arrays and fix the run's unit list.
+) -> Iterator[EmbeddingStore]:
+    """Create or reopen the embedding store for ``settings``, take its run lock, lay out its arrays and fix
+    the run's unit list; the lock is held until the block ends.
 
-    Once per run, in one process, before any partition starts.
+    The lock is taken before preparation writes anything, so a second run
+    on the same store is refused (:class:`~storage.tile_store.StoreError`
+    naming the first run) before it can recreate groups or rewrite the unit
+    list under the first run's ranks. Once per run, in one process, before
+    any partition starts; the partitions run inside the block.
     """
     dim = embedding_dim(build_model(settings.model, device="meta"), settings.pooling)
     store = EmbeddingStore.create_or_open(out, settings.store_parameters(dim, source), overwrite=overwrite)
-    store.prepare(source, dim, settings.dtype, threads=threads)
-    return store
+    store.acquire_run_lock()
+    try:
+        store.prepare(source, dim, settings.dtype, threads=threads)
+        yield store
+    finally:
+        store.release_run_lock()
 
 
 def pending_units(store: EmbeddingStore, units: list[TileUnit], rank: int = 0, world: int = 1) -> list[TileUnit]:
@@ -150,7 +168,7 @@ def embed_partition(tiles: str, out: str, settings: EmbeddingSettings, rank: int
 
 
 def _main() -> None:
-    """``torchrun`` entry point: rank 0 prepares the store, every rank embeds its share on its own GPU."""
+    """``torchrun`` entry point: rank 0 locks and prepares the store, every rank embeds its share on its own GPU."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiles", required=True)
     parser.add_argument("--out", required=True)
@@ -169,15 +187,26 @@ def _main() -> None:
         args.model, args.weights, args.pooling, args.dtype, args.batch_size, device, args.loader_workers, args.seed
     )
     distributed = world > 1
-    if distributed:  # only to wait for rank 0's preparation; the embedding itself needs no communication
-        torch.distributed.init_process_group("gloo")
-    if rank == 0:
-        prepare_store(args.out, settings, open_tile_source(args.tiles))
-    if distributed:
-        torch.distributed.barrier()
-    print(embed_partition(args.tiles, args.out, settings, rank, world))
-    if distributed:
-        torch.distributed.destroy_process_group()
+    if distributed:  # only to wait for rank 0's preparation and lock; the embedding needs no communication
+        torch.distributed.init_process_group("gloo", timeout=_RANK_WAIT)
+    with ExitStack() as run:
+        refusal = None
+        if rank == 0:  # holds the store's run lock until every rank is done
+            try:
+                run.enter_context(prepared_store(args.out, settings, open_tile_source(args.tiles)))
+            except StoreError as error:
+                refusal = str(error)
+        if distributed:  # the other ranks learn of a refusal instead of waiting on a preparation that never comes
+            shared = [refusal]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            refusal = shared[0]
+        if refusal is None:
+            print(embed_partition(args.tiles, args.out, settings, rank, world))
+        if distributed:
+            torch.distributed.barrier()  # rank 0 releases the lock only after the slowest rank
+            torch.distributed.destroy_process_group()
+    if refusal is not None:
+        raise SystemExit(f"rank {rank}: {refusal}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from registration.layout import PlismCondition
 from registration.register import register_slides
 from registration.result import RegistrationResult
 from storage.aligned_store import EXTRACTED, REGISTERED, AlignedTileStore
-from storage.atomic import write_bytes_atomic
+from storage.atomic import replace_folder_atomic, write_bytes_atomic
 from storage.manifest import SlideRecord, failed_record, write_record
 from storage.tile_store import utc_now
 from tiling.config import TilingConfig
@@ -72,7 +72,7 @@ def register_condition(
             mapping = refine_registration(result, anchor_points_xy, RefinementConfig(**refinement))
         mapping.save(staging)
         write_bytes_atomic(store.qc_path(condition.name), result.qc_png)
-        store.publish_folder(staging, store.registration_path(condition.name))
+        replace_folder_atomic(staging, store.registration_path(condition.name))  # a redo: never absent
     except (RegistrationError, SlideError) as error:
         if isinstance(error, RegistrationError) and error.qc_png is not None:
             write_bytes_atomic(store.qc_path(condition.name), error.qc_png)

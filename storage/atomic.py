@@ -1,15 +1,20 @@
-"""Small files that appear whole or not at all.
+"""Small files, and folders that are replaced, that appear whole or not at all.
 
 Readers (a rerun, an analyst, a concurrent worker) must never see half a
 JSON record or half a PNG: each is written to a hidden temporary file in the
 same folder and renamed over its final name, which POSIX makes atomic.
+A folder cannot be renamed over a non-empty one; a folder that is replaced
+is published as a link to a version of it (:func:`replace_folder_atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,3 +81,41 @@ def write_opaque_folder_atomic(path: Path, attributes: dict[str, object]) -> Non
             "attributes": attributes,
         },
     )
+
+
+def replace_folder_atomic(staging: Path, target: Path) -> None:
+    """Publish the finished folder ``staging`` at ``target``, replacing an older copy in one atomic step.
+
+    ``target`` is a relative symbolic link to a hidden version folder beside
+    it, ``.<name>.<random>``. The new version is renamed in beside the old one
+    and a new link renamed over ``target``: replacing a link is one
+    ``rename``, so a reader opening ``target`` finds the old version or the
+    new one, never nothing, and a publish killed before that rename leaves the
+    old one in place. The version replaced is kept until the next publish, so
+    a reader that followed the old link just before the swap still finds its
+    files; older versions, and those of killed publishes, are deleted. A plain
+    folder at ``target`` (published before this function existed) is moved
+    aside first: the one moment ``target`` is absent, once per folder.
+
+    For one publisher per ``target`` at a time (the store's run lock), in a
+    folder that zarr never lists (``OPAQUE``): zarr would warn of the hidden names.
+    """
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    version = parent / f".{target.name}.{token}"
+    os.rename(staging, version)
+    link = parent / f".{target.name}.link-{token}"
+    os.symlink(version.name, link)
+    previous = os.readlink(target) if target.is_symlink() else None
+    if previous is None and target.is_dir():
+        previous = f".{target.name}.{uuid.uuid4().hex[:12]}"
+        os.rename(target, parent / previous)
+    os.replace(link, target)
+    own = re.compile(rf"\.{re.escape(target.name)}\.(link-)?[0-9a-f]{{12}}")  # not ``.<name>.x.<random>``
+    for entry in os.scandir(parent):
+        if entry.name not in (version.name, previous) and own.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)

@@ -21,7 +21,7 @@ from storage.aligned_store import LAYOUT_NAME as ALIGNED_LAYOUT
 from storage.aligned_store import AlignedTileStore
 from storage.embedding_store import LAYOUT_NAME as EMBEDDING_LAYOUT
 from storage.embedding_store import EmbeddingStore
-from storage.manifest import FAILED, read_record
+from storage.manifest import FAILED, read_records
 from storage.tile_store import LAYOUT_NAME as TILE_LAYOUT
 from storage.tile_store import StoreError, TileStore
 
@@ -43,11 +43,6 @@ def _root_attributes(path: Path) -> dict:
 def size_on_disk(path: Path) -> int:
     """Bytes of every file under ``path`` (what copying the store moves)."""
     return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file() and not entry.is_symlink())
-
-
-def _records(store) -> list:
-    folders = sorted(store.status_dir.iterdir()) if store.status_dir.is_dir() else []
-    return [record for record in (read_record(store, folder.name) for folder in folders) if record is not None]
 
 
 def info(path: Path | str) -> dict:
@@ -78,7 +73,7 @@ def info(path: Path | str) -> dict:
         "parameters": attributes.get(store_class.PARAMETERS_KEY, {}),
         "size_bytes": size_on_disk(root),
     }
-    records = _records(store)
+    records = read_records(store)
     summary["failed"] = [
         {"id": r.slide_id, "error_type": r.error_type, "error": r.error} for r in records if r.status == FAILED
     ]

@@ -11,14 +11,15 @@ indexes existed), saying so in a warning.
 Layout, under ``STORE/index/``::
 
     index.json                   {"items": {item: entry}}: the merged entries
-    pending/<ns>.<random>.json   {"item": …, "entry": …}: an entry not merged yet (one per publish)
+    pending/<ns>.<random>.json   [{"item": …, "entry": …}]: entries not merged yet (one file per publish;
+                                 entry null: the item was removed)
     compacting.lock              held while entries are merged (created with O_EXCL)
 
 A publisher writes its entry as a new pending file after its item is
 published; no two publishers ever write the same file, so any number of
 worker processes may publish at once, on any POSIX file system (NFS and
 Lustre included: only ``rename`` and ``O_EXCL`` are relied on, no ``flock``
-nor ``O_APPEND``). Once ``COMPACT_AFTER`` entries are pending, the publisher
+nor ``O_APPEND``). Once ``compact_after`` entries are pending, the publisher
 that gets the lock merges them into ``index.json`` (written by rename) and
 deletes exactly the pending files it merged; the others go on. A reader
 reads ``index.json`` and the few pending files, later ones overriding. A lock
@@ -45,14 +46,16 @@ LOCK_STALE_S = 120.0
 class StoreIndex:
     """The index of one store's published items (slides): ``{item: entry}``, entries small JSON dicts."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, compact_after: int = COMPACT_AFTER, label: str | None = None) -> None:
         self.folder = folder
+        self.label = label or str(folder.parent)  # what messages call it: the store, by default
+        self.compact_after = compact_after  # more: fewer rewrites of index.json by publishers, more files per read
         self.path = folder / "index.json"
         self.pending_dir = folder / "pending"
         self._lock_path = folder / "compacting.lock"
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        return self.path.is_file() or bool(self._pending_names())
 
     def read(self) -> dict[str, dict]:
         """Every entry, merged and pending (later entries override earlier ones); ``{}`` without an index.
@@ -67,14 +70,13 @@ class StoreIndex:
         pending, vanished = self._read_pending(names)
         if vanished:
             items = self._merged()
-        for _, record in pending:
-            items[record["item"]] = record["entry"]
+        _apply(items, pending)
         return items
 
     def add(self, item: str, entry: dict) -> None:
         """Record ``item``'s entry (call after the item is published); merge pending entries when many."""
         self._write_pending([(item, entry)])
-        if self._count_pending() >= COMPACT_AFTER:
+        if self._count_pending() >= self.compact_after:
             self.compact()
 
     def add_many(self, entries: dict[str, dict]) -> None:
@@ -83,6 +85,13 @@ class StoreIndex:
             self._write_pending(entries.items())
             self.compact()
 
+    def remove_many(self, items: list[str]) -> None:
+        """Forget ``items`` (call after they are deleted); pending until the next merge, like an addition."""
+        if items:
+            self._write_pending((item, None) for item in items)
+            if self._count_pending() >= self.compact_after:
+                self.compact()
+
     def compact(self) -> bool:
         """Merge the pending entries into ``index.json`` unless another process is merging; True if merged."""
         if not self._take_lock():
@@ -90,8 +99,7 @@ class StoreIndex:
         try:
             items = self._merged()
             merged, _ = self._read_pending(self._pending_names())
-            for _, record in merged:
-                items[record["item"]] = record["entry"]
+            _apply(items, merged)
             write_bytes_atomic(self.path, json.dumps({"items": items}, separators=(",", ":")).encode())
             for path, _ in merged:
                 path.unlink(missing_ok=True)
@@ -155,6 +163,15 @@ class StoreIndex:
         return False
 
 
+def _apply(items: dict[str, dict], pending: list[tuple[Path, dict]]) -> None:
+    """Apply pending records to ``items`` in order: an entry replaces the item's, ``None`` removes the item."""
+    for _, record in pending:
+        if record["entry"] is None:
+            items.pop(record["item"], None)
+        else:
+            items[record["item"]] = record["entry"]
+
+
 def published_names(folder: Path) -> list[str]:
     """Items published into ``folder`` (one entry each, renamed in whole), sorted; one ``readdir``, no ``stat``.
 
@@ -181,16 +198,14 @@ def indexed_entries(index: StoreIndex, names: list[str], walk, what: str) -> dic
     if missing:
         reason = "has no index" if not index.exists() else f"index lacks {len(missing)} of {len(names)} {what}"
         log = logger.warning if len(missing) > 1 or not index.exists() else logger.info
-        log("%s %s; reading their groups", index.folder.parent, reason)
+        log("%s %s; reading their groups", index.label, reason)
         walked = {name: walk(name) for name in missing}
         try:
             index.add_many(walked)
         except OSError as error:
-            logger.info("%s: could not update the index (%s)", index.folder.parent, error)
+            logger.info("%s: could not update the index (%s)", index.label, error)
         known.update(walked)
     unpublished = set(known) - set(names)
     if unpublished:
-        logger.warning(
-            "%s: the index names %d %s that are not published; ignored", index.folder.parent, len(unpublished), what
-        )
+        logger.warning("%s: the index names %d %s that are not published; ignored", index.label, len(unpublished), what)
     return {name: known[name] for name in names}

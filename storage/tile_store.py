@@ -211,9 +211,13 @@ class RunStore:
     def publish_folder(self, staging_path: Path, target: Path) -> None:
         """Move a finished folder from staging to ``target``, replacing an older copy.
 
-        Two renames: between them ``target`` is briefly absent. For items that
-        are replaced on purpose (a registration redone, embeddings of a slide
-        tiled anew), never for tile-store slides (see :meth:`publish_folder_once`).
+        Two renames: between them ``target`` is briefly absent. Only for the
+        embeddings of a slide tiled anew, which no reader sees meanwhile: the
+        slide's done markers are dropped before its group is remade, so
+        :func:`~storage.embedding_store.open_embeddings` leaves it out until it
+        is embedded again. Never for tile-store slides (see
+        :meth:`publish_folder_once`); a registration redone is replaced in one
+        step (:func:`storage.atomic.replace_folder_atomic`).
         """
         if target.exists():
             retired = self.staging_dir / f"{target.name}.retired.{uuid.uuid4().hex[:12]}"

@@ -21,13 +21,13 @@ NOTEBOOK = REPO / "examples" / "analyst.ipynb"
 @pytest.fixture(scope="module")
 def embedding_store(tmp_path_factory, shipped_tile_store):
     """Embeddings of the shipped tile store by a tiny randomly initialised student, made without Prefect."""
-    from pipeline.embed import EmbeddingSettings, embed_partition, prepare_store
+    from pipeline.embed import EmbeddingSettings, embed_partition, prepared_store
     from storage.tile_units import open_tile_source
 
     out = tmp_path_factory.mktemp("analyst") / "embeddings.zarr"
     settings = EmbeddingSettings("tiny-student", dtype="float32", batch_size=16, loader_workers=0)
-    prepare_store(out, settings, open_tile_source(shipped_tile_store))
-    embed_partition(str(shipped_tile_store), str(out), settings)
+    with prepared_store(out, settings, open_tile_source(shipped_tile_store)):
+        embed_partition(str(shipped_tile_store), str(out), settings)
     return out
 
 

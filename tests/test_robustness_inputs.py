@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from flows.robustness_flow import robustness
-from pipeline.embed import EmbeddingSettings, prepare_store
+from pipeline.embed import EmbeddingSettings, prepared_store
 from pipeline.robustness.inputs import (
     StoreIdentity,
     StoreMismatchError,
@@ -106,7 +106,8 @@ def _embedding_store(out, aligned, weights, noise: float, pooling="cls+mean", se
         model="h0-mini", weights=str(weights) if weights else None, pooling=pooling, dtype="float32"
     )
     source = open_tile_source(aligned)
-    store = prepare_store(out, settings, source)
+    with prepared_store(out, settings, source) as store:
+        pass
     dim = zarr.open_array(store.root / "embeddings", mode="r").shape[-1]
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(N_TILES, dim))
@@ -195,8 +196,9 @@ def test_a_resumed_random_model_store_refuses_another_seed(two_h0_mini_stores, t
     _embedding_store(tmp_path / "random.zarr", aligned, None, 0.1)
     source = open_tile_source(aligned)
     with pytest.raises(StoreError, match="init_seed"):
-        prepare_store(
+        with prepared_store(
             tmp_path / "random.zarr", EmbeddingSettings(model="h0-mini", dtype="float32", init_seed=1), source
-        )
+        ):
+            pass
     stored = zarr.open_group(tmp_path / "random.zarr", mode="r").attrs["embedding"]
     assert stored["init_seed"] == 0 and stored["weights_sha256"] is None

@@ -214,7 +214,7 @@ def test_ranks_embed_the_prepared_units_once_while_the_tiler_publishes(tmp_path,
     """Two ranks, a preparation and a tiler publishing throughout: each unit once, late slides left for the rerun."""
     from collections import Counter
 
-    from pipeline.embed import EmbeddingSettings, embed_partition, prepare_store
+    from pipeline.embed import EmbeddingSettings, embed_partition, prepared_store
 
     tiles = new_store(tmp_path / "t.zarr")
     for number in range(4):
@@ -247,21 +247,21 @@ def test_ranks_embed_the_prepared_units_once_while_the_tiler_publishes(tmp_path,
 
     publisher = threading.Thread(target=guarded, args=(tiler,))
     publisher.start()
-    prepare_store(out, settings, open_tile_source(tiles.root), threads=2)
-    ranks = [threading.Thread(target=guarded, args=(run, rank)) for rank in (0, 1)]
-    for thread in ranks:
-        thread.start()
-    for thread in (*ranks, publisher):
-        thread.join()
+    with prepared_store(out, settings, open_tile_source(tiles.root), threads=2):
+        ranks = [threading.Thread(target=guarded, args=(run, rank)) for rank in (0, 1)]
+        for thread in ranks:
+            thread.start()
+        for thread in (*ranks, publisher):
+            thread.join()
     assert not errors, errors
     store = EmbeddingStore(out)
     prepared = [unit.key for unit in store.read_units()]
     assert Counter(written) == Counter(prepared)  # every prepared unit exactly once, nothing else
     assert {key.rpartition(".")[0] for key in prepared} >= {f"early-{n}" for n in range(4)}
     first = len(written)
-    prepare_store(out, settings, open_tile_source(tiles.root))  # the rerun picks up the late slides
-    for rank in (0, 1):
-        embed_partition(str(tiles.root), str(out), settings, rank, 2)
+    with prepared_store(out, settings, open_tile_source(tiles.root)):  # the rerun picks up the late slides
+        for rank in (0, 1):
+            embed_partition(str(tiles.root), str(out), settings, rank, 2)
     assert Counter(written[first:]) == Counter(set(store.done_keys()) - set(prepared))
     assert max(Counter(written).values()) == 1
     assert (
