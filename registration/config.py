@@ -70,9 +70,19 @@ class RegistrationConfig(BaseModel):
     number_of_threads: int | None = Field(
         None, gt=0, description="elastix threads; ignored for maps with a bending-energy penalty (ITKElastix #160)"
     )
-    fixed_mpp_um: float | None = Field(None, gt=0, description="level-0 µm/px of the fixed slide, overriding its file")
+    # As in tiling (--mpp-override / --mpp-replace): a stated pixel size fills in a missing one and never
+    # silently replaces what the file records; replacing it takes the *_replace_um field.
+    fixed_mpp_um: float | None = Field(
+        None, gt=0, description="level-0 µm/px of the fixed slide, used only when its file records none"
+    )
     moving_mpp_um: float | None = Field(
-        None, gt=0, description="level-0 µm/px of the moving slide, overriding its file"
+        None, gt=0, description="level-0 µm/px of the moving slide, used only when its file records none"
+    )
+    fixed_mpp_replace_um: float | None = Field(
+        None, gt=0, description="level-0 µm/px of the fixed slide, replacing whatever its file records"
+    )
+    moving_mpp_replace_um: float | None = Field(
+        None, gt=0, description="level-0 µm/px of the moving slide, replacing whatever its file records"
     )
 
     @classmethod

@@ -5,7 +5,7 @@ together by the global transform, and checks that aligned tiles agree.
 OpenCV's ``phaseCorrelate`` is not fit for either: it reports (0.5, 0.5) px
 for two identical 224-px images (OpenCV 5.0; it pads to its optimal DFT size)
 and its 5 × 5 centroid misses a 0.5 px shift by 0.3 px. Here the coarse
-peak of the normalised cross-power spectrum is refined by evaluating its
+peak of the (Hann-windowed) cross-correlation is refined by evaluating its
 inverse transform on a ``1 / upsample`` px grid around the peak with two
 small matrix products (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 2008).
 """
@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 _REFINE_HALF_WIDTH_PX = 1.5  # the true peak lies within a pixel of the coarse one
-# Each frequency of the cross-power spectrum is divided by its magnitude to this power. 1 (pure phase
-# correlation) weighs the highest frequencies, where resampled images differ most, as much as the tissue's
-# structure and erred by 0.1 px on linearly interpolated copies; 0.5 kept within their 1/32 px rounding.
-_WHITENING = 0.5
+# Each frequency of the cross-power spectrum is divided by its magnitude to this power: 1 is pure phase
+# correlation, 0 a plain (windowed) cross-correlation. Two patches resampled from a slide at different sub-pixel
+# phases differ most at the highest frequencies, which whitening weighs as much as the tissue's structure: on 40
+# CMU patches with known shifts (benchmarks/phase_correlation.py) the median error was 0.058 µm at 0.5, 0.044 at
+# 0.25 and 0.028 at 0, against 0.024 for an elastix translation and 0.018 for an elastix affine fit.
+_WHITENING = 0.0
 
 
 def _hann(shape: tuple[int, int]) -> np.ndarray:

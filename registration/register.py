@@ -94,8 +94,8 @@ def _label(config: RegistrationConfig) -> str:
 
 _ADVICE = (
     "If both slides do show the same tissue, look at the QC picture; then lower min_ncc (stain NCC across "
-    "different stains is typically 0.15-0.3) or min_tissue_dice, or set view_mpp_um, mask_dilation_um or "
-    "fixed_mpp_um / moving_mpp_um"
+    "different stains is typically 0.15-0.3) or min_tissue_dice, or set view_mpp_um, mask_dilation_um, "
+    "fixed_mpp_um / moving_mpp_um (a missing pixel size) or fixed_mpp_replace_um / moving_mpp_replace_um (a wrong one)"
 )
 
 
@@ -118,6 +118,7 @@ def _register_once(
         config.mask_dilation_um,
         config.fixed_mpp_um,
         config.min_tissue_od,
+        config.fixed_mpp_replace_um,
     )
     moving = render_view(
         moving_path,
@@ -126,6 +127,7 @@ def _register_once(
         config.mask_dilation_um,
         config.moving_mpp_um,
         config.min_tissue_od,
+        config.moving_mpp_replace_um,
     )
     # Quality, refusals and the QC picture on the fixed view's grid, shrunk to check_max_pixels.
     check_mpp_um = _check_mpp_um(fixed, config.check_max_pixels)

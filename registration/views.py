@@ -100,20 +100,23 @@ def render_view(
     mask_dilation_um: float = 80.0,
     mpp_override_um: float | None = None,
     min_od_above_glass: float | None = 0.05,
+    mpp_replace_um: float | None = None,
 ) -> SlideView:
     """Read the whole slide at ``view_mpp_um`` and derive its registration channel and tissue mask.
 
     The mask counts stained (saturated) and absorbing pixels as tissue (see
-    :func:`tiling.tissue.detect_tissue`), so pale IHC is found.
+    :func:`tiling.tissue.detect_tissue`), so pale IHC is found. The level-0
+    pixel size is ``mpp_replace_um`` if given, else the file's, else
+    ``mpp_override_um``: as in tiling, an override only fills a gap.
 
     Raises
     ------
     MissingMppError
-        When the file records no pixel size and ``mpp_override_um`` is not given.
+        When the file records no pixel size and neither ``mpp_override_um`` nor ``mpp_replace_um`` is given.
     """
     path = Path(path)
     with opened_slide(path) as backend:
-        mpp_um = mpp_override_um or backend.mpp_um
+        mpp_um = mpp_replace_um or backend.mpp_um or mpp_override_um
         if mpp_um is None:
             raise MissingMppError(path, "no pixel size in the file; pass fixed_mpp_um / moving_mpp_um")
         dimensions_level0 = backend.level_dimensions[0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from registration.views import render_view, stain_intensity
 from tests.conftest import write_tiff
+from tiling.errors import MissingMppError
 
 # Ruifrok & Johnston optical-density directions of haematoxylin and eosin (unnormalised).
 HAEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286])
@@ -43,3 +45,19 @@ def test_haematoxylin_channel_ignores_eosin():
     density = stain_intensity(pixels, "od")[0]
     assert haematoxylin[0] > 0.9 and abs(haematoxylin[1]) < 0.05 and haematoxylin[2] == 0
     assert density[0] > 1 and density[1] > 1 and density[2] == 0
+
+
+def test_an_mpp_override_fills_a_missing_pixel_size_and_only_a_replacement_replaces_one(tmp_path):
+    """As in tiling: ``fixed_mpp_um`` / ``moving_mpp_um`` never silently win over what the file records."""
+    rgb = np.full((400, 300, 3), 245, np.uint8)
+    rgb[100:300, 100:200] = _stained(HAEMATOXYLIN_OD, 1.0)
+    recorded = write_tiff(tmp_path / "recorded.tif", rgb, 0.5)
+    unrecorded = write_tiff(tmp_path / "unrecorded.tif", rgb, None)
+    assert render_view(recorded, 4.0, mpp_override_um=0.8).mpp_level0_um == pytest.approx(0.5)
+    assert render_view(recorded, 4.0, mpp_replace_um=0.8).mpp_level0_um == pytest.approx(0.8)
+    assert render_view(unrecorded, 4.0, mpp_override_um=0.8).mpp_level0_um == pytest.approx(0.8)
+    assert render_view(unrecorded, 4.0, mpp_replace_um=0.7).mpp_level0_um == pytest.approx(0.7)
+    overridden, plain = render_view(recorded, 4.0, mpp_override_um=0.8), render_view(recorded, 4.0)
+    assert overridden.spacing_um == plain.spacing_um and overridden.intensity.shape == plain.intensity.shape
+    with pytest.raises(MissingMppError):
+        render_view(unrecorded, 4.0)
