@@ -39,6 +39,7 @@ import pyvips  # noqa: E402
 from registration import RegistrationConfig, register_slides  # noqa: E402
 from registration.refine import refine_registration  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
+from tiling.pyramid_tiff import write_pyramid_tiff  # noqa: E402
 from tiling.slide import opened_slide  # noqa: E402
 from tiling.tile_slide import plan_tiles  # noqa: E402
 
@@ -67,18 +68,7 @@ def build_moving(fixed: Path, path: Path) -> Path:
         mpp_um = FIXED_MPP_UM / SCALE
         temporary = path.with_suffix(".tmp.tif")
         temporary.parent.mkdir(parents=True, exist_ok=True)
-        moved.tiffsave(
-            str(temporary),
-            tile=True,
-            tile_width=256,
-            tile_height=256,
-            pyramid=True,
-            compression="jpeg",
-            Q=85,
-            xres=1000.0 / mpp_um,
-            yres=1000.0 / mpp_um,
-            resunit="cm",
-        )
+        write_pyramid_tiff(temporary, moved, mpp_um, jpeg_quality=85)
         temporary.replace(path)
     return path
 

@@ -113,6 +113,7 @@ def ground_truth(cmu_pixels) -> tuple[np.ndarray, np.ndarray]:
     return fixed_um[on_moving] / FIXED_MPP_UM, moving_um[on_moving] / MOVING_MPP_UM
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_map_points_recovers_a_known_warp_across_mpps_and_stain_colours(registered, ground_truth):
     fixed_px, true_moving_px = ground_truth
     error_um = np.linalg.norm(registered.map_points(fixed_px) - true_moving_px, axis=1) * MOVING_MPP_UM
@@ -126,6 +127,7 @@ def test_map_points_recovers_a_known_warp_across_mpps_and_stain_colours(register
     assert registered.quality.dice_after > 0.95
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_map_points_inverse_undoes_map_points(registered, ground_truth):
     fixed_px = ground_truth[0][::10]
     back = registered.map_points_inverse(registered.map_points(fixed_px))
@@ -133,6 +135,7 @@ def test_map_points_inverse_undoes_map_points(registered, ground_truth):
     assert np.abs(back - fixed_px).max() < 0.1
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_saved_result_reloads_and_maps_the_same(registered, ground_truth, tmp_path):
     folder = registered.save(tmp_path / "pair")
     names = sorted(p.name for p in folder.iterdir())
@@ -152,12 +155,14 @@ def test_saved_result_reloads_and_maps_the_same(registered, ground_truth, tmp_pa
     np.testing.assert_array_equal(loaded.map_points(points), registered.map_points(points))
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_qc_picture_shows_the_pair_before_and_after(registered):
     picture = cv2.imdecode(np.frombuffer(registered.qc_png, np.uint8), cv2.IMREAD_COLOR)
     assert picture is not None
     assert picture.shape[1] > 2 * 277  # two panels of the 277-px-wide fixed view
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_the_deformation_on_any_grid_is_the_transform_at_its_pixel_centres(registered):
     """The checks of a fine view run on a coarser grid: its field must be the transform itself there."""
     shape, spacing_um = (7, 9), (37.0, 41.0)
@@ -169,6 +174,7 @@ def test_the_deformation_on_any_grid_is_the_transform_at_its_pixel_centres(regis
     )
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_checks_on_a_coarser_grid_give_the_same_verdict_and_a_smaller_picture(registered, warped_slide):
     coarse = register_slides(CMU_SVS, warped_slide, RegistrationConfig(check_max_pixels=20_000, **OPTIONS))
     assert coarse.transform_maps == registered.transform_maps  # the registration itself is untouched
@@ -178,6 +184,7 @@ def test_checks_on_a_coarser_grid_give_the_same_verdict_and_a_smaller_picture(re
     assert width < cv2.imdecode(np.frombuffer(registered.qc_png, np.uint8), cv2.IMREAD_COLOR).shape[1]
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_a_large_rotation_is_found_by_the_initial_search(tmp_path, cmu_pixels):
     """Elastix alone recovers rotations up to about 20°; 120° needs the coarse rotation search."""
     angle, size_um = np.deg2rad(120.0), np.array([1800.0, 1800.0])
@@ -202,6 +209,7 @@ def test_blank_moving_slide_is_refused_with_a_qc_picture(tmp_path):
     assert qc_path.read_bytes() == caught.value.qc_png
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_mirrored_slide_is_refused(tmp_path, cmu_pixels):
     """A mirror image has the same tissue outline (Dice 0.87) but not the same structures."""
     mirrored = write_tiff(tmp_path / "mirrored.tif", np.ascontiguousarray(cmu_pixels[:, ::-1]), FIXED_MPP_UM)

@@ -81,6 +81,7 @@ def _area_average(level0: np.ndarray, top_left: np.ndarray, size: int, factor: i
     return block.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 @pytest.mark.parametrize("pyramid", [True, False], ids=["pyramid", "level-0-only"])
 def test_reference_tiles_are_plain_area_averages_at_their_stored_corner(pure_resample, tmp_path, pyramid):
     reference = pure_resample["P"]
@@ -117,6 +118,7 @@ def test_reference_tiles_are_plain_area_averages_at_their_stored_corner(pure_res
 FINE = {"patch_mpp_um": 0.25, "anchor_spacing_um": 100.0, "patch_size_um": 128.0, "interpolation_sigma_um": 60.0}
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_tiles_of_a_pure_resampling_match_the_reference_to_a_tenth_of_a_pixel(pure_resample):
     """Measured on 128-px tiles: their own check, truth-mapped tiles, scatters up to 0.085 px (64-px tiles: more)."""
     reference, condition = pure_resample["P"], pure_resample["AT2"]

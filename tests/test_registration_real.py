@@ -111,6 +111,7 @@ def test_cima_landmarks_fit_the_5pc_images_and_two_annotators_disagree_by_the_fl
     assert 0.002 < np.median(floor["proSPC-4"]) < 0.003  # measured 0.23 %
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 @pytest.mark.parametrize("stain", ["CD31-3", "Ki67-7", "proSPC-4"])
 def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, stain):
     result = register_slides(cima_slides["He"], cima_slides[stain], RegistrationConfig(**CIMA_OPTIONS))
@@ -124,6 +125,7 @@ def test_he_to_ihc_section_reaches_the_best_affine_landmark_error(cima_slides, s
     assert result.quality.ncc_after > result.quality.ncc_before + 0.1  # measured gains 0.16-0.39
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_he_to_pale_cc10_section_registers(cima_slides):
     """Cc10 is pale grey-lavender: saturation finds no tissue in it; its optical density does (issue 12)."""
     result = register_slides(cima_slides["He"], cima_slides["Cc10-5"], RegistrationConfig(**CIMA_OPTIONS))
@@ -136,6 +138,7 @@ def two_scanners() -> RegistrationResult:
     return register_slides(OS2_HAMAMATSU, OS2_OLYMPUS, RegistrationConfig(**OS2_OPTIONS))
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_two_scanners_map_with_the_ratio_of_their_pixel_sizes(two_scanners):
     """Across the crop, one Hamamatsu pixel maps to 0.2271 / 0.34605 Olympus pixels, unrotated, barely shifted."""
     expected_scale = two_scanners.fixed_mpp_um / two_scanners.moving_mpp_um
@@ -158,6 +161,7 @@ def test_two_scanners_map_with_the_ratio_of_their_pixel_sizes(two_scanners):
     assert np.linalg.norm(offset_um, axis=1).max() < 5.0  # under a nucleus
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_two_scanners_agree_better_after_registration(two_scanners):
     quality = two_scanners.quality
     assert quality.ncc_after > quality.ncc_before  # measured 0.927 -> 0.980

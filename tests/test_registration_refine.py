@@ -81,6 +81,7 @@ def _error_um(mapped_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
     return np.linalg.norm(mapped_px - true_px, axis=1) * core.MOVING_MPP_UM
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_refinement_brings_tile_centres_within_a_micrometre(coarse, refined, tile_centres):
     fixed_px, true_px = tile_centres
     before = _error_um(coarse.map_points(fixed_px), true_px)
@@ -99,6 +100,7 @@ def test_anchors_are_tile_centres_one_per_cell():
     assert sorted(map(tuple, anchors)) == [(10, 10), (1000, 0), (1000, 1000)]
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_anchor_on_glass_is_rejected_and_the_global_transform_is_kept(coarse, cmu_pixels):
     glass = np.all(cmu_pixels > 215, axis=-1)
     block = 400  # px, 200 µm: find a block of pure glass on the fixed slide
@@ -112,6 +114,7 @@ def test_anchor_on_glass_is_rejected_and_the_global_transform_is_kept(coarse, cm
     np.testing.assert_array_equal(result.map_points(point), coarse.map_points(point))
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_anchor_on_unrelated_content_is_rejected(coarse, refined, smooth_slide, tmp_path):
     """A moving slide whose area around one anchor shows other tissue: that anchor must not be trusted."""
     moving_um = _fixed_to_moving_um(refined.anchors_xy * core.FIXED_MPP_UM)
@@ -133,6 +136,7 @@ def test_anchor_on_unrelated_content_is_rejected(coarse, refined, smooth_slide, 
     np.testing.assert_array_equal(result.corrections_um[0], [0.0, 0.0])
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_saved_refinement_reloads_and_maps_the_same(refined, tile_centres, tmp_path):
     folder = refined.save(tmp_path / "refined")
     assert (folder / "refinement.json").exists() and (folder / "registration.json").exists()

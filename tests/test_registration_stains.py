@@ -56,6 +56,7 @@ def test_pale_ihc_is_found_by_its_optical_density_not_by_saturation(cmu_pixels):
     assert not detect_tissue(blank, TissueConfig(min_od_above_glass=0.05)).any()
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):  # noqa: F811
     result = register_slides(CMU_SVS, pale_slide, RegistrationConfig(view_mpp_um=4.0, bspline_grid_spacing_um=120.0))
     fixed_px, true_px = ground_truth
@@ -63,6 +64,7 @@ def test_he_to_pale_ihc_registers_with_the_defaults(pale_slide, ground_truth):  
     assert np.median(error_um) <= 2.0, np.median(error_um)
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_unrelated_tissue_is_refused_naming_every_attempt_and_what_to_change(tmp_path):
     with pytest.raises(RegistrationError) as caught:
         register_slides(CMU_SVS, OS2_KI67, RegistrationConfig(view_mpp_um=4.0, stages=("rigid", "affine")))
@@ -71,6 +73,7 @@ def test_unrelated_tissue_is_refused_naming_every_attempt_and_what_to_change(tmp
     assert "min_ncc" in message and caught.value.qc_png is not None
 
 
+@pytest.mark.slow  # a whole registration: too long for the fast lane
 def test_a_mirror_image_of_the_pale_ihc_is_refused(tmp_path, cmu_pixels):
     mirrored = write_tiff(
         tmp_path / "mirrored-pale.tif", np.ascontiguousarray(pale_ihc(cmu_pixels)[:, ::-1]), core.FIXED_MPP_UM
