@@ -134,6 +134,7 @@ def _streamed_tiles(config: DistillConfig, store, positions: int) -> set[int]:
     return {first[ref.unit] + ref.tile for ref in map(stream.tile_at, range(positions))}
 
 
+@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
 def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     fitted_run, shipped_tile_store, teacher_weights
 ):
@@ -218,6 +219,7 @@ def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
     assert own[1] - own[0] > control[1] - control[0] + 0.04 and own[1] > control[1] + 0.04, agreed
 
 
+@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(fitted_run, resumed)
@@ -235,6 +237,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped
     assert all(torch.equal(original[name], again[name]) for name in original)
 
 
+@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
 def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     head_free = tmp_path / "none"
     train(

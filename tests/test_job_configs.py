@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +162,6 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
 )
 def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, argv, message):
     (tmp_path / "bad.yaml").write_text("tile_size_px: 256\n")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in argv)],
         cwd=REPO,
@@ -173,12 +171,8 @@ def test_a_typo_is_one_line_and_exit_2_before_prefect_starts(tmp_path, module, a
         env=_no_prefect_env(),
     )
     assert done.returncode == 2
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert "Traceback" not in done.stderr and message.format(tmp=tmp_path) in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    # The < 2 s goal, as CPU time: wall time on 2 shared cores depends on the neighbours (0.35-0.6 s measured).
-    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    assert cpu_s < 1.5, cpu_s
+    assert len(done.stderr.strip().splitlines()) == 1  # the < 2 s goal is measured by benchmarks/typo_exits.py
 
 
 def test_extract_plism_help_names_itself():
