@@ -69,7 +69,6 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.distill import train as distill_train  # noqa: E402
-from pipeline.distill.augment import MultiCrop  # noqa: E402
 from pipeline.distill.config import DistillConfig  # noqa: E402
 from pipeline.distill.data import TileStream  # noqa: E402
 
@@ -105,16 +104,7 @@ def tile_store(workdir: Path) -> Path:
 
 def batch_seconds(config: DistillConfig, store: Path, repeats: int = 3) -> float:
     """Seconds to make one batch in this process, as a loader worker makes it (the stream's first steps)."""
-    stream = TileStream(
-        [str(store)],
-        seed=config.train.seed,
-        global_batch=config.train.batch_size_total,
-        rank=0,
-        world=1,
-        transform=MultiCrop(config.crops),
-        piece_tiles=config.train.piece_tiles,
-        window_tiles=config.train.window_tiles,
-    )
+    stream = TileStream.for_run(config, [str(store)])
     seconds = []
     for step in range(repeats):
         start = time.perf_counter()

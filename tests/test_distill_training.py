@@ -118,17 +118,7 @@ def _knn_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
 
 def _streamed_tiles(config: DistillConfig, store, positions: int) -> set[int]:
     """Numbers, in the store's tile order, of the tiles the run's stream takes at its first ``positions``."""
-    stream = TileStream(
-        [str(store)],
-        seed=config.train.seed,
-        global_batch=config.train.batch_size_total,
-        rank=0,
-        world=1,
-        transform=MultiCrop(config.crops),
-        piece_tiles=config.train.piece_tiles,
-        window_tiles=config.train.window_tiles,
-        held_out_tiles=config.train.agreement_tiles,
-    )
+    stream = TileStream.for_run(config, [str(store)])  # what train() streams
     units = list(stream.sources[0].units())
     first = {unit: sum(u.count for u in units[:i]) for i, unit in enumerate(units)}
     return {first[ref.unit] + ref.tile for ref in map(stream.tile_at, range(positions))}

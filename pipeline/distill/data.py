@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.distill.augment import MultiCrop
+from pipeline.distill.config import DistillConfig
 from pipeline.distill.held_out import held_out_before, held_out_period, kept_number
 from storage.jpeg_codec import decode_tile
 from storage.tile_units import TileUnit, open_tile_source
@@ -141,6 +142,24 @@ class TileStream(IterableDataset):
         self.window_pieces = max(1, window_tiles // piece_tiles)
         self._layout: tuple[int, _PassLayout] | None = None
         self._window_cache: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def for_run(
+        cls, config: DistillConfig, stores: list[str | Path], rank: int = 0, world: int = 1, start_step: int = 0
+    ) -> TileStream:
+        """The stream a distillation run with ``config`` trains on, as rank ``rank`` of ``world`` sees it."""
+        return cls(
+            stores,
+            seed=config.train.seed,
+            global_batch=config.train.batch_size_total,
+            rank=rank,
+            world=world,
+            transform=MultiCrop(config.crops),
+            start_step=start_step,
+            piece_tiles=config.train.piece_tiles,
+            window_tiles=config.train.window_tiles,
+            held_out_tiles=config.train.agreement_tiles,
+        )
 
     @property
     def local_batch(self) -> int:

@@ -37,7 +37,6 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from pipeline.cpu_memory import keep_freed_memory_for_reuse
 from pipeline.distill.agreement import measure_agreement
-from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig, random_teacher_warning
 from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.export import export_student
@@ -202,18 +201,7 @@ class Stage:
 
 def _batches(config: DistillConfig, stores: list[str], start_step: int) -> Iterator[dict]:
     rank, world = _rank_world()
-    stream = TileStream(
-        stores,
-        seed=config.train.seed,
-        global_batch=config.train.batch_size_total,
-        rank=rank,
-        world=world,
-        transform=MultiCrop(config.crops),
-        start_step=start_step,
-        piece_tiles=config.train.piece_tiles,
-        window_tiles=config.train.window_tiles,
-        held_out_tiles=config.train.agreement_tiles,
-    )
+    stream = TileStream.for_run(config, list(stores), rank, world, start_step)
     for _, batch in make_loader(stream, config.train.loader_workers):
         yield batch
 
