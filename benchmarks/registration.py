@@ -73,6 +73,7 @@ from registration.phase_correlation import phase_shift_px  # noqa: E402
 from registration.refine import RefinementConfig, refine_registration  # noqa: E402
 from registration.synthetic import SyntheticCondition, make_synthetic_plism  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
+from tiling.pyramid_tiff import write_pyramid_tiff  # noqa: E402
 
 REPO = _HERE.parent
 CMU_SVS = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -346,15 +347,8 @@ def cima_tiff(workdir: Path, stain: str) -> Path:
     path = workdir / "cima" / f"{cima_stem(stain)}.tif"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        pyvips.Image.new_from_file(str(CIMA / "scale-5pc" / f"{cima_stem(stain)}.jpg")).tiffsave(
-            str(path),
-            tile=True,
-            tile_width=256,
-            tile_height=256,
-            pyramid=True,
-            compression="jpeg",
-            Q=95,
-        )
+        jpeg = pyvips.Image.new_from_file(str(CIMA / "scale-5pc" / f"{cima_stem(stain)}.jpg"))
+        write_pyramid_tiff(path, jpeg, None, jpeg_quality=95)
     return path
 
 

@@ -17,16 +17,17 @@ import pyvips
 def write_pyramid_tiff(
     path: Path,
     image: np.ndarray | pyvips.Image,
-    mpp_um: float,
+    mpp_um: float | None,
     *,
     jpeg_quality: int = 90,
     pyramid: bool = True,
 ) -> Path:
     """Write ``image`` (``[H, W, 3]`` uint8 or a libvips image) to ``path`` with 256-px JPEG tiles.
 
-    ``mpp_um`` is written as the resolution (a slide without one is written
-    with tifffile and ``resolutionunit="NONE"``: libvips always writes some
-    resolution). ``pyramid=False`` writes level 0 only.
+    ``mpp_um`` is written as the resolution; ``None`` leaves libvips' own
+    resolution tags (what it writes for an image that has none, such as a
+    JPEG; a slide that must record no unit at all is written with tifffile
+    and ``resolutionunit="NONE"``). ``pyramid=False`` writes level 0 only.
     """
     if isinstance(image, np.ndarray):
         image = pyvips.Image.new_from_array(np.ascontiguousarray(image))
@@ -38,8 +39,6 @@ def write_pyramid_tiff(
         pyramid=pyramid,
         compression="jpeg",
         Q=jpeg_quality,
-        xres=1000.0 / mpp_um,
-        yres=1000.0 / mpp_um,
-        resunit="cm",
+        **({} if mpp_um is None else {"xres": 1000.0 / mpp_um, "yres": 1000.0 / mpp_um, "resunit": "cm"}),
     )
     return path
