@@ -17,6 +17,7 @@ fsdp``, for a teacher too large to sit beside the student on one GPU).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ FLAGS = {
 
 def check(job: DistillJob) -> None:
     """Found before Prefect starts: a run directory of other hyperparameters, an unreadable checkpoint (torch
-    is imported only when there is one), a missing tile store; and a loud warning for a teacher without weights.
+    is imported only when there is one), a missing tile store, a resume whose stores hold out other tiles than
+    the run's; and a loud warning for a teacher without weights.
     """
     from flows.checks import existing_path
     from flows.cli import UserInputError
@@ -53,6 +55,16 @@ def check(job: DistillJob) -> None:
             raise UserInputError(str(error)) from None
     for store in job.tiles:
         existing_path(store, "--tiles")
+    recorded_held_out = Path(job.out) / "held_out.json"
+    if recorded_held_out.exists():
+        from pipeline.distill.held_out import HeldOutMismatch, HeldOutSplit, check_same_held_out
+
+        train = config.train
+        now = HeldOutSplit.of(job.tiles, train.agreement_tiles, train.agreement_split).record()
+        try:
+            check_same_held_out(json.loads(recorded_held_out.read_text()), now, Path(job.out))
+        except HeldOutMismatch as error:
+            raise UserInputError(str(error)) from None
     warning = random_teacher_warning(config)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)

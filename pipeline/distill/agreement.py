@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from pipeline.distill.config import DistillConfig
-from pipeline.distill.held_out import held_out_period
+from pipeline.distill.held_out import HeldOutSplit
 from pipeline.distill.networks import seeded_model
 from pipeline.models import embed
 from storage.jpeg_codec import decode_tile
-from storage.tile_units import open_tile_source
 
 
 def knn_overlap(teacher: torch.Tensor, student: torch.Tensor, k: int = 10) -> float:
@@ -53,22 +52,20 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def held_out_tiles(stores: list[str], count: int, size_px: int) -> torch.Tensor:
-    """The tiles a run with ``agreement_tiles = count`` never trains on (:mod:`pipeline.distill.held_out`),
-    in their numbering order, uint8 ``[n, size_px, size_px, 3]``, resized (antialiased bilinear) to the
-    global-crop size: the student is trained at that size only, and stores may hold other tile sizes.
+def held_out_tiles(stores: list[str], count: int, size_px: int, split: int = 0) -> torch.Tensor:
+    """The tiles a run with ``agreement_tiles = count`` and ``agreement_split = split`` never trains on
+    (:mod:`pipeline.distill.held_out`), store by store in the split's order, each unit's in tile order,
+    uint8 ``[n, size_px, size_px, 3]``, resized (antialiased bilinear) to the global-crop size: the student
+    is trained at that size only, and stores may hold other tile sizes.
     """
-    sources = [open_tile_source(store) for store in stores]
-    units = [(source, unit) for source in sources for unit in source.units()]
-    every = held_out_period(sum(unit.count for _, unit in units), count)
+    held_out = HeldOutSplit.of(stores, count, split)
     tiles: list[torch.Tensor] = []
-    first = 0  # the number of the unit's first tile
-    for source, unit in units:
-        wanted = list(range((every - 1 - first) % every, unit.count, every)) if every else []
-        if wanted:
-            block = torch.from_numpy(np.stack([decode_tile(data) for data in source.read_tiles(unit, wanted)]))
-            tiles.append(_resized(block, size_px))
-        first += unit.count
+    for store, (source, units) in enumerate(zip(held_out.sources, held_out.units)):
+        for unit in units:
+            wanted = held_out.held_out_in(store, unit)
+            if wanted:
+                block = torch.from_numpy(np.stack([decode_tile(data) for data in source.read_tiles(unit, wanted)]))
+                tiles.append(_resized(block, size_px))
     return torch.cat(tiles) if tiles else torch.empty((0, size_px, size_px, 3), dtype=torch.uint8)
 
 
@@ -110,7 +107,8 @@ def measure_agreement(
     the teacher a run with the next seed would have, which the student never saw. Every process must call
     it (the teacher may be sharded); ``{}`` when too few tiles are held out for the k-NN overlap.
     """
-    tiles = held_out_tiles(stores, config.train.agreement_tiles, config.crops.global_crop_size)
+    train = config.train
+    tiles = held_out_tiles(stores, train.agreement_tiles, config.crops.global_crop_size, train.agreement_split)
     k = config.train.agreement_neighbours
     if len(tiles) <= k:
         return {}

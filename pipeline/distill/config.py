@@ -163,6 +163,12 @@ class TrainConfig(_Frozen):
         "the end of a run measures teacher-student agreement (k-NN overlap, linear CKA) before and after; "
         "0: none held out, not measured",
     )
+    agreement_split: int = Field(
+        0,
+        ge=0,
+        description="which of the M disjoint held-out sets (every M-th tile of each slide, at offset "
+        "hash(store, slide) + agreement_split); another value holds out other tiles",
+    )
     agreement_neighbours: int = Field(10, gt=0, description="k of the k-NN overlap")
 
 

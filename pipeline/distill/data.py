@@ -1,6 +1,8 @@
 """The training stream: an endless, seeded sequence of multi-crop batches, the same however it is split.
 
-The global stream is a function of the seed alone. Every shard of every
+The global stream is a function of the seed alone (and of the stores, not of
+the order they are given in: they are taken in
+:class:`~pipeline.distill.held_out.HeldOutSplit`'s order). Every shard of every
 store is cut into pieces of ``piece_tiles`` consecutive tiles (one contiguous
 read each). Pass ``p`` visits every piece in a seeded random order, cut into
 windows of ``window_tiles // piece_tiles`` consecutive pieces; within a window
@@ -41,9 +43,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
-from pipeline.distill.held_out import held_out_before, held_out_period, kept_number
+from pipeline.distill.held_out import HeldOutSplit, held_out_before, kept_number
 from storage.jpeg_codec import decode_tile
-from storage.tile_units import TileUnit, open_tile_source
+from storage.tile_units import TileUnit
 
 # Distinct streams of randomness derived from one seed.
 _PIECE_ORDER, _TILE_ORDER, _CROPS = 0, 1, 2
@@ -104,6 +106,7 @@ class TileStream(IterableDataset):
         piece_tiles: int = 64,
         window_tiles: int = 8192,
         held_out_tiles: int = 0,
+        held_out_split: int = 0,
     ) -> None:
         if global_batch <= 0 or global_batch % world:
             raise ValueError(f"global_batch {global_batch} must be a positive multiple of world {world}")
@@ -114,11 +117,13 @@ class TileStream(IterableDataset):
                 f"start_step ({start_step}) must be >= 0, piece_tiles ({piece_tiles}) and "
                 f"window_tiles ({window_tiles}) >= 1, held_out_tiles ({held_out_tiles}) >= 0"
             )
-        self.sources = [open_tile_source(store) for store in stores]
-        self._units = [(index, unit) for index, source in enumerate(self.sources) for unit in source.units()]
+        split = HeldOutSplit.of(stores, held_out_tiles, held_out_split)
+        self.sources = list(split.sources)  # in the split's order: the stream is the same whatever order stores has
+        self._units = [(index, unit) for index, units in enumerate(split.units) for unit in units]
         unit_counts = np.array([unit.count for _, unit in self._units], dtype=np.int64)
-        # Tile t of unit u is tile number _unit_number[u] + t of the stores (pipeline.distill.held_out).
-        self._unit_number = np.cumsum(unit_counts) - unit_counts
+        # Tile t of unit u has number _unit_number[u] + t, held out when its remainder mod the period is
+        # period - 1 (pipeline.distill.held_out).
+        self._unit_number = np.array([split.shift(index, unit) for index, unit in self._units], dtype=np.int64)
         # Piece i: up to piece_tiles tiles from _piece_start[i] of unit _piece_unit[i], of which
         # _counts[i] are not held out.
         piece_unit = np.repeat(np.arange(len(self._units)), -(-unit_counts // piece_tiles))
@@ -128,7 +133,7 @@ class TileStream(IterableDataset):
         first = self._unit_number[piece_unit] + piece_start
         end = first + np.minimum(piece_tiles, unit_counts[piece_unit] - piece_start)
         counts = end - first
-        period = held_out_period(int(unit_counts.sum()), held_out_tiles)
+        period = split.every
         if period:
             counts -= end // period - first // period
         kept = counts > 0  # a piece may be all held out (piece_tiles 1)
@@ -159,6 +164,7 @@ class TileStream(IterableDataset):
             piece_tiles=config.train.piece_tiles,
             window_tiles=config.train.window_tiles,
             held_out_tiles=config.train.agreement_tiles,
+            held_out_split=config.train.agreement_split,
         )
 
     @property

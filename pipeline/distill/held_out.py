@@ -1,12 +1,20 @@
-"""Which tiles a run never trains on: every ``M``-th tile of its stores, kept aside to measure agreement.
+"""Which tiles a run never trains on: every ``M``-th tile of each slide, kept aside to measure agreement.
 
-Tiles are numbered ``g = 0, 1, …`` over the stores in the order the run is given them, each store's
-tile units (shards) in their fixed order and the tiles of a unit in grid order. Tile ``g`` is held
-out when ``g % M == M - 1``, with ``M = max(4, ⌈total / agreement_tiles⌉)``: at most
-``agreement_tiles`` tiles and at most a quarter of a small store, spread evenly over every slide
-and over each slide's grid. The split is arithmetic on the numbering, so the training stream skips
-the held-out tiles without listing them (:class:`~pipeline.distill.data.TileStream`), and the same
-for any number of processes, at every resume and with any seed.
+``M = max(4, ⌈total / agreement_tiles⌉)`` over all the run's tiles: at most about ``agreement_tiles``
+tiles and at most a quarter of a small store, spread evenly over every slide and over each slide's grid.
+Within a tile array (a slide of a tile store; the whole reference grid of an aligned tile store, so
+that every condition of a held-out grid position is held out) tile ``i`` (its index along the array's
+tile axis) is held out when ``(i + offset) % M == M - 1``. The offset is
+``(h + split) % M`` with ``h`` a hash of the store's identity and the array's name: it does not depend
+on where the store lies or on the order in which the run is given its stores, and the ``M`` values of
+``split`` (``train.agreement_split``) give ``M`` disjoint held-out sets. The split is arithmetic, so
+the training stream skips the held-out tiles without listing them
+(:class:`~pipeline.distill.data.TileStream`), the same in any number of processes and at every resume.
+
+A store's identity is a hash of what made it (layout, parameters, creation time, and an aligned
+store's plan id), read from its root attributes: the same after the store is moved or copied, another
+for a store tiled again. A run directory records its held-out set (``held_out.json``); a resume whose
+stores give another set (other stores, or a store that grew or was tiled again) is refused.
 
 A held-out tile's grid neighbours are trained on: the split measures how the student generalises
 to unseen tiles of the training slides, not to unseen slides.
@@ -14,10 +22,23 @@ to unseen tiles of the training slides, not to unseen slides.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zarr
+
+from storage.tile_units import TileSource, TileUnit, open_tile_source
 
 MIN_PERIOD = 4
 """At most one tile in four is held out, however few tiles the stores hold."""
+
+
+class HeldOutMismatch(ValueError):
+    """A resume whose stores hold out other tiles than the run was started with."""
 
 
 def held_out_period(total_tiles: int, agreement_tiles: int) -> int:
@@ -28,10 +49,117 @@ def held_out_period(total_tiles: int, agreement_tiles: int) -> int:
 
 
 def held_out_before(g: int, every: int) -> int:
-    """Held-out tiles among numbers ``[0, g)``."""
+    """Held-out numbers among ``[0, g)`` (a number ``g`` is held out when ``g % every == every - 1``)."""
     return g // every if every else 0
 
 
 def kept_number(k: int, every: int) -> int:
-    """The number ``g`` of the ``k``-th (0-based) tile that is not held out."""
+    """The ``k``-th (0-based) number that is not held out."""
     return k + k // (every - 1) if every else k
+
+
+def store_identity(source: TileSource) -> str:
+    """A hash of what made the store (its root attributes), independent of its path; 16 hex digits."""
+    attributes = dict(zarr.open_group(source.root, mode="r").attrs)
+    made_by = {
+        "layout": attributes.get("layout"),
+        "parameters": attributes.get("tiling", attributes.get("parameters")),  # tile store, aligned store
+        "created_at": attributes.get("created_at"),
+        "plan_id": (attributes.get("plan") or {}).get("plan_id"),
+    }
+    return hashlib.blake2b(json.dumps(made_by, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def array_name(unit: TileUnit) -> str:
+    """The tile array a unit belongs to: its slide id, or ``""`` for an aligned store's grid (all conditions)."""
+    return unit.group
+
+
+def _hash_offset(identity: str, array: str) -> int:
+    digest = hashlib.blake2b(f"{identity}/{array}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """The held-out tiles of a run's stores: ``every`` (``M``, 0 for none) and each store's identity.
+
+    ``sources`` are in a canonical order (:meth:`of`), so that the stream and the agreement see the stores
+    in the same order whatever order the command line gave.
+    """
+
+    sources: tuple[TileSource, ...]
+    units: tuple[tuple[TileUnit, ...], ...]  # each source's units, in their fixed order
+    identities: tuple[str, ...]
+    every: int
+    split: int
+
+    @classmethod
+    def of(cls, stores: Sequence[str | Path], agreement_tiles: int, split: int = 0) -> HeldOutSplit:
+        """The split of ``stores`` (tile stores or aligned tile stores), ordered by identity then by slides."""
+        sources = [open_tile_source(store) for store in stores]
+        keyed = sorted(
+            ((store_identity(source), tuple(source.units()), source) for source in sources),
+            key=lambda entry: (entry[0], [unit.key for unit in entry[1]], str(entry[2].root)),
+        )
+        total = sum(unit.count for _, units, _ in keyed for unit in units)
+        return cls(
+            tuple(source for _, _, source in keyed),
+            tuple(units for _, units, _ in keyed),
+            tuple(identity for identity, _, _ in keyed),
+            held_out_period(total, agreement_tiles),
+            split,
+        )
+
+    def shift(self, store: int, unit: TileUnit) -> int:
+        """``s``: tile ``t`` of ``unit`` in store number ``store`` has number ``s + t``, held out when
+        ``(s + t) % every == every - 1``.
+        """
+        if not self.every:
+            return unit.start
+        offset = (_hash_offset(self.identities[store], array_name(unit)) + self.split) % self.every
+        return unit.start + offset
+
+    def held_out_in(self, store: int, unit: TileUnit) -> list[int]:
+        """Indices within ``unit`` of its held-out tiles, ascending."""
+        if not self.every:
+            return []
+        shift = self.shift(store, unit)
+        return list(range((self.every - 1 - shift) % self.every, unit.count, self.every))
+
+    def record(self) -> dict:
+        """What ``RUN/held_out.json`` holds: ``M``, the split and each store's held-out tiles by array,
+        as indices along the array's tile axis (with the condition for an aligned store).
+        """
+        stores = []
+        for store, source in enumerate(self.sources):
+            arrays: dict[str, list[int]] = {}
+            for unit in self.units[store]:
+                name = ".".join([array_name(unit), *map(str, unit.position[:-1])]).strip(".")
+                arrays.setdefault(name, []).extend(unit.start + t for t in self.held_out_in(store, unit))
+            stores.append({"identity": self.identities[store], "path": str(source.root), "held_out": arrays})
+        return {"every": self.every, "split": self.split, "stores": stores}
+
+
+def _tile_set(record: dict) -> list[tuple[str, str, int]]:
+    return sorted(
+        (store["identity"], array, index)
+        for store in record["stores"]
+        for array, indices in store["held_out"].items()
+        for index in indices
+    )
+
+
+def check_same_held_out(recorded: dict, now: dict, run: Path) -> None:
+    """Raise :class:`HeldOutMismatch` (one line) when ``now`` holds out other tiles than ``recorded``.
+
+    Stores are compared by identity, not path: a run resumed with its stores moved, or given in
+    another order, holds out the same tiles.
+    """
+    before, after = _tile_set(recorded), _tile_set(now)
+    if before != after:
+        differ = len(set(before) ^ set(after))
+        raise HeldOutMismatch(
+            f"{run} was started with other tiles held out ({len(before)} then, {len(after)} with these --tiles, "
+            f"{differ} not in both): resume with the stores it was started with, or use another --out"
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.distill.config import DistillConfig, recorded_text
+from pipeline.distill.held_out import check_same_held_out
 from storage.atomic import atomic_path, write_bytes_atomic
 
 
@@ -68,7 +69,7 @@ def parse_records(text: str) -> list[dict]:
 
 
 class RunDirectory:
-    """Files of a run: config, metrics, checkpoints; only rank 0 writes."""
+    """Files of a run: config, held-out tiles, metrics, checkpoints; only rank 0 writes."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -76,6 +77,7 @@ class RunDirectory:
         self.metrics = self.root / "metrics.jsonl"
         self.teacher_heads = self.root / "teacher_heads.pt"
         self.student = self.root / "student.safetensors"
+        self.held_out = self.root / "held_out.json"
 
     def start(self, config: DistillConfig) -> None:
         """Record the config, or check that a resumed run uses the same one."""
@@ -85,6 +87,18 @@ class RunDirectory:
         if path.exists() and path.read_text() != text:
             raise ValueError(f"{self.root} holds a run with another config; use another --out")
         write_bytes_atomic(path, text.encode())
+
+    def keep_held_out(self, record: dict) -> None:
+        """Record the run's held-out tiles (:meth:`HeldOutSplit.record`) in ``held_out.json``, or raise
+        :class:`~pipeline.distill.held_out.HeldOutMismatch` when a resumed run's stores hold out others.
+        """
+        recorded = self.recorded_held_out()
+        if recorded is not None:
+            check_same_held_out(recorded, record, self.root)
+        write_bytes_atomic(self.held_out, (json.dumps(record, indent=1) + "\n").encode())
+
+    def recorded_held_out(self) -> dict | None:
+        return json.loads(self.held_out.read_text()) if self.held_out.exists() else None
 
     def latest_checkpoint(self, stage: str) -> Path | None:
         found = sorted(self.checkpoints.glob(f"{stage}-*.pt"))

@@ -12,6 +12,7 @@ process with the same global batch would.
 Run directory::
 
     RUN/config.yaml             the config the run was started with
+    RUN/held_out.json           the tiles held out of training (a resume must hold out the same)
     RUN/metrics.jsonl           one JSON object per logged step (step, loss, gradient norms, …), then
                                 one with the teacher-student agreement ("stage": "agreement")
     RUN/checkpoints/<stage>-<step>.pt   consolidated checkpoints (rank 0 writes them)
@@ -40,6 +41,7 @@ from pipeline.distill.agreement import measure_agreement
 from pipeline.distill.config import DistillConfig, random_teacher_warning
 from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.export import export_student
+from pipeline.distill.held_out import HeldOutSplit
 from pipeline.distill.losses import TokenRegressionLoss
 from pipeline.distill.networks import StudentSide, TeacherSide, init_seed, make_heads, run_identity, seeded_model
 from pipeline.distill.objective import Objective
@@ -287,6 +289,9 @@ def train(
 ) -> Path:
     """Run (or resume) a distillation to its end and export the EMA student; returns the exported file.
 
+    Raises :class:`~pipeline.distill.held_out.HeldOutMismatch` when ``out`` holds a run whose held-out
+    tiles differ from those of ``stores`` (in any order), and ``CheckpointError`` for another run's checkpoint.
+
     ``sharding`` matters only with several processes (see :mod:`pipeline.distill.sharding`). A teacher
     without weights is a random network drawn from the run's seed: fine for the tiny test models,
     warned about (``RuntimeWarning``) for any other.
@@ -295,6 +300,7 @@ def train(
     rank, _ = _rank_world()
     if rank == 0:
         run.start(config)
+        run.keep_held_out(HeldOutSplit.of(stores, config.train.agreement_tiles, config.train.agreement_split).record())
         warning = random_teacher_warning(config)
         if warning:
             warnings.warn(warning, RuntimeWarning, stacklevel=2)
