@@ -86,8 +86,10 @@ def run(seed: int, split: int, workdir: Path, stores_folder: Path, changes: list
         control = seeded_model(models.teacher, seed + 1, layerscale=models.random_teacher_layerscale)
         before = seeded_model(models.student, seed)
         after = build_model(models.student, out / "student.safetensors", dynamic_img_size=True)
-        embedded = {name: embeddings(model, tiles) for name, model in {"teacher": teacher, "control": control,
-                                                                        "before": before, "after": after}.items()}
+        embedded = {
+            name: embeddings(model, tiles)
+            for name, model in {"teacher": teacher, "control": control, "before": before, "after": after}.items()
+        }
     figures: dict = {"seed": seed, "split": split, "changes": changes, "tiles": len(tiles)}
     for reference in ("teacher", "control"):
         for when in ("before", "after"):
@@ -101,8 +103,9 @@ def run(seed: int, split: int, workdir: Path, stores_folder: Path, changes: list
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = [r["loss"] for r in records if r["stage"] == "distill" and r["teacher_temp"] == config.loss.teacher_temp]
     fifth = len(final) // 5
-    figures["loss_first_fifth"], figures["loss_last_fifth"] = float(np.mean(final[:fifth])), float(
-        np.mean(final[-fifth:])
+    figures["loss_first_fifth"], figures["loss_last_fifth"] = (
+        float(np.mean(final[:fifth])),
+        float(np.mean(final[-fifth:])),
     )
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
@@ -130,7 +133,9 @@ def table(workdir: Path) -> bool:
         every = all(m > 0 for m in margins)
         print(f"k={k}: margins {[round(m, 3) for m in margins]}, mean {mean:+.3f}, all > 0: {every}")
         holds = holds and every and mean >= MIN_MEAN_MARGIN
-    print(f"rule (every margin > 0, mean margin >= {MIN_MEAN_MARGIN} for k = 5 and 10): {'HOLDS' if holds else 'FAILS'}")
+    print(
+        f"rule (every margin > 0, mean margin >= {MIN_MEAN_MARGIN} for k = 5 and 10): {'HOLDS' if holds else 'FAILS'}"
+    )
     return holds
 
 
@@ -138,8 +143,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("stores", "run", "table"))
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--stores", type=Path, help="folder of the tile stores (default WORKDIR/stores); tile them "
-                        "once with the action 'stores' before runs in parallel")
+    parser.add_argument(
+        "--stores",
+        type=Path,
+        help="folder of the tile stores (default WORKDIR/stores); tile them "
+        "once with the action 'stores' before runs in parallel",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--split", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="section.key=value, a change to the recipe")

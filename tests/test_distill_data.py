@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from pipeline.distill.agreement import held_out_tiles
 from pipeline.distill.augment import MultiCrop, MultiCropConfig, crop_box
 from pipeline.distill.data import TileStream, make_loader
-from pipeline.distill.held_out import held_out_period
+from pipeline.distill.held_out import HeldOutMismatch, HeldOutSplit, check_same_held_out, held_out_period
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore
 from storage.tile_units import TileSource, open_tile_source
@@ -294,7 +295,7 @@ def test_loader_workers_give_the_steps_in_order_as_one_process_does(stores):
 
 def test_every_tile_comes_once_a_pass_with_its_own_pixels(stores):
     stream = _stream(stores, global_batch=4, transform=MultiCrop(MultiCropConfig(**QUIET)))
-    sources = [open_tile_source(store) for store in stores]
+    sources = stream.sources  # ref.store numbers the stream's stores
     all_tiles = {
         (s, unit, tile) for s, source in enumerate(sources) for unit in source.units() for tile in range(unit.count)
     }
@@ -313,29 +314,74 @@ def test_every_tile_comes_once_a_pass_with_its_own_pixels(stores):
     assert orders[0] != orders[1]
 
 
+def _slide_tile(stream: TileStream, ref) -> tuple[str, str, int]:
+    """A tile as (store, slide, index in the slide): what the held-out split is keyed by, but for the path."""
+    return str(stream.sources[ref.store].root), ref.unit.group, ref.unit.start + ref.tile
+
+
+def _every_tile(stores) -> dict[tuple[str, str, int], np.ndarray]:
+    found = {}
+    for store in stores:
+        source = open_tile_source(store)
+        for unit in source.units():
+            for tile, pixels in enumerate(source.read(unit)):
+                found[str(source.root), unit.group, unit.start + tile] = pixels
+    return found
+
+
 @pytest.mark.parametrize("piece_tiles", [1, 4, 64])
 def test_held_out_tiles_never_enter_the_stream_and_are_the_ones_the_agreement_reads(stores, piece_tiles):
-    """44 tiles and 8 to keep aside: every 6th tile (numbers 5, 11, …, 41) is held out, the other 37 come
-    once a pass with their own pixels, whatever the pieces (with 1-tile pieces some are all held out).
+    """44 tiles in 3 slides and 8 to keep aside: every 6th tile of each slide is held out (one residue class
+    of its indices per slide), the others come once a pass with their own pixels, whatever the pieces (with
+    1-tile pieces some are all held out), and the agreement reads exactly the held-out ones.
     """
     assert held_out_period(44, 8) == 6 and held_out_period(44, 256) == 4 and held_out_period(44, 0) == 0
     stream = _stream(
         stores, global_batch=1, piece_tiles=piece_tiles, transform=MultiCrop(MultiCropConfig(**QUIET)), held_out_tiles=8
     )
-    sources = [open_tile_source(store) for store in stores]
-    numbered = [
-        (s, unit, tile) for s, source in enumerate(sources) for unit in source.units() for tile in range(unit.count)
-    ]
-    held_out = {numbered[g] for g in range(5, 44, 6)}
-    assert stream.tiles_per_pass == 37
+    every_tile = _every_tile(stores)
     seen = []
-    for step in range(37):
+    for step in range(stream.tiles_per_pass):
         batch = stream.batch(step)
-        ref = stream.tile_at(int(batch["index"][0]))
-        np.testing.assert_array_equal(batch["global_crops"][0, 0].numpy(), sources[ref.store].read(ref.unit)[ref.tile])
-        seen.append((ref.store, ref.unit, ref.tile))
-    assert len(set(seen)) == 37 and set(seen) == set(numbered) - held_out
+        tile = _slide_tile(stream, stream.tile_at(int(batch["index"][0])))
+        np.testing.assert_array_equal(batch["global_crops"][0, 0].numpy(), every_tile[tile])
+        seen.append(tile)
+    assert len(set(seen)) == len(seen)
+    held_out = set(every_tile) - set(seen)
+    counts = {"slide-a": 20, "slide-b": 13, "slide-c": 11}
+    for slide, count in counts.items():
+        indices = sorted(index for _, group, index in held_out if group == slide)
+        assert indices == list(range(indices[0], count, 6)) and indices[0] < 6, (slide, indices)
     evaluated = held_out_tiles(stores, 8, TILE)
-    expected = np.stack([sources[s].read(unit)[tile] for s, unit, tile in sorted(held_out, key=numbered.index)])
-    np.testing.assert_array_equal(evaluated.numpy(), expected)
-    assert held_out_tiles(stores, 8, 14).shape == (7, 14, 14, 3) and len(held_out_tiles(stores, 0, TILE)) == 0
+    assert len(evaluated) == len(held_out) == 44 - stream.tiles_per_pass
+    expected = sorted(every_tile[tile].tobytes() for tile in held_out)
+    assert sorted(tile.numpy().tobytes() for tile in evaluated) == expected
+    assert held_out_tiles(stores, 8, 14).shape == (len(held_out), 14, 14, 3)
+    assert len(held_out_tiles(stores, 0, TILE)) == 0
+
+
+def test_the_held_out_tiles_and_the_stream_do_not_depend_on_the_order_or_place_of_the_stores(stores, tmp_path):
+    """The stores given in another order, or one of them moved, give the same held-out tiles and the same
+    batches (a resume may list its stores otherwise); each split value holds out another of M disjoint sets.
+    """
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(stores[1], moved)
+    records = [HeldOutSplit.of(order, 8).record() for order in (stores, stores[::-1], [stores[0], str(moved)])]
+    check_same_held_out(records[0], records[1], tmp_path)
+    check_same_held_out(records[0], records[2], tmp_path)
+    assert records[0] == records[1]  # paths too: the stores are taken in one order
+    batches = [_stream(order, held_out_tiles=8) for order in (stores, stores[::-1])]
+    assert all(_equal(batches[0].batch(step), batches[1].batch(step)) for step in range(6))
+    splits = [
+        {
+            (s["identity"], slide, index)
+            for s in HeldOutSplit.of(stores, 8, split).record()["stores"]
+            for slide, indices in s["held_out"].items()
+            for index in indices
+        }
+        for split in range(6)
+    ]
+    assert sum(map(len, splits)) == 44 and len(set().union(*splits)) == 44  # disjoint, and every tile once
+    check_same_held_out(records[0], HeldOutSplit.of(stores, 8, 6).record(), tmp_path)  # split 6 is 0 again (M 6)
+    with pytest.raises(HeldOutMismatch, match="other stores or other tiles held out"):
+        check_same_held_out(records[0], HeldOutSplit.of(stores, 8, 1).record(), tmp_path)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from flows.distill import main
 from pipeline.distill.config import ConfigError, DistillConfig, random_teacher_warning
+from pipeline.distill.held_out import HeldOutMismatch
 from pipeline.distill.run_directory import CheckpointError, RunDirectory, parse_records, read_checkpoint
 from pipeline.distill.train import train
 from pipeline.models import build_model
@@ -154,3 +155,36 @@ def test_a_real_teacher_without_weights_is_warned_about_and_tiny_ones_are_not():
     assert random_teacher_warning(DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")) is None
     other = DistillConfig.model_validate({"models": {"teacher": "vit_small_patch14_dinov2"}})
     assert "'vit_small_patch14_dinov2' is a randomly initialised network" in random_teacher_warning(other)
+
+
+def test_a_resume_with_other_held_out_tiles_is_refused_and_one_with_the_stores_reordered_repeats(
+    tmp_path, shipped_tile_store, capsys
+):
+    """The held-out tiles are keyed by store identity and slide: a run resumed with its stores in another order
+    repeats the uninterrupted one exactly; one resumed without a store is refused in one line.
+    """
+    data = {**TINY, "train": {**TINY["train"], "agreement_tiles": 8}}
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(shipped_tile_store, copy)  # the same identity: it holds out the same tiles
+    stores = [str(shipped_tile_store), str(copy)]
+    run = tmp_path / "run"
+    train(DistillConfig.model_validate(data), stores, run)
+    recorded = json.loads((run / "held_out.json").read_text())
+    held_out = [len(indices) for store in recorded["stores"] for indices in store["held_out"].values()]
+    # 106 tiles: every 14th tile of each slide, the same ones in the copy
+    assert recorded["every"] == 14 and held_out[:2] == held_out[2:] and sum(held_out) >= 6
+    complete = RunDirectory(run).records()
+    (run / "checkpoints" / "distill-0000004.pt").unlink()
+    train(DistillConfig.model_validate(data), stores[::-1], run)
+    untimed = [{k: v for k, v in r.items() if k not in ("images_per_s", "eta_s")} for r in RunDirectory(run).records()]
+    assert untimed == [{k: v for k, v in r.items() if k not in ("images_per_s", "eta_s")} for r in complete]
+
+    (run / "checkpoints" / "distill-0000004.pt").unlink()
+    with pytest.raises(HeldOutMismatch, match="other stores or other tiles held out"):
+        train(DistillConfig.model_validate(data), stores[:1], run)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    code = main(["--config", str(config), "--tiles", stores[0], "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "other stores or other tiles held out" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

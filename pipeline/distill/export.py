@@ -70,7 +70,7 @@ def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
     ]
     return (
         f"\n## Agreement with the teacher\n\nClass token ⊕ mean patch token of the {agreement['tiles']} tiles "
-        "held out of training (every M-th tile of the stores, `pipeline.distill.held_out`), whole, resized to "
+        "held out of training (every M-th tile of each slide, `held_out.json`), whole, resized to "
         "the global-crop size; the student the run started from, then the exported one. A control row compares "
         "the student with a random teacher it never saw: random networks share much of their geometry, and "
         f"only a rise above the control's is learnt from the teacher.\n\n| figure | before | after |\n"

@@ -13,8 +13,9 @@ the training stream skips the held-out tiles without listing them
 
 A store's identity is a hash of what made it (layout, parameters, creation time, and an aligned
 store's plan id), read from its root attributes: the same after the store is moved or copied, another
-for a store tiled again. A run directory records its held-out set (``held_out.json``); a resume whose
-stores give another set (other stores, or a store that grew or was tiled again) is refused.
+for a store tiled again. A run directory records its stores' identities and held-out set
+(``held_out.json``); a resume whose stores differ or give another set (a store that grew or was tiled
+again) is refused. The order of the stores does not matter.
 
 A held-out tile's grid neighbours are trained on: the split measures how the student generalises
 to unseen tiles of the training slides, not to unseen slides.
@@ -151,15 +152,18 @@ def _tile_set(record: dict) -> list[tuple[str, str, int]]:
 
 
 def check_same_held_out(recorded: dict, now: dict, run: Path) -> None:
-    """Raise :class:`HeldOutMismatch` (one line) when ``now`` holds out other tiles than ``recorded``.
+    """Raise :class:`HeldOutMismatch` (one line) when ``now`` holds out other tiles than ``recorded``, or
+    names other stores (with nothing held out, other stores would still change what the run trains on).
 
     Stores are compared by identity, not path: a run resumed with its stores moved, or given in
     another order, holds out the same tiles.
     """
     before, after = _tile_set(recorded), _tile_set(now)
-    if before != after:
+    stores_before, stores_after = (sorted(store["identity"] for store in r["stores"]) for r in (recorded, now))
+    if before != after or stores_before != stores_after:
         differ = len(set(before) ^ set(after))
         raise HeldOutMismatch(
-            f"{run} was started with other tiles held out ({len(before)} then, {len(after)} with these --tiles, "
-            f"{differ} not in both): resume with the stores it was started with, or use another --out"
+            f"{run} was started with other stores or other tiles held out ({len(stores_before)} stores and "
+            f"{len(before)} held-out tiles then, {len(stores_after)} and {len(after)} with these --tiles, "
+            f"{differ} tiles not in both): resume with the stores it was started with, or use another --out"
         )
