@@ -1,4 +1,4 @@
-"""Confirmation runs of the tiny CPU recipe: does the student learn its own teacher, by a measure fixed in advance?
+"""Confirmation runs of the tiny CPU recipe: whether the student learns its own teacher, by a measure fixed first.
 
 The measure and the decision rule are written down in ``docs/performance.md`` ("Confirmation runs of the
 tiny CPU recipe") before any run: for each seed, the k-NN overlap (k = 5 and k = 10) of the held-out tiles'

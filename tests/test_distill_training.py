@@ -37,17 +37,17 @@ SMALL = {
         "dino_bottleneck_dim": 32,
         "ibot_bottleneck_dim": 32,
         "teacher_heads": "fit",
-        "fit_iterations": 10,
+        "fit_iterations": 4,
     },
     "loss": {"teacher_temp_warmup_epochs": 0},
     "optim": {"base_lr": 0.05, "warmup_epochs": 0},
     "train": {
         "batch_size_total": 8,
-        "iterations": 50,
-        "iterations_per_epoch": 10,
+        "iterations": 20,
+        "iterations_per_epoch": 5,
         "precision": "fp32",
         "log_every": 1,
-        "checkpoint_every": 10,
+        "checkpoint_every": 5,
         "loader_workers": 0,
         "piece_tiles": 8,
         "window_tiles": 32,
@@ -86,7 +86,9 @@ def _metrics(run, stage="distill") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory, shipped_tile_store, teacher_weights):
-    """Teacher heads fitted for 10 iterations, then 50 iterations of DINO + iBOT."""
+    """Teacher heads fitted for 4 iterations, then 20 iterations of DINO + iBOT: a run's mechanics, not learning
+    (test_the_tiny_cpu_recipe_learns is the run that learns).
+    """
     run = tmp_path_factory.mktemp("runs") / "fit"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as every test here: the resume test compares sums bit for bit
@@ -116,34 +118,40 @@ def _knn_overlap(x: torch.Tensor, y: torch.Tensor, k: int = 10) -> float:
     return float(np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))]))
 
 
-def _streamed_tiles(config: DistillConfig, store, positions: int) -> set[int]:
-    """Numbers, in the store's tile order, of the tiles the run's stream takes at its first ``positions``."""
+def _streamed_tiles(config: DistillConfig, store, positions: int) -> set[tuple[str, int]]:
+    """(slide, index in the slide) of the tiles the run's stream takes at its first ``positions``."""
     stream = TileStream.for_run(config, [str(store)])  # what train() streams
-    units = list(stream.sources[0].units())
-    first = {unit: sum(u.count for u in units[:i]) for i, unit in enumerate(units)}
-    return {first[ref.unit] + ref.tile for ref in map(stream.tile_at, range(positions))}
+    return {(ref.unit.group, ref.unit.start + ref.tile) for ref in map(stream.tile_at, range(positions))}
 
 
-@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
-def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
+@pytest.mark.slow  # trains a run: too long for the fast lane
+def test_a_run_logs_checkpoints_exports_and_measures_agreement_on_the_tiles_it_holds_out(
     fitted_run, shipped_tile_store, teacher_weights
 ):
     records = _metrics(fitted_run)
-    assert [r["step"] for r in records] == list(range(1, 51))
-    losses = [r["loss"] for r in records]
-    assert np.mean(losses[-10:]) < np.mean(losses[:5])
-    assert len(_metrics(fitted_run, "heads")) == 10
+    assert [r["step"] for r in records] == list(range(1, 21))
+    assert all(np.isfinite(r["loss"]) and r["grad_norm_backbone"] > 0 for r in records)
+    assert len(_metrics(fitted_run, "heads")) == 4
     config = _config(teacher_weights)
-    # The run's own end-of-run record, recomputed here with plain code on the held-out tiles: of 53, every
-    # 4th (numbers 3, 7, …, 51), which the run never trained on.
+    # The held-out tiles the run recorded: of 53 (50 and 3 a slide), every 4th tile of each slide (13 or 14 by
+    # the slides' offsets), never streamed, and the ones its end-of-run agreement is measured on (recomputed
+    # here with plain code).
+    [recorded] = json.loads((fitted_run / "held_out.json").read_text())["stores"]
+    held_out = {(slide, index) for slide, indices in recorded["held_out"].items() for index in indices}
+    source = open_tile_source(shipped_tile_store)
+    slides: dict[str, list[np.ndarray]] = {}
+    for unit in source.units():
+        slides.setdefault(unit.group, []).extend(source.read(unit))
+    assert sum(map(len, slides.values())) == 53 and len(held_out) in (13, 14)
+    for slide, indices in recorded["held_out"].items():
+        assert indices == list(range(indices[0], len(slides[slide]), 4)) and indices[0] < 4
+    whole = np.stack([slides[slide][index] for slide, indices in recorded["held_out"].items() for index in indices])
+    np.testing.assert_array_equal(held_out_tiles([str(shipped_tile_store)], 256, 224).numpy(), whole)
+    every = {(slide, index) for slide, pixels in slides.items() for index in range(len(pixels))}
+    assert _streamed_tiles(config, shipped_tile_store, 200) == every - held_out  # 5 passes over the others
     [agreed] = _metrics(fitted_run, "agreement")
     tiles = held_out_tiles([str(shipped_tile_store)], 256, config.crops.global_crop_size)
-    source = open_tile_source(shipped_tile_store)
-    whole = np.concatenate([source.read(unit) for unit in source.units()])
-    assert len(whole) == 53 and agreed["tiles"] == len(tiles) == 13 and agreed["step"] == 50
-    np.testing.assert_array_equal(held_out_tiles([str(shipped_tile_store)], 256, 224).numpy(), whole[3::4])
-    # 5 passes over the 40 others, and nothing else:
-    assert _streamed_tiles(config, shipped_tile_store, 200) == set(range(53)) - set(range(3, 53, 4))
+    assert agreed["tiles"] == len(tiles) == len(held_out) and agreed["step"] == 20
     assert "control_linear_cka_after" not in agreed  # a teacher with weights gets no random control
     with torch.inference_mode():
         teacher = build_model("tiny-teacher", teacher_weights, dynamic_img_size=True).eval()
@@ -158,12 +166,11 @@ def test_distillation_lowers_the_loss_and_brings_the_student_to_the_teacher(
     assert card.startswith("# tiny-student distilled from tiny-teacher")
     assert f"| linear CKA | {agreed['linear_cka_before']:.4f} | {agreed['linear_cka_after']:.4f} |" in card
     assert sorted(p.name for p in (fitted_run / "checkpoints").iterdir()) == [
+        "distill-0000005.pt",
         "distill-0000010.pt",
+        "distill-0000015.pt",
         "distill-0000020.pt",
-        "distill-0000030.pt",
-        "distill-0000040.pt",
-        "distill-0000050.pt",
-        "heads-0000010.pt",
+        "heads-0000004.pt",
     ]
 
 
@@ -191,30 +198,34 @@ def varied_tile_stores(tmp_path_factory) -> list[str]:
 @pytest.mark.slow
 def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
     """The shipped demo config (random seeded teacher, 200 steps) on the varied stores: the loss at the final
-    teacher temperature falls by 5 % from its first to its last logged fifth, and on the 75 held-out tiles the
-    student's 5-NN overlap with its teacher rises clearly, and more than with a control random teacher it
-    never saw (measured: 0.64 -> 0.77 with its teacher, 0.63 -> 0.68 with the control; docs/performance.md).
+    teacher temperature falls by 5 % from its first to its last logged fifth (measured -6.6 to -8.4 % over
+    three seeds, docs/performance.md), and the run ends with the agreement record on its held-out tiles, against
+    its teacher and a control random teacher. Nothing is asserted about which way the agreement goes: a
+    pre-registered confirmation found the student no closer to its own random teacher than to the control.
     """
     config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
-    train(config, varied_tile_stores, tmp_path / "run")
-    records = [r for r in _metrics(tmp_path / "run") if r["teacher_temp"] == config.loss.teacher_temp]
+    run = tmp_path / "run"
+    train(config, varied_tile_stores, run)
+    records = [r for r in _metrics(run) if r["teacher_temp"] == config.loss.teacher_temp]
     fifth = len(records) // 5
     first, last = (np.mean([r["loss"] for r in part]) for part in (records[:fifth], records[-fifth:]))
     assert last < 0.95 * first, (first, last)
-    [agreed] = _metrics(tmp_path / "run", "agreement")
-    own, control = (
-        (agreed[f"{prefix}knn5_overlap_before"], agreed[f"{prefix}knn5_overlap_after"]) for prefix in ("", "control_")
-    )
-    assert agreed["tiles"] == 75 and own[1] > own[0] + 0.08, agreed
-    assert own[1] - own[0] > control[1] - control[0] + 0.04 and own[1] > control[1] + 0.04, agreed
+    [agreed] = _metrics(run, "agreement")
+    recorded = json.loads((run / "held_out.json").read_text())
+    held_out = sum(len(indices) for store in recorded["stores"] for indices in store["held_out"].values())
+    assert recorded["every"] == 4 and agreed["tiles"] == held_out and 70 <= held_out <= 80  # ~ 303 / 4
+    k = config.train.agreement_neighbours
+    for prefix in ("", "control_"):
+        for figure in (f"knn{k}_overlap", "linear_cka"):
+            assert 0 < agreed[f"{prefix}{figure}_before"] <= 1 and 0 < agreed[f"{prefix}{figure}_after"] <= 1
 
 
-@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
+@pytest.mark.slow  # trains a run: too long for the fast lane
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(fitted_run, resumed)
-    # Killed after the step-20 checkpoint: later checkpoints, the export and their metrics never happened.
-    for name in ("distill-0000030.pt", "distill-0000040.pt", "distill-0000050.pt"):
+    # Killed after the step-10 checkpoint: later checkpoints, the export and their metrics never happened.
+    for name in ("distill-0000015.pt", "distill-0000020.pt"):
         (resumed / "checkpoints" / name).unlink()
     (resumed / "student.safetensors").unlink()
     train(_config(teacher_weights), [str(shipped_tile_store)], resumed)
@@ -227,7 +238,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped
     assert all(torch.equal(original[name], again[name]) for name in original)
 
 
-@pytest.mark.slow  # trains a run of 50 steps: too long for the fast lane
+@pytest.mark.slow  # trains runs: too long for the fast lane
 def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     head_free = tmp_path / "none"
     train(
@@ -245,7 +256,10 @@ def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, 
     assert all(np.isfinite(r["dino_loss"]) and np.isfinite(r["ibot_loss"]) for r in _metrics(loaded))
 
 
-def _torchrun(config_path, store, out, *options) -> None:
+def _torchrun_ddp_then_fsdp(config_path, store, out) -> None:
+    """``pipeline.distill.train.main`` under torchrun, 2 gloo processes, with DDP into ``out/ddp`` then FSDP into
+    ``out/fsdp``: one launch (tests/distill_ranks.py), as starting the processes costs more than the runs.
+    """
     command = [
         sys.executable,
         "-m",
@@ -253,16 +267,10 @@ def _torchrun(config_path, store, out, *options) -> None:
         "--standalone",
         "--nproc-per-node=2",
         "-m",
-        "pipeline.distill.train",
-        "--config",
+        "tests.distill_ranks",
         str(config_path),
-        "--tiles",
         str(store),
-        "--out",
         str(out),
-        "--device",
-        "cpu",
-        *options,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -282,9 +290,9 @@ def _assert_same_training(one, two) -> None:
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, shipped_tile_store, teacher_weights):
-    """One process, then two processes with DDP and with FSDP, on the same config (6 + 3 iterations)."""
+    """One process, then two processes with DDP and with FSDP, on the same config (2 + 4 iterations)."""
     root = tmp_path_factory.mktemp("distributed")
-    config = _config(teacher_weights, heads={"fit_iterations": 3}, train={"iterations": 6, "checkpoint_every": 3})
+    config = _config(teacher_weights, heads={"fit_iterations": 2}, train={"iterations": 4, "checkpoint_every": 2})
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     threads = torch.get_num_threads()
@@ -293,8 +301,7 @@ def two_process_runs(tmp_path_factory, shipped_tile_store, teacher_weights):
         train(config, [str(shipped_tile_store)], root / "one")
     finally:
         torch.set_num_threads(threads)
-    for sharding in ("ddp", "fsdp"):
-        _torchrun(config_path, shipped_tile_store, root / sharding, "--sharding", sharding)
+    _torchrun_ddp_then_fsdp(config_path, shipped_tile_store, root)
     return root, config
 
 
@@ -312,9 +319,9 @@ def test_a_sharded_run_leaves_whole_checkpoints_that_one_process_resumes(
     root, config = two_process_runs
     resumed = tmp_path / "resumed"
     shutil.copytree(root / "fsdp", resumed)
-    (resumed / "checkpoints" / "distill-0000006.pt").unlink()
+    (resumed / "checkpoints" / "distill-0000004.pt").unlink()
     (resumed / "student.safetensors").unlink()
-    checkpoint = torch.load(resumed / "checkpoints" / "distill-0000003.pt", weights_only=True)
+    checkpoint = torch.load(resumed / "checkpoints" / "distill-0000002.pt", weights_only=True)
     student = build_model("tiny-student")
     assert checkpoint["student"]["backbone.pos_embed"].shape == student.pos_embed.shape  # whole, not a shard
     assert all(isinstance(key, str) for key in checkpoint["optimizer"]["state"])  # keyed by parameter name

@@ -11,11 +11,13 @@ on where the store lies or on the order in which the run is given its stores, an
 the training stream skips the held-out tiles without listing them
 (:class:`~pipeline.distill.data.TileStream`), the same in any number of processes and at every resume.
 
-A store's identity is a hash of what made it (layout, parameters, creation time, and an aligned
-store's plan id), read from its root attributes: the same after the store is moved or copied, another
-for a store tiled again. A run directory records its stores' identities and held-out set
-(``held_out.json``); a resume whose stores differ or give another set (a store that grew or was tiled
-again) is refused. The order of the stores does not matter.
+A store's identity is a hash of how it was made (layout, tiling parameters, an aligned store's plan),
+read from its root attributes: the same after the store is moved or copied, and for the same slides
+tiled again with the same parameters (the same tiles), so that a test's or a benchmark's split does
+not change from one session to the next. Stores made alike hold other slides, whose ids tell them
+apart. A run directory records its stores' identities and held-out set (``held_out.json``); a resume
+whose stores differ or give another set (a store that grew, or was tiled otherwise) is refused. The
+order of the stores does not matter.
 
 A held-out tile's grid neighbours are trained on: the split measures how the student generalises
 to unseen tiles of the training slides, not to unseen slides.
@@ -60,13 +62,15 @@ def kept_number(k: int, every: int) -> int:
 
 
 def store_identity(source: TileSource) -> str:
-    """A hash of what made the store (its root attributes), independent of its path; 16 hex digits."""
+    """A hash of how the store was made (layout, tiling parameters, an aligned store's plan but its random id),
+    independent of its path and of when it was made; 16 hex digits.
+    """
     attributes = dict(zarr.open_group(source.root, mode="r").attrs)
+    plan = {key: value for key, value in (attributes.get("plan") or {}).items() if key != "plan_id"}
     made_by = {
         "layout": attributes.get("layout"),
         "parameters": attributes.get("tiling", attributes.get("parameters")),  # tile store, aligned store
-        "created_at": attributes.get("created_at"),
-        "plan_id": (attributes.get("plan") or {}).get("plan_id"),
+        "plan": plan,
     }
     return hashlib.blake2b(json.dumps(made_by, sort_keys=True).encode(), digest_size=8).hexdigest()
 
