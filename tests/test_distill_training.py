@@ -242,13 +242,13 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(fitted_run, shipped
 def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, teacher_weights, tmp_path):
     head_free = tmp_path / "none"
     train(
-        _config(teacher_weights, heads={"teacher_heads": "none"}, train={"iterations": 20}),
+        _config(teacher_weights, heads={"teacher_heads": "none"}, train={"iterations": 10}),
         [str(shipped_tile_store)],
         head_free,
     )
     losses = [r["loss"] for r in _metrics(head_free)]
     assert "regression_loss" in _metrics(head_free)[0]
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])  # measured 3.1 -> 0.5
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])  # measured 2.5 -> 1.3 in 10 steps
     loaded = tmp_path / "loaded"
     heads = {"teacher_heads": "checkpoint", "teacher_heads_path": str(fitted_run / "teacher_heads.pt")}
     train(_config(teacher_weights, heads=heads, train={"iterations": 5}), [str(shipped_tile_store)], loaded)

@@ -159,7 +159,8 @@ class TrainConfig(_Frozen):
     agreement_tiles: int = Field(
         256,
         ge=0,
-        description="at most this many tiles held out of training (pipeline.distill.held_out), on which "
+        description="about this many tiles (on average at most) held out of training, every M-th tile of "
+        "each slide (pipeline.distill.held_out), on which "
         "the end of a run measures teacher-student agreement (k-NN overlap, linear CKA) before and after; "
         "0: none held out, not measured",
     )
