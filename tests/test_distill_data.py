@@ -17,7 +17,7 @@ from pipeline.distill.data import TileStream, make_loader
 from pipeline.distill.held_out import HeldOutMismatch, HeldOutSplit, check_same_held_out, held_out_period
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore
-from storage.tile_units import TileSource, open_tile_source
+from storage.tile_units import TileSource, TileUnit, open_tile_source
 
 TILE = 28
 # Every probability off and the crop the whole tile: each test turns on what it measures.
@@ -385,3 +385,21 @@ def test_the_held_out_tiles_and_the_stream_do_not_depend_on_the_order_or_place_o
     check_same_held_out(records[0], HeldOutSplit.of(stores, 8, 6).record(), tmp_path)  # split 6 is 0 again (M 6)
     with pytest.raises(HeldOutMismatch, match="other stores or other tiles held out"):
         check_same_held_out(records[0], HeldOutSplit.of(stores, 8, 1).record(), tmp_path)
+
+
+def test_an_aligned_store_holds_out_the_same_grid_positions_in_every_condition(tmp_path):
+    """An aligned store's conditions are one grid under several stains: a held-out position is held out in all of
+    them (else its twin under another stain would be trained on), whatever the shards.
+    """
+    units = tuple(
+        TileUnit("", (condition, shard), start, count)
+        for condition in (0, 1, 2)
+        for shard, (start, count) in enumerate([(0, 8), (8, 8), (16, 3)])
+    )
+    split = HeldOutSplit((TileSource(tmp_path, "aligned"),), (units,), ("identity",), every=5, split=0)
+    grid = {
+        condition: [u.start + t for u in units if u.position[0] == condition for t in split.held_out_in(0, u)]
+        for condition in (0, 1, 2)
+    }
+    assert grid[0] == grid[1] == grid[2] and grid[0] == list(range(grid[0][0], 19, 5)) and grid[0][0] < 5
+    assert split.record()["stores"][0]["held_out"] == {"0": grid[0], "1": grid[1], "2": grid[2]}
