@@ -17,6 +17,11 @@ Each run is the shipped ``configs/distill/tiny-cpu.yaml`` through ``pipeline.dis
 
 ``run`` writes ``WORKDIR/seed-<seed>/figures.json``; ``table`` prints the rows and applies the rule.
 Other settings of the config (for a changed recipe, stated before running) go as ``--set section.key=value``.
+
+``heads --workdir DIR`` computes the held-out prototype agreement (pre-registered in ``docs/performance.md``,
+"Held-out prototype agreement"; :mod:`pipeline.distill.prototypes`) of every finished run in ``DIR`` from
+its run directory (config, held-out record, teacher heads, last checkpoint: nothing is retrained), writes
+``seed-<seed>/prototypes.json`` and prints the rows and that rule's verdict.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.distill.agreement import embeddings, held_out_tiles, knn_overlap, linear_cka  # noqa: E402
 from pipeline.distill.config import DistillConfig  # noqa: E402
-from pipeline.distill.networks import seeded_model  # noqa: E402
+from pipeline.distill.held_out import HeldOutSplit, check_same_held_out  # noqa: E402
+from pipeline.distill.networks import make_heads, seeded_model  # noqa: E402
+from pipeline.distill.prototypes import initial_heads, measure_prototypes  # noqa: E402
+from pipeline.distill.run_directory import read_checkpoint  # noqa: E402
 from pipeline.distill.train import train  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 
@@ -139,9 +148,85 @@ def table(workdir: Path) -> bool:
     return holds
 
 
+PROTOTYPE_MARGIN = 0.10  # pre-registered (docs/performance.md): after >= before + 0.10 and >= chance_after + 0.10
+
+
+def _heads(config: DistillConfig, in_dim: int, state: dict[str, torch.Tensor], prefix: str = "") -> torch.nn.ModuleDict:
+    heads = make_heads(in_dim, config.heads)
+    heads.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    return heads.eval()
+
+
+def prototype_figures(run_dir: Path) -> dict:
+    """The held-out prototype agreement of a finished run: its seeded initial student (``before``), the exported
+    EMA student with its EMA heads (``after``) and the raw trained student (``raw``), against its teacher heads
+    centred with the run's final centres. Checks first that the held-out tiles are the ones the run recorded and
+    that the checkpoint's EMA backbone is the exported file.
+    """
+    config = DistillConfig.from_yaml(run_dir / "config.yaml")
+    recorded = json.loads((run_dir / "held_out.json").read_text())
+    stores = [store["path"] for store in recorded["stores"]]
+    train_config, models, seed = config.train, config.models, config.train.seed
+    now = HeldOutSplit.of(stores, train_config.agreement_tiles, train_config.agreement_split).record()
+    check_same_held_out(recorded, now, run_dir)
+    tiles = held_out_tiles(
+        stores, train_config.agreement_tiles, config.crops.global_crop_size, train_config.agreement_split
+    )
+    state = read_checkpoint(max((run_dir / "checkpoints").glob("distill-*.pt")))
+    teacher = seeded_model(models.teacher, seed, models.teacher_weights, layerscale=models.random_teacher_layerscale)
+    teacher_heads = _heads(config, teacher.embed_dim, torch.load(run_dir / "teacher_heads.pt", weights_only=True))
+    initial = seeded_model(models.student, seed).eval()
+    students = {"before": (initial, initial_heads(config, initial.embed_dim))}
+    exported = load_file(run_dir / "student.safetensors")
+    for when, side in (("after", "ema"), ("raw", "student")):
+        backbone = seeded_model(models.student, seed)
+        backbone.load_state_dict(
+            {k.removeprefix("backbone."): v for k, v in state[side].items() if k.startswith("backbone.")}
+        )
+        if when == "after" and not all(torch.equal(exported[k], v) for k, v in backbone.state_dict().items()):
+            raise ValueError(f"{run_dir}: the last checkpoint's EMA backbone is not student.safetensors")
+        students[when] = (backbone.eval(), _heads(config, backbone.embed_dim, state[side], "heads."))
+    centers = {"dino": state["objective"]["dino.center"], "ibot": state["objective"]["ibot.center"]}
+    with torch.inference_mode():
+        figures = measure_prototypes(tiles, teacher.eval(), teacher_heads, centers, students)
+    return {"seed": seed, "split": train_config.agreement_split, "tiles": len(tiles), "step": state["step"], **figures}
+
+
+def prototype_table(workdir: Path) -> bool:
+    """Compute, write and print every run's prototype figures and the pre-registered rule; True when it holds."""
+    rows = []
+    for run_dir in sorted(p.parent for p in workdir.glob("seed-*/student.safetensors")):
+        row = prototype_figures(run_dir)
+        (run_dir / "prototypes.json").write_text(json.dumps(row, indent=1) + "\n")
+        rows.append(row)
+    print("| seed | split | tiles | head | teacher argmaxes | before (chance) | after, EMA (chance) | raw (chance) |")
+    print("|---:|---:|---:|---|---:|---|---|---|")
+    for r in rows:
+        for head in ("dino", "ibot"):
+            cells = [
+                f"{r[f'{head}_prototype_agreement_{w}']:.3f} ({r[f'{head}_prototype_chance_{w}']:.3f})"
+                for w in ("before", "after", "raw")
+            ]
+            name = {"dino": "DINO", "ibot": "iBOT"}[head]
+            cells.insert(0, str(r[f"{head}_teacher_prototypes"]))
+            print(f"| {r['seed']} | {r['split']} | {r['tiles']} | {name} | {' | '.join(cells)} |")
+    holds = bool(rows)
+    for r in rows:
+        after = r["dino_prototype_agreement_after"]
+        rise = after >= r["dino_prototype_agreement_before"] + PROTOTYPE_MARGIN
+        over_chance = after >= r["dino_prototype_chance_after"] + PROTOTYPE_MARGIN
+        margin = PROTOTYPE_MARGIN
+        print(
+            f"seed {r['seed']}: (a) after >= before + {margin}: {rise}; (b) after >= chance + {margin}: {over_chance}"
+        )
+        holds = holds and rise and over_chance
+    print(f"rule (DINO head, exported EMA student, (a) and (b) in every seed): {'HOLDS' if holds else 'FAILS'}")
+    return holds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("stores", "run", "table"))
+    parser.add_argument("action", choices=("stores", "run", "table", "heads"))
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument(
         "--stores",
@@ -158,6 +243,8 @@ def main() -> None:
         print("\n".join(varied_stores(stores)))
     elif args.action == "run":
         print(json.dumps(run(args.seed, args.split, args.workdir, stores, args.set), indent=1))
+    elif args.action == "heads":
+        prototype_table(args.workdir)
     else:
         table(args.workdir)
 

@@ -23,7 +23,8 @@ from pipeline.distill.agreement import held_out_tiles
 from pipeline.distill.augment import MultiCrop
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.data import TileStream
-from pipeline.distill.networks import seeded_model
+from pipeline.distill.networks import make_heads, seeded_model, tokens
+from pipeline.distill.run_directory import read_checkpoint
 from pipeline.distill.train import train
 from pipeline.models import build_model, embed
 from storage.tile_units import open_tile_source
@@ -162,9 +163,24 @@ def test_a_run_logs_checkpoints_exports_and_measures_agreement_on_the_tiles_it_h
     assert agreed["linear_cka_after"] == pytest.approx(_linear_cka(after, target), abs=1e-4)
     assert agreed["knn10_overlap_before"] == pytest.approx(_knn_overlap(before, target), abs=1e-4)
     assert agreed["knn10_overlap_after"] == pytest.approx(_knn_overlap(after, target), abs=1e-4)
+    # The held-out prototype agreement of the exported student: its EMA heads (last checkpoint) against the fitted
+    # teacher heads, the teacher's logits centred with the run's final centre.
+    state = read_checkpoint(fitted_run / "checkpoints" / "distill-0000020.pt")
+    teacher_heads, ema_heads = make_heads(96, config.heads), make_heads(48, config.heads)
+    teacher_heads.load_state_dict(torch.load(fitted_run / "teacher_heads.pt"))
+    ema_heads.load_state_dict({k.removeprefix("heads."): v for k, v in state["ema"].items() if k.startswith("heads.")})
+    with torch.inference_mode():
+        chosen = (teacher_heads["dino_head"](tokens(teacher, tiles)[0]) - state["objective"]["dino.center"]).argmax(1)
+        picked = ema_heads["dino_head"](tokens(student, tiles)[0]).argmax(1)
+    assert agreed["dino_prototype_agreement_after"] == pytest.approx(
+        float((chosen == picked).double().mean()), abs=1e-4
+    )
+    assert 0 <= agreed["ibot_prototype_agreement_before"] <= 1 and 0 < agreed["ibot_prototype_chance_after"] <= 1
     card = (fitted_run / "MODEL_CARD.md").read_text()
     assert card.startswith("# tiny-student distilled from tiny-teacher")
     assert f"| linear CKA | {agreed['linear_cka_before']:.4f} | {agreed['linear_cka_after']:.4f} |" in card
+    dino = (agreed["dino_prototype_agreement_before"], agreed["dino_prototype_agreement_after"])
+    assert "| prototype agreement, DINO head (class tokens) | {:.4f} | {:.4f} |".format(*dino) in card
     assert sorted(p.name for p in (fitted_run / "checkpoints").iterdir()) == [
         "distill-0000005.pt",
         "distill-0000010.pt",
@@ -218,6 +234,11 @@ def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
     for prefix in ("", "control_"):
         for figure in (f"knn{k}_overlap", "linear_cka"):
             assert 0 < agreed[f"{prefix}{figure}_before"] <= 1 and 0 < agreed[f"{prefix}{figure}_after"] <= 1
+    for head in ("dino", "ibot"):  # the held-out prototype agreement, reported without a direction here too
+        for when in ("before", "after"):
+            assert (
+                0 <= agreed[f"{head}_prototype_agreement_{when}"] <= 1 and agreed[f"{head}_prototype_chance_{when}"] > 0
+            )
 
 
 @pytest.mark.slow  # trains a run: too long for the fast lane

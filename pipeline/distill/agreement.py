@@ -25,6 +25,7 @@ from torch import nn
 from pipeline.distill.config import DistillConfig
 from pipeline.distill.held_out import HeldOutSplit
 from pipeline.distill.networks import seeded_model
+from pipeline.distill.prototypes import DistilledHeads, initial_heads, measure_prototypes
 from pipeline.models import embed
 from storage.jpeg_codec import decode_tile
 
@@ -100,12 +101,19 @@ def agreement(teacher: torch.Tensor, student: torch.Tensor, k: int) -> dict[str,
 
 
 def measure_agreement(
-    config: DistillConfig, stores: list[str], teacher: nn.Module, student: nn.Module, device: torch.device
+    config: DistillConfig,
+    stores: list[str],
+    teacher: nn.Module,
+    student: nn.Module,
+    device: torch.device,
+    heads: DistilledHeads | None = None,
 ) -> dict[str, float | int]:
     """Agreement on the held-out tiles of the student the run started from (``*_before``) and of ``student``
     (``*_after``) with the teacher, and, when the teacher is random, with a control teacher (``control_*``):
-    the teacher a run with the next seed would have, which the student never saw. Every process must call
-    it (the teacher may be sharded); ``{}`` when too few tiles are held out for the k-NN overlap.
+    the teacher a run with the next seed would have, which the student never saw. With ``heads`` (runs with
+    teacher heads) also the held-out prototype agreement (:mod:`pipeline.distill.prototypes`), ``student``
+    with ``heads.student`` against the student the run started from with its initial heads. Every process
+    must call it (the networks may be sharded); ``{}`` when too few tiles are held out for the k-NN overlap.
     """
     train = config.train
     tiles = held_out_tiles(stores, train.agreement_tiles, config.crops.global_crop_size, train.agreement_split)
@@ -113,7 +121,8 @@ def measure_agreement(
     if len(tiles) <= k:
         return {}
     models, seed = config.models, config.train.seed
-    initial = embeddings(seeded_model(models.student, seed, device=device), tiles)
+    initial_student = seeded_model(models.student, seed, device=device)
+    initial = embeddings(initial_student, tiles)
     final = embeddings(student, tiles)
     references = {"": embeddings(teacher, tiles)}
     if models.teacher_weights is None:
@@ -123,4 +132,11 @@ def measure_agreement(
     for prefix, reference in references.items():
         for when, embedded in (("before", initial), ("after", final)):
             figures.update({f"{prefix}{key}_{when}": value for key, value in agreement(reference, embedded, k).items()})
+    if heads is not None:
+        students = {
+            "before": (initial_student, initial_heads(config, initial_student.embed_dim, device)),
+            "after": (student, heads.student),
+        }
+        centers = {"dino": heads.dino_center, "ibot": heads.ibot_center}
+        figures.update(measure_prototypes(tiles, teacher, heads.teacher, centers, students))
     return figures

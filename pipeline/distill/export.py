@@ -68,11 +68,26 @@ def _agreement_section(agreement: dict[str, float | int] | None, k: int) -> str:
         for key, label in figures
         if f"{prefix}{key}_before" in agreement
     ]
+    rows += [
+        f"| {label} | {agreement[f'{key}_before']:.4f} | {agreement[f'{key}_after']:.4f} |\n"
+        for head, name, tokens in (("dino", "DINO", "class tokens"), ("ibot", "iBOT", "patch tokens"))
+        for key, label in (
+            (f"{head}_prototype_agreement", f"prototype agreement, {name} head ({tokens})"),
+            (
+                f"{head}_prototype_chance",
+                f"its chance ({agreement.get(f'{head}_teacher_prototypes')} distinct teacher argmaxes)",
+            ),
+        )
+        if f"{key}_before" in agreement
+    ]
     return (
         f"\n## Agreement with the teacher\n\nClass token ⊕ mean patch token of the {agreement['tiles']} tiles "
         "held out of training (every M-th tile of each slide, `held_out.json`), whole, resized to "
         "the global-crop size; the student the run started from, then the exported one. A control row compares "
         "the student with a random teacher it never saw: random networks share much of their geometry, and "
-        f"only a rise above the control's is learnt from the teacher.\n\n| figure | before | after |\n"
+        "only a rise above the control's is learnt from the teacher. Prototype agreement: the share of held-out "
+        "tiles (patch tokens for iBOT) whose student argmax prototype is the teacher's (teacher logits centred as "
+        "its training targets), with its chance (independent draws with the same prototype frequencies); read "
+        "from the heads, it is specific to this teacher.\n\n| figure | before | after |\n"
         f"|---|---|---|\n{''.join(rows)}"
     )

@@ -46,6 +46,7 @@ from pipeline.distill.losses import TokenRegressionLoss
 from pipeline.distill.networks import StudentSide, TeacherSide, init_seed, make_heads, run_identity, seeded_model
 from pipeline.distill.objective import Objective
 from pipeline.distill.optim import clip_per_module, param_groups, set_learning_rates
+from pipeline.distill.prototypes import DistilledHeads
 from pipeline.distill.run_directory import (
     CheckpointError,
     RunDirectory,
@@ -324,7 +325,11 @@ def train(
     heads = _teacher_heads(config, run, teacher, target, stores, mesh, identity)
     stage = Stage(DISTILL, config, teacher, target, heads, mesh, identity)
     run_stage(stage, run, stores)
-    agreed = measure_agreement(config, stores, teacher, stage.ema.backbone, target)
+    distilled = None
+    if heads is not None:
+        objective = stage.objective
+        distilled = DistilledHeads(stage.teacher.heads, stage.ema.heads, objective.dino.center, objective.ibot.center)
+    agreed = measure_agreement(config, stores, teacher, stage.ema.backbone, target, distilled)
     student = whole_state(stage.ema.backbone)
     if rank == 0:
         if agreed:
