@@ -39,14 +39,15 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.distill.agreement import embeddings, held_out_tiles, knn_overlap, linear_cka  # noqa: E402
+from pipeline.distill.agreement import embeddings, held_out_tiles, knn_overlap, linear_cka, resized_tiles  # noqa: E402
 from pipeline.distill.config import DistillConfig  # noqa: E402
-from pipeline.distill.held_out import HeldOutSplit, check_same_held_out  # noqa: E402
 from pipeline.distill.networks import make_heads, seeded_model  # noqa: E402
 from pipeline.distill.prototypes import initial_heads, measure_prototypes  # noqa: E402
 from pipeline.distill.run_directory import read_checkpoint  # noqa: E402
 from pipeline.distill.train import train  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
+from storage.jpeg_codec import decode_tile  # noqa: E402
+from storage.tile_units import open_tile_source  # noqa: E402
 
 NEIGHBOURS = (5, 10)
 MIN_MEAN_MARGIN = 0.02  # pre-registered, for each k (docs/performance.md)
@@ -157,21 +158,31 @@ def _heads(config: DistillConfig, in_dim: int, state: dict[str, torch.Tensor], p
     return heads.eval()
 
 
+def recorded_tiles(record: dict, size_px: int) -> torch.Tensor:
+    """The tiles a run's ``held_out.json`` names (tile stores), resized as the agreement resizes them: what the
+    run held out, whichever form of the store identity it was made with (the first form, which hashed the
+    creation time, gives other offsets today).
+    """
+    tiles = []
+    for store in record["stores"]:
+        source = open_tile_source(store["path"])
+        for unit in source.units():
+            wanted = [i - unit.start for i in store["held_out"].get(unit.group, []) if 0 <= i - unit.start < unit.count]
+            if wanted:
+                block = np.stack([decode_tile(data) for data in source.read_tiles(unit, wanted)])
+                tiles.append(resized_tiles(torch.from_numpy(block), size_px))
+    return torch.cat(tiles)
+
+
 def prototype_figures(run_dir: Path) -> dict:
     """The held-out prototype agreement of a finished run: its seeded initial student (``before``), the exported
     EMA student with its EMA heads (``after``) and the raw trained student (``raw``), against its teacher heads
-    centred with the run's final centres. Checks first that the held-out tiles are the ones the run recorded and
-    that the checkpoint's EMA backbone is the exported file.
+    centred with the run's final centres, on the tiles its ``held_out.json`` records. Checks first that the
+    checkpoint's EMA backbone is the exported file.
     """
     config = DistillConfig.from_yaml(run_dir / "config.yaml")
-    recorded = json.loads((run_dir / "held_out.json").read_text())
-    stores = [store["path"] for store in recorded["stores"]]
     train_config, models, seed = config.train, config.models, config.train.seed
-    now = HeldOutSplit.of(stores, train_config.agreement_tiles, train_config.agreement_split).record()
-    check_same_held_out(recorded, now, run_dir)
-    tiles = held_out_tiles(
-        stores, train_config.agreement_tiles, config.crops.global_crop_size, train_config.agreement_split
-    )
+    tiles = recorded_tiles(json.loads((run_dir / "held_out.json").read_text()), config.crops.global_crop_size)
     state = read_checkpoint(max((run_dir / "checkpoints").glob("distill-*.pt")))
     teacher = seeded_model(models.teacher, seed, models.teacher_weights, layerscale=models.random_teacher_layerscale)
     teacher_heads = _heads(config, teacher.embed_dim, torch.load(run_dir / "teacher_heads.pt", weights_only=True))

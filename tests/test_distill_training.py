@@ -214,10 +214,12 @@ def varied_tile_stores(tmp_path_factory) -> list[str]:
 @pytest.mark.slow
 def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
     """The shipped demo config (random seeded teacher, 100 steps) on the varied stores: the loss at the final
-    teacher temperature falls by 5 % from its first to its last logged fifth (measured -17.8 to -20.4 % over
-    three seeds, docs/performance.md), and the run ends with the agreement record on its held-out tiles, against
-    its teacher and a control random teacher. Nothing is asserted about which way the agreement goes: a
-    pre-registered confirmation found the student no closer to its own random teacher than to the control.
+    teacher temperature falls by 5 % from its first to its last logged fifth (measured -14.7 to -20.4 % over
+    six seeds, docs/performance.md), and on its held-out tiles the exported student picks its teacher's iBOT
+    prototype at least 0.10 more often than at initialisation and than by chance (+0.14 to +0.22 over chance in
+    six seeds, three of them a pre-registered confirmation). Nothing is asserted about which way the k-NN and
+    CKA figures go: a pre-registered confirmation found the student's embedding no closer to its own random
+    teacher than to a control one.
     """
     config = DistillConfig.from_yaml(REPO / "configs" / "distill" / "tiny-cpu.yaml")
     run = tmp_path / "run"
@@ -234,11 +236,10 @@ def test_the_tiny_cpu_recipe_learns(varied_tile_stores, tmp_path):
     for prefix in ("", "control_"):
         for figure in (f"knn{k}_overlap", "linear_cka"):
             assert 0 < agreed[f"{prefix}{figure}_before"] <= 1 and 0 < agreed[f"{prefix}{figure}_after"] <= 1
-    for head in ("dino", "ibot"):  # the held-out prototype agreement, reported without a direction here too
-        for when in ("before", "after"):
-            assert (
-                0 <= agreed[f"{head}_prototype_agreement_{when}"] <= 1 and agreed[f"{head}_prototype_chance_{when}"] > 0
-            )
+    ibot = agreed["ibot_prototype_agreement_after"]
+    assert ibot >= agreed["ibot_prototype_agreement_before"] + 0.10, agreed
+    assert ibot >= agreed["ibot_prototype_chance_after"] + 0.10, agreed
+    assert 0 <= agreed["dino_prototype_agreement_after"] <= 1  # at chance in six seeds: no direction asserted
 
 
 @pytest.mark.slow  # trains a run: too long for the fast lane

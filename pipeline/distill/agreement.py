@@ -66,11 +66,12 @@ def held_out_tiles(stores: list[str], count: int, size_px: int, split: int = 0) 
             wanted = held_out.held_out_in(store, unit)
             if wanted:
                 block = torch.from_numpy(np.stack([decode_tile(data) for data in source.read_tiles(unit, wanted)]))
-                tiles.append(_resized(block, size_px))
+                tiles.append(resized_tiles(block, size_px))
     return torch.cat(tiles) if tiles else torch.empty((0, size_px, size_px, 3), dtype=torch.uint8)
 
 
-def _resized(tiles: torch.Tensor, size_px: int) -> torch.Tensor:
+def resized_tiles(tiles: torch.Tensor, size_px: int) -> torch.Tensor:
+    """uint8 ``[n, H, W, 3]`` tiles at ``size_px`` (antialiased bilinear), as they are when already that size."""
     if tiles.shape[1:3] == (size_px, size_px):
         return tiles
     resized = nn.functional.interpolate(
