@@ -332,6 +332,10 @@ def two_process_runs(tmp_path_factory, shipped_tile_store, teacher_weights):
 def test_two_processes_compute_what_one_process_does(two_process_runs, sharding):
     root, _ = two_process_runs
     _assert_same_training(root / "one", root / sharding)
+    # The end-of-run agreement runs on every process, through sharded heads under FSDP: it finishes and records
+    # the prototype figures (argmaxes may flip on near-ties between layouts, so they are not compared).
+    [agreed] = _metrics(root / sharding, "agreement")
+    assert 0 <= agreed["ibot_prototype_agreement_after"] <= 1 and agreed["dino_teacher_prototypes"] >= 1
 
 
 @pytest.mark.slow
