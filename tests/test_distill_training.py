@@ -278,9 +278,12 @@ def test_head_free_and_loaded_heads_modes_train(fitted_run, shipped_tile_store, 
     assert all(np.isfinite(r["dino_loss"]) and np.isfinite(r["ibot_loss"]) for r in _metrics(loaded))
 
 
-def _torchrun_ddp_then_fsdp(config_path, store, out) -> None:
-    """``pipeline.distill.train.main`` under torchrun, 2 gloo processes, with DDP into ``out/ddp`` then FSDP into
-    ``out/fsdp``: one launch (tests/distill_ranks.py), as starting the processes costs more than the runs.
+def _torchrun(config_path, store, out, *options) -> None:
+    """``pipeline.distill.train`` under torchrun, 2 gloo processes, as a user starts it.
+
+    One launch a run: two runs in one launch would create a second process group after the first was destroyed,
+    whose rendezvous keys a rank can read before the other has rewritten them (a refused gloo connection, seen
+    under load). Users start one run a launch; the test does the same.
     """
     command = [
         sys.executable,
@@ -289,10 +292,16 @@ def _torchrun_ddp_then_fsdp(config_path, store, out) -> None:
         "--standalone",
         "--nproc-per-node=2",
         "-m",
-        "tests.distill_ranks",
+        "pipeline.distill.train",
+        "--config",
         str(config_path),
+        "--tiles",
         str(store),
+        "--out",
         str(out),
+        "--device",
+        "cpu",
+        *options,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -323,7 +332,8 @@ def two_process_runs(tmp_path_factory, shipped_tile_store, teacher_weights):
         train(config, [str(shipped_tile_store)], root / "one")
     finally:
         torch.set_num_threads(threads)
-    _torchrun_ddp_then_fsdp(config_path, shipped_tile_store, root)
+    for sharding in ("ddp", "fsdp"):
+        _torchrun(config_path, shipped_tile_store, root / sharding, "--sharding", sharding)
     return root, config
 
 
