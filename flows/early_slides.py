@@ -3,8 +3,8 @@
 Importing Prefect and creating the flow run take seconds of one core before
 the flow's body can hand out a slide; the local cluster is up sooner. So the
 command opens the run (lists the slides, opens the store and takes its run
-lock: :func:`flows.tiling_run.open_run`) and submits the first window of
-slides as plain Dask futures as soon as the cluster answers. The flow then
+lock: :func:`flows.tiling_run.open_run`) and submits a window of slides as
+plain Dask futures as soon as the cluster answers, and keeps it full. The flow then
 takes that run over (:func:`take_over`): it reports those slides as they
 finish, exactly like the ones it submits itself, so the run's logs, progress
 and summary hold every slide. Nothing of Prefect runs before the flow does:
@@ -32,23 +32,44 @@ if TYPE_CHECKING:
 
 @dataclass
 class EarlyRun:
-    """An opened run and the slides already submitted for it, ``(spec, Dask future)`` in submission order."""
+    """An opened run and the slides submitted for it so far, ``(spec, Dask future)`` in submission order.
+
+    Until the flow takes the run over, each slide that finishes is replaced by
+    the next one of ``opened.todo`` (from a Dask callback), so the workers keep
+    a full window however long Prefect takes to start; the finished ones wait
+    in ``submitted`` for the flow to report them.
+    """
 
     opened: OpenedRun
     client: Client
-    in_flight: list[tuple[Any, Any]]
+    config: Any
+    submitted: list[tuple[Any, Any]] = field(default_factory=list)
     taken: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def close(self) -> None:
-        """Cancel what the flow did not take and release the store; close the client either way."""
+    def submit_next(self, _finished: object = None) -> None:
+        """Submit the next slide to tile, unless the flow has taken the run over or none is left."""
+        with self._lock:
+            if self.taken or len(self.submitted) >= len(self.opened.todo):
+                return
+            spec = self.opened.todo[len(self.submitted)]
+            future = self.client.submit(tile_slide_task, spec, str(self.opened.store.root), self.config, pure=False)
+            self.submitted.append((spec, future))
+        future.add_done_callback(self.submit_next)
+
+    def take(self) -> bool:
+        """Stop submitting; ``True`` the first time only (the caller then owns the run)."""
         with self._lock:
             taken, self.taken = self.taken, True
-        if not taken:
-            for _, future in self.in_flight:
+        return not taken
+
+    def close(self) -> None:
+        """Cancel what the flow did not take and release the store; close the client either way."""
+        if self.take():
+            for _, future in self.submitted:
                 future.cancel()
             self.opened.store.release_run_lock()
-        self.in_flight = []
+        self.submitted = []
         self.client.close()
 
 
@@ -66,16 +87,17 @@ def _start(request: RunRequest, cluster: Future[LocalCluster]) -> EarlyRun:
     except BaseException:
         opened.store.release_run_lock()
         raise
-    window = 2 * sum(client.nthreads().values())
-    root = str(opened.store.root)
-    in_flight = [
-        (spec, client.submit(tile_slide_task, spec, root, request.config, pure=False)) for spec in opened.todo[:window]
-    ]
-    return EarlyRun(opened, client, in_flight)
+    early = EarlyRun(opened, client, request.config)
+    for _ in range(2 * sum(client.nthreads().values())):
+        early.submit_next()
+    return early
 
 
 def take_over(request: RunRequest) -> EarlyRun | None:
-    """The run started early for ``request``, now the caller's (its lock and futures), or ``None``.
+    """The run started early for ``request``, now the caller's (its lock, ``submitted``), or ``None``.
+
+    From here on nothing more is submitted for it: the slides of
+    ``opened.todo`` after the ``submitted`` ones are the caller's to submit.
 
     Waits for the early start if it is still under way, and raises what it
     raised (a store in use, a slide list that cannot be read): the same errors
@@ -84,11 +106,7 @@ def take_over(request: RunRequest) -> EarlyRun | None:
     if _early is None or _early[0] != request:
         return None
     early = _early[1].result()
-    with early._lock:
-        if early.taken:
-            return None
-        early.taken = True
-    return early
+    return early if early.take() else None
 
 
 @contextlib.contextmanager

@@ -84,12 +84,12 @@ def tile_tcga(
             len(todo),
             summary.count(SKIPPED),
             len(opened.rejected),
-            f"; the first {len(early.in_flight)} started before the flow run" if early else "",
+            f"; {len(early.submitted)} started before the flow run" if early else "",
         )
         progress_id = create_progress_artifact(progress=0.0, key="tile-tcga-progress", description="slides tiled")
         client = dask_client_of_flow()
         submit = submit_on_flow_runner(client, tile_slide_task)
-        started = early.in_flight if early else []
+        started = early.submitted if early else []
         finished = as_completed_bounded(
             lambda spec: submit(spec, str(store.root), config), todo[len(started) :], window_for(client), started
         )

@@ -59,14 +59,14 @@ def test_the_flow_takes_the_early_run_over_and_reports_every_slide(
 
     def take_over(request: RunRequest):
         early = early_slides.take_over(request)
-        taken.append(len(early.in_flight) if early else None)
+        taken.append(len(early.submitted) if early else None)
         return early
 
     monkeypatch.setattr(tiling_flow, "take_over", take_over)
     job = TileJob(slides=str(slide_dir), out=str(out), dask_address=cluster.result().scheduler_address)
     with first_slides_started_early(_request(slide_dir, out), cluster):
         summary = tile(job)
-    assert taken == [2]  # two slides per worker thread were started before the flow run, and it took them
+    assert taken == [2]  # both slides were started before the flow run, and it took them
     assert (summary["slides"], summary[DONE]) == (2, 2)  # and reported them
     assert_same_stores(reference, out)
     store = TileStore(out)
