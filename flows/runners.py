@@ -56,9 +56,24 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     _keep_short_debug_logs()
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    _hide_dashboard_link()
     if _early_cluster is not None and _early_cluster[0] == workers:
         return DaskTaskRunner(address=_early_cluster[1].result().scheduler_address)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(workers))
+
+
+class _NoDashboardLink(logging.Filter):
+    """Drops prefect-dask's "The Dask dashboard is available at ...": a local cluster's link shows no dashboard."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The Dask dashboard is available")
+
+
+def _hide_dashboard_link() -> None:
+    """The local clusters have no dashboard; their scheduler's link would lead to its health routes only."""
+    logger = logging.getLogger("prefect.task_runner.dask")
+    if not any(isinstance(f, _NoDashboardLink) for f in logger.filters):
+        logger.addFilter(_NoDashboardLink())
 
 
 def _keep_short_debug_logs() -> None:
