@@ -7,7 +7,9 @@ and each result is released as it arrives (``docs/adr/0004-submission-at-scale.m
 a Prefect task run per slide cost 11× the driver time. The command line is
 :mod:`flows.tile_tcga`. A bad slide is a ``failed`` row in the manifest and the
 summary, never a failed run; a lost worker costs the slides it was tiling, and
-a slide tiled twice by Dask is found complete the second time.
+a slide tiled twice by Dask is found complete the second time. The command line
+starts the first slides before this flow run exists, and the flow takes them over
+(:mod:`flows.early_slides`, ``docs/adr/0006-first-slides-before-the-flow-run.md``).
 """
 
 from __future__ import annotations
