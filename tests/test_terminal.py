@@ -41,10 +41,11 @@ def test_run_links_to_the_temporary_server_are_dropped():
     assert kept("Beginning flow run 'lime-bobcat' for flow 'tile-tcga'")
 
 
-def test_a_local_clusters_dashboard_link_is_dropped_an_existing_clusters_kept():
+def test_a_local_clusters_dashboard_link_is_dropped_an_existing_clusters_kept(monkeypatch):
     from flows.runners import make_task_runner
 
     logger = logging.getLogger("prefect.task_runner.dask")
+    monkeypatch.setattr(logger, "filters", [])  # as in a fresh command: one run, one kind of cluster
     line = "The Dask dashboard is available at http://127.0.0.1:40123/status"
 
     def kept() -> bool:
