@@ -149,7 +149,7 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
     server = TemporaryPrefectServer()
     try:
         while_starting()
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         if PREFECT_API_URL.value():  # configured in the user's Prefect profile
             server.stop()
@@ -160,7 +160,9 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
         _hide_run_links()
         os.environ["PREFECT_API_URL"] = api_url  # inherited by Dask worker processes started later
         try:
-            with temporary_settings({PREFECT_API_URL: api_url}):
+            # Flow-run heartbeats let a persistent server tell a crashed run; this server ends with the run, and
+            # the engine's wait for the heartbeat thread cost up to 1 s at the end of every flow run.
+            with temporary_settings({PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 yield api_url
         finally:
             from prefect.logging.handlers import APILogWorker

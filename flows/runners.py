@@ -1,5 +1,8 @@
 """Where a flow's tasks run: in-process, on a local Dask cluster, or on an existing one.
 
+Imports nothing from Prefect at module level: a command starts its local
+cluster from here before Prefect loads (:func:`local_cluster_started_early`).
+
 Prefect tasks that run in Dask worker processes talk to the Prefect API. Local
 worker processes inherit ``PREFECT_API_URL`` from the driver (see
 :mod:`flows.prefect_api`). Workers of an existing cluster on other machines
@@ -16,9 +19,6 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
-
-from prefect import get_run_logger
-from prefect.context import FlowRunContext
 
 from flows.retries import is_transient
 
@@ -56,9 +56,24 @@ def make_task_runner(workers: int, dask_address: str | None) -> TaskRunner:
     _keep_short_debug_logs()
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    _hide_dashboard_link()
     if _early_cluster is not None and _early_cluster[0] == workers:
         return DaskTaskRunner(address=_early_cluster[1].result().scheduler_address)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(workers))
+
+
+class _NoDashboardLink(logging.Filter):
+    """Drops prefect-dask's "The Dask dashboard is available at ...": a local cluster's link shows no dashboard."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The Dask dashboard is available")
+
+
+def _hide_dashboard_link() -> None:
+    """The local clusters have no dashboard; their scheduler's link would lead to its health routes only."""
+    logger = logging.getLogger("prefect.task_runner.dask")
+    if not any(isinstance(f, _NoDashboardLink) for f in logger.filters):
+        logger.addFilter(_NoDashboardLink())
 
 
 def _keep_short_debug_logs() -> None:
@@ -91,6 +106,9 @@ def _local_cluster_kwargs(workers: int) -> dict:
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": None,
+        # With the dashboard off the scheduler still serves its health and metrics routes, on 8787 by default:
+        # a second cluster on the machine warned "Port 8787 is already in use" and took another. Any free port.
+        "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
         "host": "127.0.0.1",
     }
 
@@ -122,7 +140,9 @@ _early_cluster: tuple[int, Future[LocalCluster]] | None = None
 
 
 @contextlib.contextmanager
-def local_cluster_started_early(workers: int, dask_address: str | None, preload: Sequence[str] = ()) -> Iterator[None]:
+def local_cluster_started_early(
+    workers: int, dask_address: str | None, preload: Sequence[str] = ()
+) -> Iterator[Future[LocalCluster] | None]:
     """Start the local cluster a job of ``workers`` will run on now, in the background, and close it after.
 
     A command enters this before it imports Prefect and creates its flow run
@@ -133,18 +153,19 @@ def local_cluster_started_early(workers: int, dask_address: str | None, preload:
     waited for. Only for flows whose workers do not use Prefect: they start
     before a temporary server's address is exported, and leave without running
     ``atexit`` handlers (see :func:`_start_local_cluster`). Without a local
-    cluster (one worker, or ``dask_address``) this does nothing.
+    cluster (one worker, or ``dask_address``) this does nothing and yields
+    ``None``; else it yields the cluster being started.
     """
     global _early_cluster
     if dask_address or workers <= 1:
-        yield
+        yield None
         return
     quiet_dask_logging()  # before the workers start: they read it from the environment
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-cluster-start") as starter:
         cluster: Future[LocalCluster] = starter.submit(_start_local_cluster, workers, preload)
         _early_cluster = (workers, cluster)
         try:
-            yield
+            yield cluster
         finally:
             _early_cluster = None
             if cluster.exception() is None:  # waits for a start still under way
@@ -162,6 +183,9 @@ def tasks_on(workers: int, dask_address: str | None) -> Iterator[TaskRunner]:
     this flow run: its task runs, logs and artifacts are this run's, with no
     child run in between.
     """
+    from prefect import get_run_logger
+    from prefect.context import FlowRunContext
+
     context = FlowRunContext.get()
     if context is None:
         raise RuntimeError("tasks_on() is for the inside of a running flow")

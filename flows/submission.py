@@ -96,12 +96,17 @@ def submit_on_flow_runner(client, function: Callable[..., Any]) -> Callable[...,
 
 
 def as_completed_bounded(
-    submit: Callable[[Item], Any], items: Iterable[Item], window: int | Callable[[], int]
+    submit: Callable[[Item], Any],
+    items: Iterable[Item],
+    window: int | Callable[[], int],
+    started: Iterable[tuple[Item, Any]] = (),
 ) -> Iterator[tuple[Item, Any]]:
     """Yield ``(item, future)`` for every item as its future finishes, with at most ``window`` in flight.
 
     ``window`` is a number, or a function asked before each submission (see
-    :func:`window_for`).
+    :func:`window_for`). ``started`` holds ``(item, future)`` pairs submitted
+    before (the first slides a command started early): they count in the
+    window and come back like the others.
 
     ``submit`` starts one item and returns its future (a Dask, Prefect or
     ``concurrent.futures`` future: anything with ``add_done_callback``).
@@ -116,6 +121,9 @@ def as_completed_bounded(
     finished: queue.SimpleQueue = queue.SimpleQueue()
     pending = iter(items)
     in_flight = 0
+    for item, future in started:
+        in_flight += 1
+        future.add_done_callback(lambda done, item=item: finished.put((item, done)))
 
     def top_up() -> None:
         nonlocal in_flight

@@ -12,8 +12,9 @@ a store made with other parameters, a store in use, no Prefect API).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from pathlib import Path
 
 from flows.cli import job_main
@@ -45,13 +46,23 @@ def check(job: TileJob) -> None:
         store_accepts(TileStore, job.out, job.tiling.model_dump(), job.overwrite, without_effect=job.tiling.RUN_ONLY)
 
 
-def start_cluster(job: TileJob) -> AbstractContextManager[None]:
-    """The run's local Dask cluster, started while Prefect loads (the workers never call Prefect's API)."""
+@contextlib.contextmanager
+def start_cluster(job: TileJob) -> Iterator[None]:
+    """The run's local Dask cluster and its first slides, started while Prefect loads (see :mod:`flows.early_slides`).
+
+    The workers never call Prefect's API; the flow takes the started run over.
+    """
     from flows.runners import local_cluster_started_early
 
     # Each worker re-runs this module, as multiprocessing does with the main one: its imports are preloaded too.
     preload = ["flows.cli", "flows.jobs", "flows.tiling_task"]
-    return local_cluster_started_early(job.workers, job.dask_address, preload=preload)
+    with local_cluster_started_early(job.workers, job.dask_address, preload=preload) as cluster:
+        from flows.early_slides import first_slides_started_early  # imports zarr: after the cluster's start began
+        from flows.tiling_run import RunRequest
+
+        request = RunRequest(job.slides, job.out, job.tiling, job.mpp_override_um, job.mpp_replace_um, job.overwrite)
+        with first_slides_started_early(request, cluster):
+            yield
 
 
 def run(job: TileJob, args: argparse.Namespace) -> None:

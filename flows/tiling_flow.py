@@ -7,7 +7,9 @@ and each result is released as it arrives (``docs/adr/0004-submission-at-scale.m
 a Prefect task run per slide cost 11× the driver time. The command line is
 :mod:`flows.tile_tcga`. A bad slide is a ``failed`` row in the manifest and the
 summary, never a failed run; a lost worker costs the slides it was tiling, and
-a slide tiled twice by Dask is found complete the second time.
+a slide tiled twice by Dask is found complete the second time. The command line
+starts the first slides before this flow run exists, and the flow takes them over
+(:mod:`flows.early_slides`, ``docs/adr/0006-first-slides-before-the-flow-run.md``).
 """
 
 from __future__ import annotations
@@ -20,22 +22,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows import progress
+from flows.early_slides import take_over
 from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, submit_on_flow_runner, window_for
 from flows.summary import RunSummary
+from flows.tiling_run import RunRequest, open_run
 from flows.tiling_task import tile_slide_task
-from storage.manifest import (
-    FAILED,
-    REJECTED_PREFIX,
-    SKIPPED,
-    SlideRecord,
-    clear_rejected_records,
-    failed_record,
-    write_record,
-)
+from storage.manifest import FAILED, REJECTED_PREFIX, SKIPPED, SlideRecord, failed_record, write_record
 from storage.tile_store import TileStore, utc_now
 from tiling.config import TilingConfig
 from tiling.qc_index import write_qc_index
-from tiling.slide_list import RejectedSlide, SlideSpec, list_slides
+from tiling.slide_list import RejectedSlide, SlideSpec
 
 PROGRESS_EVERY_S = 2.0  # the Prefect progress artifact is updated at most this often: one API call each
 
@@ -73,33 +69,32 @@ def tile_tcga(
 ) -> dict:
     """Tile every slide of ``slides`` (folder or CSV) into the store ``out``; return the summary."""
     logger = get_run_logger()
-    specs, rejected = list_slides(slides, mpp_override_um, mpp_replace_um)
-    store = TileStore.create_or_open(out, config.model_dump(), overwrite=overwrite, without_effect=config.RUN_ONLY)
-    store.acquire_run_lock()
+    request = RunRequest(slides, out, config, mpp_override_um, mpp_replace_um, overwrite)
+    early = take_over(request)
+    opened = early.opened if early else open_run(request)
+    store, todo = opened.store, opened.todo
     try:
-        store.remove_staging_debris()
-        clear_rejected_records(store)  # rows refused last time and fixed since must leave the manifest
-        summary = RunSummary(started=time.perf_counter())
-        for row in rejected:
+        summary = RunSummary(started=opened.opened_at)
+        for row in opened.rejected:
             logger.error("refused: %s", row.error)
             summary.add(_record_rejected(store, row))
-        todo = []
-        for spec in specs:
-            if store.is_complete(spec.slide_id):
-                summary.add(SlideRecord(slide_id=spec.slide_id, source_path=str(spec.path), status=SKIPPED))
-            else:
-                todo.append(spec)
+        for spec in opened.complete:
+            summary.add(SlideRecord(slide_id=spec.slide_id, source_path=str(spec.path), status=SKIPPED))
         logger.info(
-            "%d slides listed: %d to tile, %d already complete, %d refused",
-            len(specs) + len(rejected),
+            "%d slides listed: %d to tile, %d already complete, %d refused%s",
+            len(todo) + len(opened.complete) + len(opened.rejected),
             len(todo),
             summary.count(SKIPPED),
-            len(rejected),
+            len(opened.rejected),
+            f"; {len(early.submitted)} started before the flow run" if early else "",
         )
         progress_id = create_progress_artifact(progress=0.0, key="tile-tcga-progress", description="slides tiled")
         client = dask_client_of_flow()
         submit = submit_on_flow_runner(client, tile_slide_task)
-        finished = as_completed_bounded(lambda spec: submit(spec, str(store.root), config), todo, window_for(client))
+        started = early.submitted if early else []
+        finished = as_completed_bounded(
+            lambda spec: submit(spec, str(store.root), config), todo[len(started) :], window_for(client), started
+        )
         reported_at = time.monotonic()
         with progress.progress_bar(
             len(todo), "slide", enabled=progress_bar, already_done=summary.count(SKIPPED)

@@ -113,7 +113,12 @@ def test_cli_runs_on_an_existing_dask_cluster(slide_dir, tmp_path, prefect_api):
 
     out = tmp_path / "tiles.zarr"
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # its health routes, off 8787 (docs/operations.md)
     ) as cluster:
         assert (
             main(

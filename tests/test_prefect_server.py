@@ -74,3 +74,10 @@ def test_the_server_and_its_database_go_with_the_command(tmp_path: Path, how: st
         for process in helpers:
             if process.is_running():
                 process.kill()
+
+
+def test_runs_against_the_temporary_server_send_no_heartbeats(prefect_api: str) -> None:
+    from prefect.settings import get_current_settings
+
+    # nothing outlives the run to read them, and the engine's wait for their thread cost up to 1 s a run
+    assert get_current_settings().flows.heartbeat_frequency is None

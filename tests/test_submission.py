@@ -98,3 +98,22 @@ def test_a_raising_item_becomes_its_recorded_failure_and_the_others_still_come_b
         results = dict(outcomes(finished, on_error))
     assert results == {0: 0, 1: 10, 2: "failed: slide 2 is broken", 3: 30}
     assert failures == [2]
+
+
+def test_items_started_before_count_in_the_window_and_come_back_with_the_others():
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        started = [(item, pool.submit(release.wait)) for item in ("a", "b")]
+        submitted = []
+
+        def submit(item: str):
+            submitted.append(item)
+            return pool.submit(lambda: item)
+
+        finished = as_completed_bounded(submit, iter(["c", "d", "e"]), window=3, started=started)
+        first_item, _ = next(finished)  # only one more fits beside the two started
+        assert (first_item, submitted) == ("c", ["c"])
+        release.set()
+        rest = [item for item, _ in finished]
+    assert sorted([first_item, *rest]) == ["a", "b", "c", "d", "e"]
+    assert submitted == ["c", "d", "e"]

@@ -39,3 +39,20 @@ def test_run_links_to_the_temporary_server_are_dropped():
 
     assert not kept("View at http://127.0.0.1:8123/runs/flow-run/1")
     assert kept("Beginning flow run 'lime-bobcat' for flow 'tile-tcga'")
+
+
+def test_a_local_clusters_dashboard_link_is_dropped_an_existing_clusters_kept(monkeypatch):
+    from flows.runners import make_task_runner
+
+    logger = logging.getLogger("prefect.task_runner.dask")
+    monkeypatch.setattr(logger, "filters", [])  # as in a fresh command: one run, one kind of cluster
+    line = "The Dask dashboard is available at http://127.0.0.1:40123/status"
+
+    def kept() -> bool:
+        return bool(logger.filter(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, (), None)))
+
+    make_task_runner(1, "tcp://127.0.0.1:8786")  # an existing cluster may have a dashboard: its link stays
+    assert kept()
+    make_task_runner(2, None)  # a local cluster has none (not started here: the runner starts it on entry)
+    assert not kept()
+    assert logger.filter(logger.makeRecord(logger.name, logging.INFO, __file__, 0, "Connecting to ...", (), None))
