@@ -22,12 +22,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from registration.config import RefinementConfig
 from registration.phase_correlation import phase_shift_px
 from registration.quality import normalised_cross_correlation
 from registration.result import RegistrationResult
@@ -41,35 +40,6 @@ _CHUNK_POINTS = 4096  # points per block of the [N, K] anchor weights, to bound 
 # B-spline grid is 100 µm or more, so the interpolation errs by hundredths of a µm, and transformix
 # handles 1/250 of the points (about 6 µs a point).
 _NODE_SPACING_UM = 16.0
-
-
-class RefinementConfig(BaseModel):
-    """How a global registration is refined around tile locations."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    anchor_spacing_um: float = Field(400.0, gt=0, description="one anchor per square cell of this side, µm")
-    patch_size_um: float = Field(256.0, gt=0, description="side of the square patch registered at each anchor, µm")
-    patch_mpp_um: float = Field(1.0, gt=0, description="µm/px of the patches")
-    transform: Literal["phase", "translation", "affine"] = Field(
-        "phase",
-        description="how a patch's shift is found: phase correlation, or an elastix translation or affine "
-        "fit (its shift at the anchor)",
-    )
-    channel: Literal["od", "haematoxylin"] = Field("od", description="stain intensity the patches are registered on")
-    max_shift_um: float = Field(20.0, gt=0, description="reject an anchor whose correction is longer than this, µm")
-    min_ncc: float = Field(0.4, ge=-1, le=1, description="reject an anchor whose patches correlate less afterwards")
-    min_tissue_fraction: float = Field(
-        0.25, ge=0, le=1, description="reject an anchor whose fixed or moving patch has less tissue (non-glass)"
-    )
-    interpolation_sigma_um: float = Field(
-        200.0, gt=0, description="Gaussian width with which anchor corrections spread to other points, µm"
-    )
-    fallback_distance_um: float = Field(
-        1000.0, gt=0, description="at about this distance from every accepted anchor the correction fades to zero"
-    )
-    glass_level: int = Field(215, ge=0, le=255, description="a pixel with every RGB channel above this is glass")
-    number_of_threads: int | None = Field(None, gt=0, description="elastix threads per anchor (elastix transforms)")
 
 
 @dataclass(frozen=True, eq=False)

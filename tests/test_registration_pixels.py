@@ -23,8 +23,9 @@ from registration.aligned_tiles import (
     map_tiles,
     reference_tiles,
 )
+from registration.config import RefinementConfig
 from registration.phase_correlation import phase_shift_px
-from registration.refine import RefinementConfig, refine_registration
+from registration.refine import refine_registration
 from registration.register import register_slides
 from registration.synthetic import make_synthetic_plism
 from tests.conftest import write_tiff
