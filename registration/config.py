@@ -70,9 +70,7 @@ class RegistrationConfig(BaseModel):
     min_ncc: float = Field(
         0.3, ge=-1, le=1, description="refuse a result whose stain intensities correlate less than this afterwards"
     )
-    number_of_threads: int | None = Field(
-        None, gt=0, description="elastix threads; ignored for maps with a bending-energy penalty (ITKElastix #160)"
-    )
+    number_of_threads: int | None = Field(None, gt=0, description="elastix threads (none: every core)")
     # As in tiling (--mpp-override / --mpp-replace): a stated pixel size fills in a missing one and never
     # silently replaces what the file records; replacing it takes the *_replace_um field.
     fixed_mpp_um: float | None = Field(
