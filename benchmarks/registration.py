@@ -68,9 +68,10 @@ import pyvips  # noqa: E402
 
 from registration import RegistrationConfig, RegistrationError, register_slides  # noqa: E402
 from registration.aligned_tiles import IdentityMapping, extract_tiles, map_tiles, reference_tiles  # noqa: E402
+from registration.config import RefinementConfig  # noqa: E402
 from registration.elastix import itk_image, loaded_itk, run_elastix, transform_points_um  # noqa: E402
 from registration.phase_correlation import phase_shift_px  # noqa: E402
-from registration.refine import RefinementConfig, refine_registration  # noqa: E402
+from registration.refine import refine_registration  # noqa: E402
 from registration.synthetic import SyntheticCondition, make_synthetic_plism  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
 from tiling.pyramid_tiff import write_pyramid_tiff  # noqa: E402

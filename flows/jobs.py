@@ -4,7 +4,7 @@ The command lines derive their options from these models
 (:mod:`flows.config_loader`), and the deployments take them as their one
 parameter, so the Prefect UI's form and each run's record show every field,
 typed, with the same defaults. The domain configs inside (``TilingConfig``,
-``RegistrationConfig``) are the ones the stores record. Importing this module
+``RegistrationConfig``, ``RefinementConfig``) are the ones the stores record. Importing this module
 imports neither Prefect, torch nor Dask: it is the validation path of every
 command.
 """
@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from pipeline.distill.config import DistillConfig
-from registration.config import DEFAULT_PATTERN, DEFAULT_REFERENCE, RegistrationConfig
+from registration.config import DEFAULT_PATTERN, DEFAULT_REFERENCE, RefinementConfig, RegistrationConfig
 from tiling.config import TilingConfig
 
 NODES_PER_SIDE = 8  # registration nodes measured per side of each tile, to know where it falls on a condition
@@ -58,8 +58,8 @@ class PlismJob(_Job):
     registration: RegistrationConfig = Field(RegistrationConfig(), description="how each condition is registered")
     tiling: TilingConfig = Field(TilingConfig(), description="tile size, µm/px and tissue detection of the tiles")
     refine: bool = Field(False, description="refine each registration at high resolution near the tiles")
-    refinement: dict[str, Any] | None = Field(
-        None, description="fields of registration.refine.RefinementConfig (implies refine)"
+    refinement: RefinementConfig | None = Field(
+        None, description="how each registration is refined near the tiles (given, even empty, implies refine)"
     )
     reference: tuple[str, str] = Field(DEFAULT_REFERENCE, description="reference condition: staining and scanner")
     pattern: str = Field(DEFAULT_PATTERN, description="regular expression with groups staining and scanner")
@@ -72,9 +72,11 @@ class PlismJob(_Job):
     )
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
 
-    def refinement_options(self) -> dict[str, Any] | None:
-        """What the flow takes: ``None`` (no refinement) or the refinement fields."""
-        return (self.refinement or {}) if (self.refine or self.refinement is not None) else None
+    def refinement_options(self) -> RefinementConfig | None:
+        """What the flow takes: ``None`` (no refinement) or the refinement's config, defaults with ``--refine``."""
+        if self.refinement is not None:
+            return self.refinement
+        return RefinementConfig() if self.refine else None
 
 
 class EmbedJob(_Job):
@@ -253,7 +255,7 @@ def plism_store_parameters(
     pattern: str,
     stainings: list[str] | None,
     registration: RegistrationConfig,
-    refinement: dict[str, Any] | None,
+    refinement: RefinementConfig | None,
     tiling: TilingConfig,
     nodes_per_side: int,
 ) -> dict[str, Any]:
@@ -263,7 +265,7 @@ def plism_store_parameters(
         "pattern": pattern,
         "stainings": sorted(stainings) if stainings else None,
         "registration": registration.model_dump(mode="json"),
-        "refinement": refinement,
+        "refinement": None if refinement is None else refinement.model_dump(mode="json"),
         "tiling": tiling.model_dump(mode="json", exclude=set(tiling.RUN_ONLY)),
         "nodes_per_side": nodes_per_side,
     }

@@ -30,7 +30,7 @@ from flows.jobs import NODES_PER_SIDE, plism_store_parameters
 from flows.runners import is_transient_io_error
 from flows.submission import as_completed_bounded, dask_client_of_flow, outcomes, window_for
 from registration.aligned_tiles import ReferenceTiles, reference_tiles
-from registration.config import RegistrationConfig
+from registration.config import RefinementConfig, RegistrationConfig
 from registration.layout import DEFAULT_PATTERN, DEFAULT_REFERENCE, PlismCondition, PlismLayout
 from registration.qc import render_tile_montage
 from registration.study import (
@@ -66,7 +66,7 @@ def register_task(
     store_root: str,
     reference: PlismCondition,
     config: RegistrationConfig,
-    refinement: dict | None,
+    refinement: RefinementConfig | None,
     anchors_xy: np.ndarray,
 ) -> SlideRecord:
     return register_condition(AlignedTileStore(store_root), reference, condition, config, refinement, anchors_xy)
@@ -173,7 +173,7 @@ def plism(
     out: str,
     registration: RegistrationConfig = RegistrationConfig(),
     tiling: TilingConfig = TilingConfig(),
-    refinement: dict | None = None,
+    refinement: RefinementConfig | None = None,
     pattern: str = DEFAULT_PATTERN,
     reference: tuple[str, str] = DEFAULT_REFERENCE,
     stainings: list[str] | None = None,
@@ -184,9 +184,8 @@ def plism(
 ) -> dict:
     """Register the conditions in folder ``slides`` and (``stage="all"``) extract their aligned tiles into ``out``.
 
-    ``refinement`` (fields of :class:`~registration.refine.RefinementConfig`,
-    ``{}`` for the defaults) refines each registration around the tiles;
-    ``None`` skips it. Returns ``{condition: status}`` and the tile count.
+    ``refinement`` (:class:`~registration.config.RefinementConfig`) refines
+    each registration around the tiles; ``None`` skips it. Returns ``{condition: status}`` and the tile count.
     """
     logger = get_run_logger()
     started = time.perf_counter()

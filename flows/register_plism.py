@@ -54,14 +54,6 @@ def check(job: PlismJob) -> None:
         reference = layout.reference.name
     except (ValueError, OSError) as error:  # no reference slide, a pattern without its groups
         raise UserInputError(str(error)) from None
-    if job.refinement:  # checked here, not in each worker; imports OpenCV, so only when refinement is given
-        from flows.config_loader import ConfigError, load_config
-        from registration.refine import RefinementConfig
-
-        try:
-            load_config(RefinementConfig, preset=job.refinement)
-        except ConfigError as error:
-            raise UserInputError(f"refinement: {error}") from None
     parameters = plism_store_parameters(
         reference, job.pattern, job.stainings, job.registration, job.refinement_options(), job.tiling, NODES_PER_SIDE
     )

@@ -15,18 +15,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the types, for the checker; at run time __getattr__ imports them
-    from registration.config import RegistrationConfig
+    from registration.config import RefinementConfig, RegistrationConfig
     from registration.errors import RegistrationError
     from registration.register import register_slides
     from registration.result import RegistrationResult
 
 _LAZY = {
+    "RefinementConfig": "registration.config",
     "RegistrationConfig": "registration.config",
     "RegistrationError": "registration.errors",
     "RegistrationResult": "registration.result",
     "register_slides": "registration.register",
 }
-__all__ = ["RegistrationConfig", "RegistrationError", "RegistrationResult", "register_slides"]
+__all__ = ["RefinementConfig", "RegistrationConfig", "RegistrationError", "RegistrationResult", "register_slides"]
 
 
 def __getattr__(name: str) -> object:

@@ -1,9 +1,12 @@
-"""Every registration parameter in one typed, immutable object.
+"""Every registration and refinement parameter, in typed, immutable objects.
 
 The elastix optimisation settings themselves live in the readable parameter
-files under ``registration/parameters/``; this object holds what changes from
-one study to the next: the resolution of the views, the stages, the B-spline
-grid and the plausibility thresholds.
+files under ``registration/parameters/``; :class:`RegistrationConfig` holds
+what changes from one study to the next: the resolution of the views, the
+stages, the B-spline grid and the plausibility thresholds.
+:class:`RefinementConfig` holds those of the local refinement near the tiles
+(:mod:`registration.refine`). Both are here, free of OpenCV and elastix, so
+that a job's config is validated without importing either.
 """
 
 from __future__ import annotations
@@ -67,9 +70,7 @@ class RegistrationConfig(BaseModel):
     min_ncc: float = Field(
         0.3, ge=-1, le=1, description="refuse a result whose stain intensities correlate less than this afterwards"
     )
-    number_of_threads: int | None = Field(
-        None, gt=0, description="elastix threads; ignored for maps with a bending-energy penalty (ITKElastix #160)"
-    )
+    number_of_threads: int | None = Field(None, gt=0, description="elastix threads (none: every core)")
     # As in tiling (--mpp-override / --mpp-replace): a stated pixel size fills in a missing one and never
     # silently replaces what the file records; replacing it takes the *_replace_um field.
     fixed_mpp_um: float | None = Field(
@@ -89,3 +90,32 @@ class RegistrationConfig(BaseModel):
     def from_yaml(cls, path: Path | str) -> RegistrationConfig:
         """Load a config file; keys left out keep their defaults."""
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+class RefinementConfig(BaseModel):
+    """How a global registration is refined around tile locations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    anchor_spacing_um: float = Field(400.0, gt=0, description="one anchor per square cell of this side, µm")
+    patch_size_um: float = Field(256.0, gt=0, description="side of the square patch registered at each anchor, µm")
+    patch_mpp_um: float = Field(1.0, gt=0, description="µm/px of the patches")
+    transform: Literal["phase", "translation", "affine"] = Field(
+        "phase",
+        description="how a patch's shift is found: phase correlation, or an elastix translation or affine "
+        "fit (its shift at the anchor)",
+    )
+    channel: Literal["od", "haematoxylin"] = Field("od", description="stain intensity the patches are registered on")
+    max_shift_um: float = Field(20.0, gt=0, description="reject an anchor whose correction is longer than this, µm")
+    min_ncc: float = Field(0.4, ge=-1, le=1, description="reject an anchor whose patches correlate less afterwards")
+    min_tissue_fraction: float = Field(
+        0.25, ge=0, le=1, description="reject an anchor whose fixed or moving patch has less tissue (non-glass)"
+    )
+    interpolation_sigma_um: float = Field(
+        200.0, gt=0, description="Gaussian width with which anchor corrections spread to other points, µm"
+    )
+    fallback_distance_um: float = Field(
+        1000.0, gt=0, description="at about this distance from every accepted anchor the correction fades to zero"
+    )
+    glass_level: int = Field(215, ge=0, le=255, description="a pixel with every RGB channel above this is glass")
+    number_of_threads: int | None = Field(None, gt=0, description="elastix threads per anchor (elastix transforms)")

@@ -90,7 +90,9 @@ def stage_map(stage: str, bspline_grid_spacing_um: float) -> ParameterMap:
 
 
 def uses_bending_energy(parameter_maps: Sequence[ParameterMap]) -> bool:
-    """Whether any map carries the bending-energy penalty, with which threads must not be set (ITKElastix #160)."""
+    """Whether any map carries the bending-energy penalty (itk-elastix's default B-spline map; not ours), with
+    which threads must not be set (ITKElastix #160).
+    """
     return any("TransformBendingEnergyPenalty" in m.get("Metric", []) for m in parameter_maps)
 
 

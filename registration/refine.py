@@ -19,15 +19,14 @@ zero (the global transform alone) far from every accepted anchor.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from registration.config import RefinementConfig
 from registration.phase_correlation import phase_shift_px
 from registration.quality import normalised_cross_correlation
 from registration.result import RegistrationResult
@@ -41,35 +40,9 @@ _CHUNK_POINTS = 4096  # points per block of the [N, K] anchor weights, to bound 
 # B-spline grid is 100 µm or more, so the interpolation errs by hundredths of a µm, and transformix
 # handles 1/250 of the points (about 6 µs a point).
 _NODE_SPACING_UM = 16.0
-
-
-class RefinementConfig(BaseModel):
-    """How a global registration is refined around tile locations."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    anchor_spacing_um: float = Field(400.0, gt=0, description="one anchor per square cell of this side, µm")
-    patch_size_um: float = Field(256.0, gt=0, description="side of the square patch registered at each anchor, µm")
-    patch_mpp_um: float = Field(1.0, gt=0, description="µm/px of the patches")
-    transform: Literal["phase", "translation", "affine"] = Field(
-        "phase",
-        description="how a patch's shift is found: phase correlation, or an elastix translation or affine "
-        "fit (its shift at the anchor)",
-    )
-    channel: Literal["od", "haematoxylin"] = Field("od", description="stain intensity the patches are registered on")
-    max_shift_um: float = Field(20.0, gt=0, description="reject an anchor whose correction is longer than this, µm")
-    min_ncc: float = Field(0.4, ge=-1, le=1, description="reject an anchor whose patches correlate less afterwards")
-    min_tissue_fraction: float = Field(
-        0.25, ge=0, le=1, description="reject an anchor whose fixed or moving patch has less tissue (non-glass)"
-    )
-    interpolation_sigma_um: float = Field(
-        200.0, gt=0, description="Gaussian width with which anchor corrections spread to other points, µm"
-    )
-    fallback_distance_um: float = Field(
-        1000.0, gt=0, description="at about this distance from every accepted anchor the correction fades to zero"
-    )
-    glass_level: int = Field(215, ge=0, le=255, description="a pixel with every RGB channel above this is glass")
-    number_of_threads: int | None = Field(None, gt=0, description="elastix threads per anchor (elastix transforms)")
+# Anchors measured at once: reading, resampling and FFTs release the GIL; a local Dask worker has two cores
+# (flows.jobs.default_workers), and two threads of a patch pair each keep memory small.
+_THREADS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,14 +178,24 @@ def _patch(rgb: np.ndarray, config: RefinementConfig) -> _Patch:
     return _Patch(stain_intensity(rgb, config.channel), rgb.min(axis=-1) <= config.glass_level)
 
 
-def read_patches(
-    result: RegistrationResult, anchors_xy: np.ndarray, config: RefinementConfig
-) -> Iterator[tuple[_Patch, _Patch]]:
-    """Per anchor, the fixed patch and the moving slide resampled onto its grid through ``result``.
+@dataclass(frozen=True)
+class _Outcome:
+    """One anchor's measured correction (fixed µm), why it is rejected (``""`` if not), and the NCC around it."""
+
+    correction_um: np.ndarray
+    reason: str
+    ncc_before: float = np.nan
+    ncc_after: float = np.nan
+
+
+def measure_anchors(result: RegistrationResult, anchors_xy: np.ndarray, config: RefinementConfig) -> list[_Outcome]:
+    """Per anchor, the correction measured between the fixed patch and the moving slide resampled onto its grid.
 
     The patch is ``patch_size_um`` square at ``patch_mpp_um``, centred on the
     anchor. Moving positions of all anchors' nodes go through one
-    ``map_points`` call, since each transformix call has a fixed cost.
+    ``map_points`` call, since each transformix call has a fixed cost. Anchors
+    are read and measured :data:`_THREADS` at a time: region reads, resampling
+    and FFTs release the GIL, and only a patch pair per thread is held.
     """
     size = max(8, round(config.patch_size_um / config.patch_mpp_um))
     offsets_um = (np.arange(size) + 0.5 - size / 2) * config.patch_mpp_um
@@ -220,19 +203,28 @@ def read_patches(
     node_offsets_um = np.linspace(offsets_um[0], offsets_um[-1], node_count)
     anchors_um = np.asarray(anchors_xy, dtype=np.float64).reshape(-1, 2) * result.fixed_mpp_um
 
-    def grid(values_um: np.ndarray) -> np.ndarray:  # [K, len, len, 2] fixed level-0 px around every anchor
+    def grid(values_um: np.ndarray, anchor_um: np.ndarray) -> np.ndarray:  # [len, len, 2] fixed level-0 px
         dx, dy = np.meshgrid(values_um, values_um)
-        return (anchors_um[:, None, None, :] + np.stack([dx, dy], axis=-1)[None]) / result.fixed_mpp_um
+        return (anchor_um + np.stack([dx, dy], axis=-1)) / result.fixed_mpp_um
 
-    nodes = grid(node_offsets_um)
+    nodes = np.stack([grid(node_offsets_um, anchor) for anchor in anchors_um]) if len(anchors_um) else np.zeros(0)
     moving_nodes = result.map_points(nodes.reshape(-1, 2)).reshape(nodes.shape)
-    fixed_grid = grid(offsets_um)
-    with opened_slide(result.fixed_path) as fixed, opened_slide(result.moving_path) as moving:
-        for index in range(len(anchors_um)):
-            fixed_rgb = sample_slide(fixed, result.fixed_mpp_um, fixed_grid[index], config.patch_mpp_um)
+    # elastix fits (transform != "phase") keep to one thread: they are multi-threaded themselves.
+    threads = _THREADS if config.transform == "phase" else 1
+    with (
+        opened_slide(result.fixed_path) as fixed,
+        opened_slide(result.moving_path) as moving,
+        ThreadPoolExecutor(threads) as pool,
+    ):
+
+        def measure(index: int) -> _Outcome:
+            fixed_xy = grid(offsets_um, anchors_um[index])
+            fixed_rgb = sample_slide(fixed, result.fixed_mpp_um, fixed_xy, config.patch_mpp_um)
             moving_xy = interpolate_nodes(moving_nodes[index], size)
             moving_rgb = sample_slide(moving, result.moving_mpp_um, moving_xy, config.patch_mpp_um)
-            yield _patch(fixed_rgb, config), _patch(moving_rgb, config)
+            return _measure(_patch(fixed_rgb, config), _patch(moving_rgb, config), config)
+
+        return list(pool.map(measure, range(len(anchors_um))))
 
 
 def _shifted(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
@@ -267,6 +259,21 @@ def _patch_shift_um(fixed: _Patch, moving: _Patch, config: RefinementConfig) -> 
     )
 
 
+def _measure(fixed: _Patch, moving: _Patch, config: RefinementConfig) -> _Outcome:
+    """One anchor: refused on glass or unrelated content, else the shift between its patches and its NCC."""
+    fractions = (fixed.tissue.mean(), moving.tissue.mean())
+    if min(fractions) < config.min_tissue_fraction:
+        side = "fixed" if fractions[0] < config.min_tissue_fraction else "moving"
+        return _Outcome(np.zeros(2), f"{side} patch is {min(fractions):.0%} tissue, under min_tissue_fraction")
+    ncc_before = _assess(fixed, moving, np.zeros(2), config)[0]
+    try:
+        shift_um = _patch_shift_um(fixed, moving, config)
+    except RuntimeError as error:
+        return _Outcome(np.zeros(2), str(error).splitlines()[0], ncc_before)
+    ncc_after, reason = _assess(fixed, moving, shift_um, config)
+    return _Outcome(shift_um, reason, ncc_before, ncc_after)
+
+
 def refine_registration(
     result: RegistrationResult, points_xy: np.ndarray, config: RefinementConfig = RefinementConfig()
 ) -> RefinedRegistration:
@@ -291,21 +298,10 @@ def refine_registration(
     accepted = np.zeros(count, dtype=bool)
     reasons = [""] * count
     ncc_before, ncc_after = np.full(count, np.nan), np.full(count, np.nan)
-    for index, (fixed, moving) in enumerate(read_patches(result, anchors, config)):
-        fractions = (fixed.tissue.mean(), moving.tissue.mean())
-        if min(fractions) < config.min_tissue_fraction:
-            side = "fixed" if fractions[0] < config.min_tissue_fraction else "moving"
-            reasons[index] = f"{side} patch is {min(fractions):.0%} tissue, under min_tissue_fraction"
-            continue
-        ncc_before[index] = _assess(fixed, moving, np.zeros(2), config)[0]
-        try:
-            shift_um = _patch_shift_um(fixed, moving, config)
-        except RuntimeError as error:
-            reasons[index] = str(error).splitlines()[0]
-            continue
-        ncc_after[index], reasons[index] = _assess(fixed, moving, shift_um, config)
-        if not reasons[index]:
-            corrections[index], accepted[index] = shift_um, True
+    for index, outcome in enumerate(measure_anchors(result, anchors, config)):
+        reasons[index], ncc_before[index], ncc_after[index] = outcome.reason, outcome.ncc_before, outcome.ncc_after
+        if not outcome.reason:
+            corrections[index], accepted[index] = outcome.correction_um, True
     return RefinedRegistration(
         base=result,
         anchors_xy=anchors,

@@ -16,6 +16,7 @@ the pair refused, with each attempt's reason and what the user can change.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,24 +112,29 @@ def _register_once(
     fixed_path: Path | str, moving_path: Path | str, config: RegistrationConfig, qc_path: Path | None
 ) -> RegistrationResult:
     """One registration with ``config``; raises :class:`_Refused` when the checks refuse its result."""
-    fixed = render_view(
-        fixed_path,
-        config.view_mpp_um,
-        config.channel,
-        config.mask_dilation_um,
-        config.fixed_mpp_um,
-        config.min_tissue_od,
-        config.fixed_mpp_replace_um,
-    )
-    moving = render_view(
-        moving_path,
-        config.view_mpp_um,
-        config.channel,
-        config.mask_dilation_um,
-        config.moving_mpp_um,
-        config.min_tissue_od,
-        config.moving_mpp_replace_um,
-    )
+    # The two views are read at once: region reads (OpenSlide, JPEG decoding) and OpenCV release the GIL.
+    with ThreadPoolExecutor(2) as pool:
+        fixed_view = pool.submit(
+            render_view,
+            fixed_path,
+            config.view_mpp_um,
+            config.channel,
+            config.mask_dilation_um,
+            config.fixed_mpp_um,
+            config.min_tissue_od,
+            config.fixed_mpp_replace_um,
+        )
+        moving_view = pool.submit(
+            render_view,
+            moving_path,
+            config.view_mpp_um,
+            config.channel,
+            config.mask_dilation_um,
+            config.moving_mpp_um,
+            config.min_tissue_od,
+            config.moving_mpp_replace_um,
+        )
+        fixed, moving = fixed_view.result(), moving_view.result()
     # Quality, refusals and the QC picture on the fixed view's grid, shrunk to check_max_pixels.
     check_mpp_um = _check_mpp_um(fixed, config.check_max_pixels)
     fixed_check, moving_check = _coarsened(fixed, check_mpp_um), _coarsened(moving, check_mpp_um)

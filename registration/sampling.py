@@ -67,5 +67,14 @@ def interpolate_nodes(nodes: np.ndarray, size: int) -> np.ndarray:
     weights[np.arange(size), lower] = 1.0 - upper_weight
     weights[np.arange(size), lower + 1] = upper_weight
     # out[i, j] = Σ_n Σ_m W[i, n] nodes[n, m] W[j, m], as two small matrix products per coordinate (a plain
-    # einsum of the three operands loops over all four indices at once: ~170 ms for a 256-px patch).
-    return np.stack([weights @ nodes[..., channel] @ weights.T for channel in range(nodes.shape[-1])], axis=-1)
+    # einsum of the three operands loops over all four indices at once: ~170 ms for a 256-px patch). OpenCV's
+    # gemm, not NumPy's: a multi-threaded BLAS wakes its threads for these, which costs more than it saves and
+    # competes with the threads that measure refinement anchors.
+    planes = [np.ascontiguousarray(nodes[..., channel], dtype=np.float64) for channel in range(nodes.shape[-1])]
+    return np.stack(
+        [
+            cv2.gemm(cv2.gemm(weights, plane, 1.0, None, 0.0), weights, 1.0, None, 0.0, flags=cv2.GEMM_2_T)
+            for plane in planes
+        ],
+        axis=-1,
+    )

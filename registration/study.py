@@ -23,7 +23,7 @@ from registration.aligned_tiles import (
     map_tiles,
     tissue_under_tiles,
 )
-from registration.config import RegistrationConfig
+from registration.config import RefinementConfig, RegistrationConfig
 from registration.errors import RegistrationError
 from registration.layout import PlismCondition
 from registration.register import register_slides
@@ -52,11 +52,11 @@ def register_condition(
     reference: PlismCondition,
     condition: PlismCondition,
     config: RegistrationConfig,
-    refinement: dict | None,
+    refinement: RefinementConfig | None,
     anchor_points_xy: np.ndarray,
 ) -> SlideRecord:
-    """Register ``condition`` to ``reference`` (then refine it near ``anchor_points_xy`` if ``refinement``
-    is a dict of :class:`~registration.refine.RefinementConfig` fields) and publish the transform.
+    """Register ``condition`` to ``reference`` (then refine it near ``anchor_points_xy`` with ``refinement``
+    unless it is ``None``) and publish the transform.
 
     A slide that cannot be read or registered gives a ``failed`` record and,
     when one could be drawn, its QC picture; nothing is published.
@@ -67,9 +67,9 @@ def register_condition(
         result = register_slides(reference.path, condition.path, config)
         mapping = result
         if refinement is not None:
-            from registration.refine import RefinementConfig, refine_registration
+            from registration.refine import refine_registration  # OpenCV: only when refining
 
-            mapping = refine_registration(result, anchor_points_xy, RefinementConfig(**refinement))
+            mapping = refine_registration(result, anchor_points_xy, refinement)
         mapping.save(staging)
         write_bytes_atomic(store.qc_path(condition.name), result.qc_png)
         replace_folder_atomic(staging, store.registration_path(condition.name))  # a redo: never absent

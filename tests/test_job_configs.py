@@ -108,6 +108,11 @@ def test_cli_flags_and_deployment_form_derive_from_the_job_model(name):
         ),
         ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"], "unknown key"),
         ("flows.extract_plism", ["--slides", "{tmp}", "--out", "{tmp}/o", "--refine", "yes"], "'yes' is not key=value"),
+        (
+            "flows.register_plism",
+            ["--slides", "{tmp}", "--out", "{tmp}/o", "--set", "refinement.max_shift_um=far"],
+            "refinement.max_shift_um: Input should be a valid number",
+        ),
         ("flows.embed", ["--tiles", "{tmp}/missing", "--out", "{tmp}/e", "--model", "h0-mini"], "no such file"),
         ("flows.embed", ["--tiles", "{tmp}", "--out", "{tmp}/e", "--model", "h0mini"], "did you mean h0-mini?"),
         (
@@ -296,15 +301,17 @@ def test_the_shipped_serve_file_is_a_valid_serve_job():
     assert job.deployments["embed"].parameters["model"] == "h0-mini" and job.deployments["tile-tcga"].cron
 
 
-def test_a_refinement_typo_is_refused_before_any_worker_sees_it(tmp_path):
+def test_the_refinement_section_is_typed_from_a_file_or_a_dotted_override(tmp_path):
     from flows.jobs import PlismJob
-    from flows.register_plism import check
-    from tests.conftest import CMU_SVS
+    from registration.config import RefinementConfig
 
-    (tmp_path / "GMH_S60.svs").symlink_to(CMU_SVS)
-    job = PlismJob(slides=str(tmp_path), out=str(tmp_path / "o.zarr"), refinement={"anchor_spacing": 300})
-    with pytest.raises(
-        UserInputError, match=r"refinement: unknown key anchor_spacing \(did you mean anchor_spacing_um"
-    ):
-        check(job)
-    check(job.model_copy(update={"refinement": {"anchor_spacing_um": 300}}))
+    config = tmp_path / "job.yaml"
+    config.write_text("slides: s\nout: o\nrefinement:\n  anchor_spacing_um: 300\n")
+    job = load_config(PlismJob, config, ["refinement.transform=affine"])
+    assert job.refinement == RefinementConfig(anchor_spacing_um=300, transform="affine")
+    assert job.refinement_options() is job.refinement
+    flag_only = load_config(PlismJob, None, ["slides=s", "out=o"], {"refine": True})
+    assert flag_only.refinement is None and flag_only.refinement_options() == RefinementConfig()
+    assert load_config(PlismJob, None, ["slides=s", "out=o"]).refinement_options() is None
+    with pytest.raises(ConfigError, match=r"unknown key refinement.anchor_spacing \(did you mean refinement.anchor_s"):
+        load_config(PlismJob, None, ["slides=s", "out=o", "refinement.anchor_spacing=300"])

@@ -13,7 +13,7 @@ import zarr
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.plism_flow import plism
-from registration.config import RegistrationConfig
+from registration.config import RefinementConfig, RegistrationConfig
 from registration.phase_correlation import phase_shift_px
 from registration.refine import RefinedRegistration
 from registration.synthetic import make_synthetic_plism
@@ -123,7 +123,7 @@ def test_refinement_near_the_tiles_improves_a_coarse_registration(study, tmp_pat
     slides = _some_conditions(folder, ("GMH_S60", "GIVH_S60"), tmp_path / "pair")
     out = tmp_path / "refined.zarr"
     coarse = RegistrationConfig(view_mpp_um=16.0, stages=("rigid", "affine"))
-    refinement = {"anchor_spacing_um": 250.0, "patch_size_um": 150.0, "interpolation_sigma_um": 125.0}
+    refinement = RefinementConfig(anchor_spacing_um=250.0, patch_size_um=150.0, interpolation_sigma_um=125.0)
     runner = ThreadPoolTaskRunner(max_workers=1)
     plism.with_options(task_runner=runner)(slides=str(slides), out=str(out), registration=coarse, refinement=refinement)
     refined = RefinedRegistration.load(out / "registration" / "GIVH_S60")

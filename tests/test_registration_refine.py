@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from registration import RegistrationConfig, RegistrationResult, register_slides
-from registration.refine import RefinedRegistration, RefinementConfig, refine_registration, select_anchors
+from registration.config import RefinementConfig
+from registration.refine import RefinedRegistration, refine_registration, select_anchors
 from tests import test_registration_core as core
 from tests.conftest import CMU_SVS, write_tiff
 from tiling.slide import opened_slide, read_region
