@@ -143,8 +143,16 @@ def _watch(store: Path, start: int, at: list[int], report: Path | None) -> None:
             _memory(f"slide {done}, start")
         elif started and done >= marks[0]:
             marks.pop(0)
-            gc.collect()
-            _memory(f"slide {done}")
+            _memory(f"slide {done}, before gc.collect()")
+            full, counts = gc.get_stats()[2], gc.get_count()
+            found = gc.collect()
+            print(
+                f"[trace] gc.collect() found {found:,} unreachable objects; before it: {full['collections']} full "
+                f"collections ({full['collected']:,} objects), generation counts {counts}",
+                file=sys.stderr,
+                flush=True,
+            )
+            _memory(f"slide {done}, after gc.collect()")
             if report is not None:
                 snapshots.append((done, tracemalloc.take_snapshot()))
             elif not marks:
