@@ -13,7 +13,7 @@ from storage.atomic import write_zarr_group_atomic
 from storage.manifest import DONE, FAILED, SlideRecord, records_index, write_record
 from storage.slide_writer import SlideWriter
 from storage.tile_store import TileStore
-from tiling.qc_index import _rows, write_qc_index
+from tiling.qc_index import _row, _slides, write_qc_index
 
 TILE_PX = 16
 
@@ -52,7 +52,9 @@ def _no_files_read(monkeypatch) -> None:
 
 
 def _table(store: TileStore) -> dict[str, tuple]:
-    return {row["slide_id"]: (row["status"], row["n_tiles"], row["n_rejected"], row["picture"]) for row in _rows(store)}
+    records, rejected, pictures = _slides(store)
+    rows = [_row(record, rejected, pictures) for record in records]
+    return {row["slide_id"]: (row["status"], row["n_tiles"], row["n_rejected"], row["picture"]) for row in rows}
 
 
 EXPECTED = {"a": (DONE, 5, 3, "a.png"), "b": (DONE, 3, 0, "b.png"), "c": (FAILED, 0, 0, None)}
