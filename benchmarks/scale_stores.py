@@ -4,10 +4,12 @@ Run it from the repository root::
 
     .venv/bin/python benchmarks/scale_stores.py                    # N = 100, 1,000, 6,093 (~10 min on 2 cores)
     .venv/bin/python benchmarks/scale_stores.py --sizes 50 200     # a smoke test
+    .venv/bin/python benchmarks/scale_stores.py --qc-only          # the QC page and the manifest only
 
 It grows one tile store slide by slide through the real writer
 (:class:`storage.slide_writer.SlideWriter`: staging, shard files, publish and
-index entry), with tiny slides (``--tiles`` tiles of 32 px in shards of
+index entry, then the slide's record and QC picture, as a tiling worker
+does), with tiny slides (``--tiles`` tiles of 32 px in shards of
 ``--shard``, so ~5 units a slide, like the run's ~27,000 shards over 6,093
 slides), in ``--workers`` processes publishing at once. At each N it times:
 
@@ -22,7 +24,12 @@ slides), in ``--workers`` processes publishing at once. At each N it times:
   no-op re-preparation;
 - **poll**: the embedding flow's progress poll (a count of ``done/``'s
   entries), every unit marked done;
-- **open embeddings**: :func:`storage.embedding_store.open_embeddings`.
+- **open embeddings**: :func:`storage.embedding_store.open_embeddings`;
+- **QC page**: :func:`tiling.qc_index.write_qc_index`, which every tiling
+  run writes at its end, from the indexes; and its rows as they were read
+  before (every record file, every slide group's attributes, a ``stat`` of
+  every picture), the baseline;
+- **manifest**: :func:`storage.manifest.read_manifest` from the records' copy.
 
 Goals at 6,093 slides (issue 13): opening any store ≤ 2 s, poll ≤ 100 ms,
 preparation ≤ 60 s. The machine's load (``os.getloadavg``) is printed with
@@ -58,6 +65,7 @@ def slide_id(number: int) -> str:
 
 def publish_slides(root: str, numbers: list[int], n_tiles: int, shard: int) -> None:
     """Publish the slides ``numbers`` through the real writer (one worker process's share)."""
+    from storage.manifest import DONE, SlideRecord, write_record
     from storage.slide_writer import SlideWriter
     from storage.tile_store import TileStore, utc_now
 
@@ -80,8 +88,10 @@ def publish_slides(root: str, numbers: list[int], n_tiles: int, shard: int) -> N
             np.ones(n_tiles, np.float32),
             np.ones((16, 16), bool),
             8.0,
-            {"slide_id": slide_id(number), "created_at": utc_now()},
+            {"slide_id": slide_id(number), "created_at": utc_now(), "n_rejected": {"blur": 1}},
         )
+        store.qc_path(slide_id(number)).write_bytes(b"png")  # only its presence is read
+        write_record(store, SlideRecord(slide_id(number), f"/slides/{slide_id(number)}.svs", DONE, n_tiles))
 
 
 def grow(root: Path, first: int, last: int, n_tiles: int, shard: int, workers: int) -> float:
@@ -120,6 +130,38 @@ def open_tiles_per_group(root: Path):
     return da.concatenate(tiles), da.concatenate(coords)
 
 
+def qc_rows_per_file(root: Path) -> list[dict]:
+    """The QC page's rows as they were read before the indexes: a walk of ``status/``, ``slides/`` and ``qc/``."""
+    import json
+
+    from storage.manifest import read_record
+    from storage.tile_store import TileStore
+
+    store, rows = TileStore(root), []
+    for folder in sorted(store.status_dir.iterdir()):
+        record = read_record(store, folder.name)
+        if record is None:
+            continue
+        group = store.slide_path(record.slide_id) / "zarr.json"
+        rejected = json.loads(group.read_bytes()).get("attributes", {}).get("n_rejected", {}) if group.is_file() else {}
+        picture = store.qc_path(record.slide_id)
+        rows.append({"slide_id": record.slide_id, "n_rejected": sum(rejected.values()), "picture": picture.is_file()})
+    return rows
+
+
+def measure_qc(root: Path) -> dict:
+    from storage.manifest import read_manifest
+    from storage.tile_store import TileStore
+    from tiling.qc_index import write_qc_index
+
+    store, row = TileStore(root), {}
+    row["qc_s"], _ = timed(lambda: write_qc_index(store), 3)
+    row["qc_before_s"], before = timed(lambda: qc_rows_per_file(root))
+    row["manifest_s"], manifest = timed(lambda: read_manifest(store), 3)
+    assert len(before) == len(manifest) == len(store.complete_slide_ids())
+    return row
+
+
 def measure(root: Path, work: Path, threads: int) -> dict:
     from storage.embedding_store import EmbeddingStore, open_embeddings
     from storage.read import open_tiles
@@ -129,7 +171,8 @@ def measure(root: Path, work: Path, threads: int) -> dict:
     row["open_tiles_s"], dataset = timed(lambda: open_tiles(root), 3)
     row["tiles"] = dataset.sizes["tile"]
     row["open_tiles_before_s"], _ = timed(lambda: open_tiles_per_group(root))
-    shutil.rmtree(root / "index")
+    (root / "index" / "index.json").unlink()  # the slide index, not the records' copy in index/records/
+    shutil.rmtree(root / "index" / "pending", ignore_errors=True)
     row["open_tiles_walk_s"], _ = timed(lambda: open_tiles(root))  # walks every group, writes the index back
     source = open_tile_source(root)
     row["units_s"], units = timed(source.units, 3)
@@ -158,6 +201,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes publishing slides at once")
     parser.add_argument("--threads", type=int, default=8, help="threads preparing the embedding store")
     parser.add_argument("--work", type=Path, default=Path("/tmp/distillpath-scale-stores"))
+    parser.add_argument("--qc-only", action="store_true", help="time the QC page and the manifest only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the walk's warning is expected here
     from storage.tile_store import TileStore
@@ -165,25 +209,38 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "tiles.zarr"
     TileStore.create_or_open(root, {"tile_size_px": TILE_PX})
-    print(
-        "| slides | units | publish s/slide | open tiles s | walk s (no index) | before s (per group) | units s "
-        "| prepare s | re-prepare s | poll ms | open embeddings s | load (1 min) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.qc_only:
+        header = "| slides | publish s/slide | QC page s | QC page before s (per file) | manifest s | load (1 min) |"
+    else:
+        header = (
+            "| slides | units | publish s/slide | open tiles s | walk s (no index) | before s (per group) | units s "
+            "| prepare s | re-prepare s | poll ms | open embeddings s | QC page s | QC page before s (per file) "
+            "| manifest s | load (1 min) |"
+        )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     done = 0
     for size in sorted(args.sizes):
         publish_s = grow(root, done, size, args.tiles, args.shard, args.workers)
         per_slide = publish_s / (size - done)
         done = size
-        row = measure(root, args.work, args.threads)
-        print(
-            f"| {size:,} | {row['units']:,} | {per_slide:.3f} | {row['open_tiles_s']:.3f} "
-            f"| {row['open_tiles_walk_s']:.2f} | {row['open_tiles_before_s']:.2f} "
-            f"| {row['units_s']:.3f} | {row['prepare_s']:.1f} "
-            f"| {row['reprepare_s']:.2f} | {1000 * row['poll_s']:.1f} | {row['open_embeddings_s']:.3f} "
-            f"| {os.getloadavg()[0]:.1f} |",
-            flush=True,
-        )
+        qc = measure_qc(root)
+        cells = [f"{size:,}", f"{per_slide:.3f}"]
+        if not args.qc_only:
+            row = measure(root, args.work, args.threads)
+            cells[1:1] = [f"{row['units']:,}"]
+            cells += [
+                f"{row['open_tiles_s']:.3f}",
+                f"{row['open_tiles_walk_s']:.2f}",
+                f"{row['open_tiles_before_s']:.2f}",
+                f"{row['units_s']:.3f}",
+                f"{row['prepare_s']:.1f}",
+                f"{row['reprepare_s']:.2f}",
+                f"{1000 * row['poll_s']:.1f}",
+                f"{row['open_embeddings_s']:.3f}",
+            ]
+        cells += [f"{qc['qc_s']:.3f}", f"{qc['qc_before_s']:.2f}", f"{qc['manifest_s']:.3f}"]
+        print(f"| {' | '.join(cells)} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ is in ``benchmarks/tiling.py``). Per N it prints:
 - seconds per slide: the command's wall clock, and the flow's own timer, over N;
 - peak RSS of the driver (the command's process, which also hosts the Dask
   scheduler) and of the largest worker process, polled every 0.2 s;
-- time to first progress: from launch to the first per-slide log line.
+- time to first progress: from launch to the first per-slide log line;
+- with ``--rss-at 100 300 1000``: the driver's and the largest worker's RSS
+  when the run passes those numbers of slides (progress lines), to tell a
+  driver that grows all run long from one that grows at the start only.
 
 Issue 13's goals at 6,093 slides: peak RSS within 10 % of the 100-slide run,
 first progress within 10 s. The store open and poll times are
@@ -40,7 +43,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import openslide  # noqa: E402
@@ -100,15 +103,37 @@ class Peaks:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """RSS (bytes) of the driver and of its largest descendant when ``slides`` slides had been reported."""
+
+    slides: int
+    driver: int
+    worker: int
+
+
+def rss_now(driver: psutil.Process) -> Checkpoint:
+    """The current (not peak) RSS of the driver and of its largest descendant; ``slides`` left 0."""
+    current = Checkpoint(0, 0, 0)
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        workers = [0]
+        for child in driver.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                workers.append(child.memory_info().rss)
+        current = Checkpoint(0, driver.memory_info().rss, max(workers))
+    return current
+
+
+@dataclass(frozen=True)
 class Row:
     slides: int
     wall_s: float
     flow_s: float
     peaks: Peaks
     first_progress_s: float
+    checkpoints: list[Checkpoint]
 
 
-def run(slides: Path, store: Path, api_url: str) -> Row:
+def run(slides: Path, store: Path, api_url: str, rss_at: list[int]) -> Row:
     """``python -m flows.tile_tcga --workers 2`` on ``slides``, timed, its memory and output watched."""
     shutil.rmtree(store, ignore_errors=True)
     command = [
@@ -126,21 +151,34 @@ def run(slides: Path, store: Path, api_url: str) -> Row:
     env = {**os.environ, "PREFECT_API_URL": api_url}
     log = store.with_suffix(".log")
     first_progress: list[float] = []
+    reported = [0]  # progress lines read so far, counted by the reader thread
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def read_output() -> None:
         with log.open("w") as output:
             for line in process.stdout:
-                if not first_progress and PROGRESS_LINE.search(line):
-                    first_progress.append(time.perf_counter() - started)
+                if PROGRESS_LINE.search(line):
+                    reported[0] += 1
+                    if not first_progress:
+                        first_progress.append(time.perf_counter() - started)
                 output.write(line)
 
     reader = threading.Thread(target=read_output)
     reader.start()
     peaks, driver = Peaks(), psutil.Process(process.pid)
+    marks, checkpoints = sorted(rss_at), []
     while process.poll() is None:
         peaks.poll(driver)
+        while marks and reported[0] >= marks[0]:
+            checkpoints.append(replace(rss_now(driver), slides=marks.pop(0)))
+            point = checkpoints[-1]  # also said at once: a long run stopped early still tells
+            print(
+                f"[rss] {point.slides} slides: driver {point.driver / MIB:.1f} MiB, "
+                f"largest worker {point.worker / MIB:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(RSS_POLL_S)
     wall = time.perf_counter() - started
     reader.join()
@@ -148,7 +186,7 @@ def run(slides: Path, store: Path, api_url: str) -> Row:
     if process.returncode != 0 or summary is None or not first_progress:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}; see {log}")
     count = sum(1 for _ in slides.iterdir())
-    return Row(count, wall, float(summary[2]), peaks, first_progress[0])
+    return Row(count, wall, float(summary[2]), peaks, first_progress[0], checkpoints)
 
 
 def _load() -> str:
@@ -160,6 +198,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="numbers of slides, one run each")
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / ".work", help="slides and stores")
     parser.add_argument("--quick", action="store_true", help="10 and 40 slides: a smoke test")
+    parser.add_argument(
+        "--rss-at", type=int, nargs="*", default=[], help="slide counts at which to report the current RSS"
+    )
     args = parser.parse_args()
     sizes = [10, 40] if args.quick else args.sizes
     slide = build_small_slide(args.workdir / "scale" / "small.tif")
@@ -177,10 +218,11 @@ def main() -> None:
     try:
         api_url = server.wait_until_ready()
         base = None
+        checkpoints: list[tuple[int, Checkpoint]] = []
         for count in sizes:
             folder = link_copies(slide, args.workdir / "scale" / f"x{count}", count)
             load_before = _load()
-            row = run(folder, args.workdir / "scale" / f"store-x{count}.zarr", api_url)
+            row = run(folder, args.workdir / "scale" / f"store-x{count}.zarr", api_url, args.rss_at)
             base = base or row
             print(
                 f"| {row.slides:,} | {row.wall_s:.1f} | {row.wall_s / row.slides:.3f} "
@@ -190,6 +232,12 @@ def main() -> None:
                 f"| {load_before} → {_load()} |",
                 flush=True,
             )
+            checkpoints.extend((row.slides, point) for point in row.checkpoints)
+        if checkpoints:
+            print("\n| run of N slides | slides done | driver RSS MiB | largest worker RSS MiB |")
+            print("|---:|---:|---:|---:|")
+            for slides, point in checkpoints:
+                print(f"| {slides:,} | {point.slides:,} | {point.driver / MIB:.1f} | {point.worker / MIB:.1f} |")
     finally:
         server.stop()
 

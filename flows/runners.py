@@ -83,10 +83,14 @@ def _keep_short_debug_logs() -> None:
     transitions and events. In the driver (the client and a local cluster's
     scheduler, which read it when they start) the messages hold every task's
     arguments: 7 KiB a task kept until the logs fill (docs/performance.md).
+    Every Dask server (the scheduler, each nanny: three in a local run's
+    driver; each worker) also samples its CPU, memory and I/O twice a second
+    for the dashboard and keeps 7,200 samples: ~1.4 MiB each, filling for an
+    hour. A minute of them is kept.
     """
     import dask
 
-    dask.config.set({"distributed.admin.low-level-log-length": 100})
+    dask.config.set({"distributed.admin.low-level-log-length": 100, "distributed.admin.system-monitor.log-length": 120})
 
 
 def _local_cluster_kwargs(workers: int) -> dict:

@@ -10,14 +10,24 @@ by one costs 6,093 opens (seconds on a shared file system), so a store with
 an ``index/`` folder also keeps a copy of every record in a consolidated index
 (``index/records/``, see :mod:`storage.store_index`), added after the record
 itself is written. A reader reads that index and one listing of ``status/``,
-and reads from its file any record the index lacks, saying so. The copy can
-be one version behind for a slide whose worker was killed between its two
-writes; ``read_manifest(store, walk=True)`` reads every record file instead.
+and reads from its file any record the index lacks, saying so.
+
+The copy can be one version behind for a slide whose worker was killed
+between its two writes. Where that matters it shows: a slide tiled anew
+after a failure is published (in ``slides/``) while its copied record still
+says it failed. A reader therefore also lists ``slides/`` and reads from its
+file the record of every published slide whose copy is not ``done``; those
+found behind are said in a warning and written back to the copy, so the
+next reader (the end of the next run, which writes the QC page) reads the
+copy alone. Other versions behind (one failure for another) are not detected
+(the copy is for reporting); ``read_manifest(store, walk=True)`` reads every
+record file instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +40,8 @@ from storage.tile_store import RunStore, TileStore
 
 if TYPE_CHECKING:
     import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 REJECTED_PREFIX = "rejected-"  # records of refused slide-list rows: rejected-<row>-<hash of the path>
@@ -135,8 +147,40 @@ def _all_record_fields(store: RunStore, walk: bool) -> list[dict]:
     if walk or index is None:
         found = [_record_fields(store, name) for name in names]
     else:
-        found = list(indexed_entries(index, names, lambda name: _record_fields(store, name), "records").values())
+        indexed = indexed_entries(index, names, lambda name: _record_fields(store, name), "records")
+        if isinstance(store, TileStore):
+            indexed.update(_catch_up(store, index, indexed))
+        found = list(indexed.values())
     return [fields for fields in found if fields is not None]
+
+
+def _catch_up(store: TileStore, index: StoreIndex, indexed: dict[str, dict | None]) -> dict[str, dict]:
+    """The records of published slides that ``indexed`` (the copy) does not say are ``done``, from their files.
+
+    Every published slide's latest record is ``done`` (a slide is published
+    by the run that tiles it, and never replaced), so the copy is behind for
+    each published slide it records otherwise: its worker was killed between
+    the record and its copy. Those records are read from their files, and the
+    ones that differ are written back to the copy (best effort, as a walk's).
+    One listing of ``slides/``; no file read when the copy is up to date.
+    """
+    published = store.complete_slide_ids()
+    suspects = [name for name in published if name in indexed and (indexed[name] or {}).get("status") != DONE]
+    read = {name: _record_fields(store, name) for name in suspects}
+    behind = {name: fields for name, fields in read.items() if fields is not None and fields != indexed[name]}
+    if behind:
+        logger.warning(
+            "%s: the records' copy was behind for %d of %d published slides (a worker killed between a record "
+            "and its copy); read them from their files and updated the copy",
+            store.root,
+            len(behind),
+            len(published),
+        )
+        try:
+            index.add_many(behind)
+        except OSError as error:
+            logger.info("%s: could not update the records' copy (%s)", store.root, error)
+    return behind
 
 
 def read_records(store: RunStore, *, walk: bool = False) -> list[SlideRecord]:

@@ -281,7 +281,10 @@ class TileStore(RunStore):
         return published_names(self.slides_dir)
 
     def slide_entries(self) -> dict[str, dict]:
-        """``{slide_id: {"n_tiles", "tiles_per_shard", "created_at"}}`` of every complete slide, sorted by id.
+        """``{slide_id: {"n_tiles", "tiles_per_shard", "created_at", "n_rejected"}}`` of every complete slide, by id.
+
+        ``n_rejected`` (tiles the tile QC rejected) is missing from entries
+        indexed before it was; the QC page reads those groups and adds it.
 
         Read from the index (one file), checked against the listing of
         ``slides/``; slides the index lacks are read from their groups.
@@ -304,7 +307,7 @@ class TileStore(RunStore):
 
 
 def slide_entry(group: Path) -> dict:
-    """A slide's index entry, read from its group: tile count, tiles per shard, creation time."""
+    """A slide's index entry, read from its group: tile count, tiles per shard, creation time, tiles rejected."""
     attributes = json.loads((group / "zarr.json").read_bytes())["attributes"]
     tiles = json.loads((group / "tiles" / "zarr.json").read_bytes())
     shard = tiles["chunk_grid"]["configuration"]["chunk_shape"][0]  # the outer chunk: a whole shard
@@ -312,4 +315,11 @@ def slide_entry(group: Path) -> dict:
         "n_tiles": int(tiles["shape"][0]),
         "tiles_per_shard": int(shard),
         "created_at": attributes.get("created_at"),
+        "n_rejected": rejected_count(attributes),
     }
+
+
+def rejected_count(attributes: dict) -> int:
+    """Tiles the tile QC rejected, from a slide group's attributes (``n_rejected``: a count per reason)."""
+    rejected = attributes.get("n_rejected", {})
+    return sum(rejected.values()) if isinstance(rejected, dict) else int(rejected or 0)

@@ -71,3 +71,36 @@ def test_cleared_rejected_rows_leave_the_index_too(store, caplog):
         assert len(read_manifest(store)) == 40
     assert "not published" not in caplog.text
     assert records_index(store).compact() and f"{REJECTED_PREFIX}3-abc" not in records_index(store).read()
+
+
+def _publish(store: TileStore, slide_id: str) -> None:
+    """A published slide as the catch-up check sees it: a folder in ``slides/`` (its arrays do not matter here)."""
+    write_zarr_group_atomic(store.slide_path(slide_id), {"slide_id": slide_id})
+
+
+def test_a_copy_left_behind_by_a_killed_worker_is_detected_read_from_the_file_and_caught_up(store, monkeypatch, caplog):
+    # s07 failed, then a rerun tiled it: published, its record written, and the worker killed before the copy.
+    _publish(store, "s07")
+    done = SlideRecord("s07", "/slides/s07.svs", DONE, n_tiles=12)
+    write_zarr_group_atomic(store.status_dir / "s07", done.to_dict())
+    assert records_index(store).read()["s07"]["status"] == FAILED  # the copy is one version behind
+    with caplog.at_level(logging.WARNING, logger="storage.manifest"):
+        manifest = read_manifest(store).set_index("slide_id")
+    assert manifest.loc["s07", "status"] == DONE and manifest.loc["s07", "n_tiles"] == 12
+    assert "copy was behind for 1 of 1 published slides" in caplog.text
+    assert records_index(store).read()["s07"] == done.to_dict()  # caught up: the next reader reads the copy alone
+    caplog.clear()
+    walked = read_manifest(store, walk=True)
+    _no_record_files(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="storage.manifest"):
+        assert read_manifest(store).equals(walked)
+    assert "behind" not in caplog.text
+
+
+def test_an_up_to_date_copy_of_published_slides_reads_no_record_file(store, monkeypatch, caplog):
+    for number in range(7):  # s07's copy says failed, as its file does: it would be read
+        _publish(store, f"s{number:02d}")
+    _no_record_files(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        assert len(read_manifest(store)) == 40
+    assert "behind" not in caplog.text

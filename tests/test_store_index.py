@@ -66,7 +66,7 @@ def test_a_second_publish_of_a_slide_keeps_the_first_copy_and_its_stamp(tmp_path
     attributes = json.loads((store.slide_path("s1") / "zarr.json").read_text())["attributes"]
     assert attributes["created_at"] == "first"
     assert not [p for p in store.staging_dir.iterdir() if p.is_dir()]  # the losing copy is gone
-    assert store.slide_entries() == {"s1": {"n_tiles": 3, "tiles_per_shard": 2, "created_at": "first"}}
+    assert store.slide_entries() == {"s1": {"n_tiles": 3, "tiles_per_shard": 2, "created_at": "first", "n_rejected": 0}}
 
 
 def test_a_reader_never_sees_a_published_slide_missing_while_duplicates_publish(tmp_path):
