@@ -15,6 +15,13 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH"):
     os.environ.pop(_name, None)
 
+# Under pytest-xdist the workers share the cores: each gets its share of OpenMP (torch) threads, set before
+# torch loads, and passes it to the processes it starts. Two workers of two threads each on two cores made
+# the tiny-model tests spin-wait against each other (14 s instead of 0.7 s for one, measured under load).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 import numpy as np  # noqa: E402  (after the Prefect environment above)
 import openslide  # noqa: E402
 import pytest  # noqa: E402

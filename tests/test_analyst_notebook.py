@@ -7,11 +7,9 @@ import json
 import os
 
 import imagecodecs
-import nbformat
 import numpy as np
 import pytest
 import zarr
-from nbclient import NotebookClient
 
 from tests.flow_helpers import REPO
 
@@ -43,6 +41,9 @@ def _png(cell) -> np.ndarray:
 
 @pytest.mark.slow  # starts a Jupyter kernel
 def test_the_notebook_maps_the_largest_slides_embeddings_onto_it(shipped_tile_store, embedding_store):
+    import nbformat  # here, not at collection
+    from nbclient import NotebookClient
+
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "ship it without outputs"
     # One cell of the test's own after the notebook's: the joined table, to check against plain zarr reads.

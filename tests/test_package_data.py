@@ -3,12 +3,12 @@
 import tomllib
 from pathlib import Path
 
-from flows.demo_flow import CMU_SAMPLE, SAMPLE_SLIDES
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_demo_samples_are_package_data_equal_to_the_test_slides():
+    from flows.demo_flow import CMU_SAMPLE, SAMPLE_SLIDES  # here, not at collection: it loads torch and Prefect
+
     assert SAMPLE_SLIDES.is_relative_to(REPO / "flows") and CMU_SAMPLE.parent == SAMPLE_SLIDES
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "samples/*" in package_data["flows"]

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.probes import (
     FoldError,
@@ -147,6 +146,7 @@ def test_results_table_adds_mean_and_std_rows(rng):
 def embedding_store(tmp_path_factory, prefect_api):
     """The two shipped slides (50 + 3 tiles) tiled and embedded by a tiny student with random weights."""
     import torch
+    from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.embedding_flow import embed_tiles
     from flows.tiling_flow import tile_tcga

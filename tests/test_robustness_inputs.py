@@ -119,9 +119,14 @@ def _embedding_store(out, aligned, weights, noise: float, pooling="cls+mean", se
 
 
 @pytest.fixture(scope="module")
-def two_h0_mini_stores(tmp_path_factory):
+def aligned(tmp_path_factory):
+    """The aligned store of four conditions: all the fast test needs, without the embedding stores below."""
+    return _aligned_store(tmp_path_factory.mktemp("aligned") / "aligned.zarr").root
+
+
+@pytest.fixture(scope="module")
+def two_h0_mini_stores(tmp_path_factory, aligned):
     folder = tmp_path_factory.mktemp("h0-mini")
-    aligned = _aligned_store(folder / "aligned.zarr").root
     first, second = folder / "first.safetensors", folder / "second.safetensors"
     first.write_bytes(b"checkpoint one")
     second.write_bytes(b"checkpoint two")
@@ -191,8 +196,7 @@ def test_pooling_differences_are_warned_and_shown(two_h0_mini_stores, tmp_path, 
     assert "Warning: the stores were pooled differently" in page
 
 
-def test_a_resumed_random_model_store_refuses_another_seed(two_h0_mini_stores, tmp_path):
-    aligned, _ = two_h0_mini_stores
+def test_a_resumed_random_model_store_refuses_another_seed(aligned, tmp_path):
     _embedding_store(tmp_path / "random.zarr", aligned, None, 0.1)
     source = open_tile_source(aligned)
     with pytest.raises(StoreError, match="init_seed"):
