@@ -50,9 +50,9 @@ SCALE, ANGLE_DEG, TINT = 0.95, 1.0, (0.95, 1.0, 1.03)
 GOAL_SECONDS, GOAL_UM = 60.0, 1.0
 
 
-def _tiling_benchmark():
-    """benchmarks/tiling.py as a module, for the large slide it builds."""
-    spec = importlib.util.spec_from_file_location("tiling_benchmark", _HERE / "tiling.py")
+def _tiling_slides():
+    """benchmarks/tiling_slides.py as a module (by path: this folder is off sys.path), for the large slide."""
+    spec = importlib.util.spec_from_file_location("tiling_slides", _HERE / "tiling_slides.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -104,7 +104,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="builtin type .* has no __module__ attribute")
     started = time.perf_counter()
     size = 16384 if args.quick else 40960
-    fixed = _tiling_benchmark().build_slide(args.workdir / f"large-{size}" / "slide.tif", size)
+    fixed = _tiling_slides().build_slide(args.workdir / f"large-{size}" / "slide.tif", size)
     moving = build_moving(fixed, args.workdir / "registration" / f"moving-{size}.tif")
     with opened_slide(fixed) as backend:
         plan = plan_tiles(fixed, backend, FIXED_MPP_UM, TilingConfig())
